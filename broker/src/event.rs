@@ -1,0 +1,239 @@
+//! A mediated call as the policy sees it: the wire request decoded, its paths resolved,
+//! and the calling process described.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use hermes_wire::{Args, Layer, Op, SockAddr};
+use serde_json::{json, Map, Value as Json};
+
+use crate::resolve::{self, Viewer};
+
+/// A socket address owned by the broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetAddr {
+    Ip { ip: IpAddr, port: u16, flowinfo: u32, scope_id: u32 },
+    Unix(Vec<u8>),
+    Other(u16),
+}
+
+impl NetAddr {
+    pub fn from_wire(addr: &SockAddr) -> Self {
+        match *addr {
+            SockAddr::Inet { ip, port } => {
+                NetAddr::Ip { ip: Ipv4Addr::from(ip).into(), port, flowinfo: 0, scope_id: 0 }
+            }
+            SockAddr::Inet6 { ip, port, flowinfo, scope_id } => {
+                NetAddr::Ip { ip: Ipv6Addr::from(ip).into(), port, flowinfo, scope_id }
+            }
+            SockAddr::Unix { path } => NetAddr::Unix(path.to_vec()),
+            SockAddr::Other { family } => NetAddr::Other(family),
+        }
+    }
+
+    pub fn to_wire(&self) -> SockAddr<'_> {
+        match *self {
+            NetAddr::Ip { ip: IpAddr::V4(ip), port, .. } => SockAddr::Inet { ip: ip.octets(), port },
+            NetAddr::Ip { ip: IpAddr::V6(ip), port, flowinfo, scope_id } => {
+                SockAddr::Inet6 { ip: ip.octets(), port, flowinfo, scope_id }
+            }
+            NetAddr::Unix(ref path) => SockAddr::Unix { path },
+            NetAddr::Other(family) => SockAddr::Other { family },
+        }
+    }
+
+    pub fn family(&self) -> &'static str {
+        match self {
+            NetAddr::Ip { ip: IpAddr::V4(_), .. } => "inet",
+            NetAddr::Ip { ip: IpAddr::V6(_), .. } => "inet6",
+            NetAddr::Unix(_) => "unix",
+            NetAddr::Other(_) => "other",
+        }
+    }
+
+    /// `ev.addr`: the IP as text, or the socket path with abstract names as `@name`.
+    pub fn addr_bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            NetAddr::Ip { ip, .. } => Some(ip.to_string().into_bytes()),
+            NetAddr::Unix(path) => Some(match path.split_first() {
+                Some((0, rest)) => [b"@".as_slice(), rest].concat(),
+                _ => path.clone(),
+            }),
+            NetAddr::Other(_) => None,
+        }
+    }
+
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            NetAddr::Ip { port, .. } => Some(*port),
+            _ => None,
+        }
+    }
+
+    /// strace-like text: `127.0.0.1:80`, `[::1]:80`, `unix:/run/x.sock`.
+    pub fn display(&self) -> String {
+        match self {
+            NetAddr::Ip { ip: IpAddr::V4(ip), port, .. } => format!("{ip}:{port}"),
+            NetAddr::Ip { ip: IpAddr::V6(ip), port, .. } => format!("[{ip}]:{port}"),
+            NetAddr::Unix(_) => {
+                format!("unix:{}", String::from_utf8_lossy(&self.addr_bytes().unwrap_or_default()))
+            }
+            NetAddr::Other(family) => format!("family={family}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum EventArgs {
+    Open { dirfd: i32, path: Vec<u8>, raw_path: Vec<u8>, flags: i32, mode: u32 },
+    Connect { fd: i32, addr: NetAddr },
+    Send { fd: i32, len: u64, flags: i32, addr: Option<NetAddr> },
+    Exec { path: Vec<u8>, raw_path: Vec<u8>, argv: Vec<Vec<u8>>, envp: Vec<Vec<u8>> },
+}
+
+/// The calling process, as far as the broker can tell.
+#[derive(Clone, Debug, Default)]
+pub struct ProcInfo {
+    pub ppid: i32,
+    pub exe: Vec<u8>,
+}
+
+impl ProcInfo {
+    pub fn read(pid: i32) -> Self {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.into_os_string().into_encoded_bytes())
+            .unwrap_or_default();
+        // Field 4 of /proc/PID/stat, after the parenthesised (and arbitrary) comm.
+        let ppid = std::fs::read(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let after = &stat[stat.iter().rposition(|&b| b == b')')? + 2..];
+                let field = after.split(|&b| b == b' ').nth(1)?;
+                std::str::from_utf8(field).ok()?.parse().ok()
+            })
+            .unwrap_or(0);
+        ProcInfo { ppid, exe }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub func: String,
+    pub op: Op,
+    pub pid: i32,
+    pub tid: i32,
+    pub layer: Layer,
+    pub proc: ProcInfo,
+    pub args: EventArgs,
+}
+
+const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
+const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND;
+
+impl Event {
+    /// Decode a wire request, resolving its paths in the caller's view.
+    pub fn new(func: &str, pid: i32, tid: i32, layer: Layer, proc: ProcInfo, args: &Args<Vec<&[u8]>>) -> Self {
+        let viewer = Viewer { pid, tid };
+        let op = args.op();
+        let args = match *args {
+            Args::Open { dirfd, path, flags, mode } => EventArgs::Open {
+                dirfd,
+                path: viewer.resolve(dirfd, path, flags & O_NOFOLLOW == 0),
+                raw_path: path.to_vec(),
+                flags,
+                mode,
+            },
+            Args::Connect { fd, ref addr } => EventArgs::Connect { fd, addr: NetAddr::from_wire(addr) },
+            Args::SendTo { fd, len, flags, ref addr } | Args::SendMsg { fd, len, flags, ref addr } => {
+                EventArgs::Send { fd, len, flags, addr: addr.as_ref().map(NetAddr::from_wire) }
+            }
+            Args::Exec { dirfd, path, search_path, ref argv, ref envp, .. } => {
+                let found = search_path
+                    .then(|| {
+                        let path_var = envp.iter().find_map(|e| e.strip_prefix(b"PATH="));
+                        resolve::search_path(path, path_var)
+                    })
+                    .flatten();
+                EventArgs::Exec {
+                    path: viewer.resolve(dirfd, found.as_deref().unwrap_or(path), true),
+                    raw_path: path.to_vec(),
+                    argv: argv.iter().map(|a| a.to_vec()).collect(),
+                    envp: envp.iter().map(|e| e.to_vec()).collect(),
+                }
+            }
+        };
+        Event { func: func.to_owned(), op, pid, tid, layer, proc, args }
+    }
+
+    /// The decoded arguments for the trace, one JSON object.
+    pub fn args_json(&self) -> Json {
+        let mut m = Map::new();
+        match &self.args {
+            EventArgs::Open { dirfd, path, raw_path, flags, mode } => {
+                m.insert("path".into(), bytes_json(path));
+                m.insert("raw_path".into(), bytes_json(raw_path));
+                m.insert("dirfd".into(), json!(dirfd));
+                m.insert("flags".into(), json!(flags));
+                m.insert("mode".into(), json!(mode));
+            }
+            EventArgs::Connect { fd, addr } => {
+                m.insert("fd".into(), json!(fd));
+                addr_json(&mut m, addr);
+            }
+            EventArgs::Send { fd, len, flags, addr } => {
+                m.insert("fd".into(), json!(fd));
+                m.insert("len".into(), json!(len));
+                m.insert("flags".into(), json!(flags));
+                if let Some(addr) = addr {
+                    addr_json(&mut m, addr);
+                }
+            }
+            EventArgs::Exec { path, raw_path, argv, envp } => {
+                m.insert("path".into(), bytes_json(path));
+                m.insert("raw_path".into(), bytes_json(raw_path));
+                m.insert("argv".into(), argv.iter().map(|a| bytes_json(a)).collect());
+                m.insert("envp".into(), envp.iter().map(|e| bytes_json(e)).collect());
+            }
+        }
+        Json::Object(m)
+    }
+
+    /// A short strace-like rendering for `-v`: `openat("/etc/passwd", 0x0)`.
+    pub fn summary(&self) -> String {
+        let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        match &self.args {
+            EventArgs::Open { path, flags, .. } => format!("{}({:?}, {:#o})", self.func, lossy(path), flags),
+            EventArgs::Connect { fd, addr } => format!("{}({fd}, {})", self.func, addr.display()),
+            EventArgs::Send { fd, len, addr, .. } => match addr {
+                Some(addr) => format!("{}({fd}, {len} bytes, {})", self.func, addr.display()),
+                None => format!("{}({fd}, {len} bytes)", self.func),
+            },
+            EventArgs::Exec { path, argv, .. } => {
+                let argv: Vec<String> = argv.iter().map(|a| format!("{:?}", lossy(a))).collect();
+                format!("{}({:?}, [{}])", self.func, lossy(path), argv.join(", "))
+            }
+        }
+    }
+
+    /// Whether an open may modify the file (`ev.write`).
+    pub fn writes(flags: i32) -> bool {
+        flags & WRITE_FLAGS != 0
+    }
+}
+
+fn addr_json(m: &mut Map<String, Json>, addr: &NetAddr) {
+    m.insert("family".into(), json!(addr.family()));
+    if let Some(a) = addr.addr_bytes() {
+        m.insert("addr".into(), bytes_json(&a));
+    }
+    if let Some(port) = addr.port() {
+        m.insert("port".into(), json!(port));
+    }
+}
+
+/// Bytes as a JSON string when they are UTF-8, else as `{"hex": "…"}` so nothing is lost.
+pub fn bytes_json(b: &[u8]) -> Json {
+    match std::str::from_utf8(b) {
+        Ok(s) => Json::String(s.to_owned()),
+        Err(_) => json!({ "hex": b.iter().map(|x| format!("{x:02x}")).collect::<String>() }),
+    }
+}

@@ -1,0 +1,14 @@
+//! The HERMES broker: runs the Lua policy out of the target's process and answers the
+//! mediation layers (the preload in each target thread, the ptrace tracer).
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod errno;
+pub mod event;
+pub mod policy;
+pub mod resolve;
+pub mod server;
+pub mod trace;
+
+pub use policy::{Policy, PolicyError};
+pub use server::Broker;
+pub use trace::Sink;

@@ -1,0 +1,518 @@
+//! The Lua policy: loaded once, checked before use, asked once per mediated call.
+//!
+//! A policy defines `on_call(ev)`, per-operation handlers (`on_open`, `on_connect`,
+//! `on_sendto`, `on_sendmsg`, `on_exec`) or the legacy `on_syscall(name, args)`. The
+//! handlers it defines are its subscription list: the preload sends nothing else.
+//! Handlers answer with a decision built by the `hermes` table (`hermes.deny("EACCES")`)
+//! or nil for "no opinion". A Lua error, a handler that runs past its time limit, or a
+//! value that is not a decision denies the call with EPERM: the policy fails closed.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hermes_wire::Op;
+use mlua::{Function, HookTriggers, Lua, MultiValue, Table, UserData, Value, VmState};
+
+use crate::errno;
+use crate::event::{Event, EventArgs, NetAddr};
+
+/// Errors loading a policy. Messages name the file and line, as Lua reports them.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The policy file could not be read.
+    #[error("cannot read policy {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// Lua refused to compile the file.
+    #[error("{0}")]
+    Syntax(String),
+    /// The file's top-level code raised an error or ran past the time limit.
+    #[error("{0}")]
+    Runtime(String),
+    /// The file compiled but defines no handler, so it could never decide anything.
+    #[error("{path}: defines no entry point (on_call, on_syscall, on_open, on_connect, on_sendto, on_sendmsg or on_exec)")]
+    NoEntryPoint { path: String },
+    /// An entry point name is bound to something that is not a function.
+    #[error("{path}: `{name}` must be a function, not a {found}")]
+    NotAFunction { path: String, name: &'static str, found: String },
+}
+
+/// What the policy decided, before it is applied to a particular call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny(i32),
+    Redirect(Vec<u8>),
+    /// Redirect a socket call; fields left `None` keep the original's.
+    RedirectAddr { ip: Option<IpAddr>, port: Option<u16>, unix: Option<Vec<u8>> },
+    Emulate(i64),
+    Kill,
+}
+
+impl Verdict {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny(_) => "deny",
+            Verdict::Redirect(_) | Verdict::RedirectAddr { .. } => "redirect",
+            Verdict::Emulate(_) => "emulate",
+            Verdict::Kill => "kill",
+        }
+    }
+}
+
+/// The answer for one event, with what the trace needs to explain it.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    /// The handler that decided (`"on_open"`, …), `"default"` when none did, or
+    /// `"error"` when the policy failed.
+    pub handler: &'static str,
+    pub logs: Vec<String>,
+    /// Why the call failed closed, if it did.
+    pub error: Option<String>,
+}
+
+/// A decision value inside Lua: what `hermes.deny(…)` and friends return.
+#[derive(Clone, Debug)]
+struct LuaDecision(Verdict);
+
+impl UserData for LuaDecision {
+    fn add_methods<M: mlua::UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_method(mlua::MetaMethod::ToString, |_, this, ()| {
+            Ok(format!("hermes.{:?}", this.0))
+        });
+    }
+}
+
+const NO_DEADLINE: u64 = u64::MAX;
+
+/// A loaded policy.
+pub struct Policy {
+    lua: Lua,
+    /// The file as the user named it, for messages.
+    display: String,
+    hash: String,
+    mask: u64,
+    handlers: Handlers,
+    timeout: Duration,
+    /// Nanoseconds since `epoch` after which the running handler is aborted.
+    deadline: Arc<AtomicU64>,
+    epoch: Instant,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+#[derive(Default)]
+struct Handlers {
+    per_op: [Option<Function>; Op::ALL.len()],
+    on_call: Option<Function>,
+    on_syscall: Option<Function>,
+}
+
+/// Built-in policy used when `hermes launch` is given none: see everything, allow it.
+pub const ALLOW_ALL_SOURCE: &str = "function on_call(ev) return hermes.allow() end\n";
+
+impl Policy {
+    /// Load and check the policy at `path`. `timeout` bounds each handler call.
+    pub fn load(path: &Path, timeout: Duration) -> Result<Self, PolicyError> {
+        let display = path.display().to_string();
+        let source = std::fs::read(path).map_err(|source| PolicyError::Read { path: display.clone(), source })?;
+        let dir = std::fs::canonicalize(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::from_source(&display, &source, &dir, timeout)
+    }
+
+    /// Load a policy from memory; `name` is used in messages as the file name would be.
+    pub fn from_source(name: &str, source: &[u8], dir: &Path, timeout: Duration) -> Result<Self, PolicyError> {
+        let lua = Lua::new();
+        let deadline = Arc::new(AtomicU64::new(NO_DEADLINE));
+        let epoch = Instant::now();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        install_api(&lua, dir, &logs).map_err(|e| PolicyError::Runtime(first_line(&e)))?;
+        install_time_limit(&lua, &deadline, epoch);
+
+        let chunk = lua.load(source).set_name(format!("@{name}"));
+        let function = chunk.into_function().map_err(|e| PolicyError::Syntax(lua_message(&e)))?;
+        // Top-level code gets a generous limit of its own: it runs once.
+        arm(&deadline, epoch, timeout.max(Duration::from_secs(2)));
+        let ran = function.call::<()>(());
+        deadline.store(NO_DEADLINE, Ordering::Relaxed);
+        ran.map_err(|e| PolicyError::Runtime(lua_message(&e)))?;
+
+        let handlers = Handlers::find(&lua, name)?;
+        let mask = handlers.mask();
+        if mask == 0 {
+            return Err(PolicyError::NoEntryPoint { path: name.to_owned() });
+        }
+        Ok(Policy {
+            lua,
+            display: name.to_owned(),
+            hash: fnv1a64(source),
+            mask,
+            handlers,
+            timeout,
+            deadline,
+            epoch,
+            logs,
+        })
+    }
+
+    /// The operations the policy subscribes to ([`Op::bit`]s).
+    pub fn mask(&self) -> u64 {
+        self.mask
+    }
+
+    /// Content hash of the policy source, recorded with every decision.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    pub fn name(&self) -> &str {
+        &self.display
+    }
+
+    /// Ask the policy about one call. Never fails: errors become a fail-closed deny.
+    pub fn decide(&self, ev: &Event) -> Outcome {
+        let mut handler = "default";
+        let result = self.run_handlers(ev, &mut handler);
+        let logs = std::mem::take(&mut *self.logs.lock().unwrap_or_else(|e| e.into_inner()));
+        let checked = result.and_then(|v| {
+            let verdict = v.unwrap_or(Verdict::Allow);
+            check_applicable(ev, &verdict).map(|()| verdict)
+        });
+        match checked {
+            Ok(verdict) => Outcome { verdict, handler, logs, error: None },
+            Err(error) => Outcome {
+                verdict: Verdict::Deny(libc::EPERM),
+                handler,
+                logs,
+                error: Some(format!("{}: {handler}: {error}", self.display)),
+            },
+        }
+    }
+
+    fn run_handlers(&self, ev: &Event, handler: &mut &'static str) -> Result<Option<Verdict>, String> {
+        let h = &self.handlers;
+        let candidates = [
+            (ev.op.handler(), h.per_op[ev.op as usize].as_ref()),
+            ("on_call", h.on_call.as_ref()),
+            ("on_syscall", h.on_syscall.as_ref()),
+        ];
+        let mut table = None;
+        for (name, function) in candidates {
+            let Some(function) = function else { continue };
+            *handler = name;
+            let table = match &table {
+                Some(t) => t,
+                None => table.insert(event_table(&self.lua, ev).map_err(|e| lua_message(&e))?),
+            };
+            arm(&self.deadline, self.epoch, self.timeout);
+            let returned = if name == "on_syscall" {
+                function.call::<Value>((ev.func.as_str(), table))
+            } else {
+                function.call::<Value>(table)
+            };
+            self.deadline.store(NO_DEADLINE, Ordering::Relaxed);
+            if let Some(verdict) = to_verdict(returned.map_err(|e| lua_message(&e))?)? {
+                return Ok(Some(verdict));
+            }
+        }
+        *handler = "default";
+        Ok(None)
+    }
+}
+
+impl Handlers {
+    fn find(lua: &Lua, path: &str) -> Result<Self, PolicyError> {
+        let globals = lua.globals();
+        let get = |name: &'static str| -> Result<Option<Function>, PolicyError> {
+            match globals.get::<Value>(name) {
+                Ok(Value::Nil) => Ok(None),
+                Ok(Value::Function(f)) => Ok(Some(f)),
+                Ok(other) => Err(PolicyError::NotAFunction {
+                    path: path.to_owned(),
+                    name,
+                    found: other.type_name().to_owned(),
+                }),
+                Err(e) => Err(PolicyError::Runtime(lua_message(&e))),
+            }
+        };
+        let mut handlers = Handlers { on_call: get("on_call")?, on_syscall: get("on_syscall")?, ..Default::default() };
+        for op in Op::ALL {
+            handlers.per_op[op as usize] = get(op.handler())?;
+        }
+        Ok(handlers)
+    }
+
+    fn mask(&self) -> u64 {
+        if self.on_call.is_some() || self.on_syscall.is_some() {
+            return Op::ALL.iter().fold(0, |m, op| m | op.bit());
+        }
+        Op::ALL.iter().filter(|op| self.per_op[**op as usize].is_some()).fold(0, |m, op| m | op.bit())
+    }
+}
+
+fn arm(deadline: &AtomicU64, epoch: Instant, timeout: Duration) {
+    let at = epoch.elapsed().saturating_add(timeout).as_nanos();
+    deadline.store(u64::try_from(at).unwrap_or(NO_DEADLINE - 1), Ordering::Relaxed);
+}
+
+fn install_time_limit(lua: &Lua, deadline: &Arc<AtomicU64>, epoch: Instant) {
+    let deadline = Arc::clone(deadline);
+    lua.set_hook(HookTriggers::new().every_nth_instruction(1000), move |_, _| {
+        let limit = deadline.load(Ordering::Relaxed);
+        if limit != NO_DEADLINE && epoch.elapsed().as_nanos() > u128::from(limit) {
+            return Err(mlua::Error::runtime("policy time limit exceeded"));
+        }
+        Ok(VmState::Continue)
+    });
+}
+
+/// Open flags a policy can test `ev.flags` against.
+const OPEN_FLAGS: &[(&str, i32)] = &[
+    ("O_RDONLY", libc::O_RDONLY),
+    ("O_WRONLY", libc::O_WRONLY),
+    ("O_RDWR", libc::O_RDWR),
+    ("O_ACCMODE", libc::O_ACCMODE),
+    ("O_CREAT", libc::O_CREAT),
+    ("O_EXCL", libc::O_EXCL),
+    ("O_TRUNC", libc::O_TRUNC),
+    ("O_APPEND", libc::O_APPEND),
+    ("O_NOFOLLOW", libc::O_NOFOLLOW),
+    ("O_DIRECTORY", libc::O_DIRECTORY),
+    ("O_CLOEXEC", libc::O_CLOEXEC),
+    ("O_TMPFILE", libc::O_TMPFILE),
+];
+
+/// The `hermes` table: decision constructors, `log`, constants.
+fn install_api(lua: &Lua, dir: &Path, logs: &Arc<Mutex<Vec<String>>>) -> mlua::Result<()> {
+    let hermes = lua.create_table()?;
+    let decision = |lua: &Lua, v: Verdict| lua.create_userdata(LuaDecision(v));
+
+    hermes.set("allow", lua.create_function(move |lua, ()| decision(lua, Verdict::Allow))?)?;
+    hermes.set("kill", lua.create_function(move |lua, ()| decision(lua, Verdict::Kill))?)?;
+    hermes.set(
+        "deny",
+        lua.create_function(move |lua, e: Value| decision(lua, Verdict::Deny(errno_arg(e)?)))?,
+    )?;
+    hermes.set(
+        "emulate",
+        lua.create_function(move |lua, ret: i64| decision(lua, Verdict::Emulate(ret)))?,
+    )?;
+    hermes.set("redirect", lua.create_function(move |lua, to: Value| decision(lua, redirect_arg(to)?))?)?;
+
+    let logs = Arc::clone(logs);
+    hermes.set(
+        "log",
+        lua.create_function(move |_, args: MultiValue| {
+            let text: Vec<String> = args.iter().map(|v| v.to_string().unwrap_or_else(|_| "?".into())).collect();
+            let text = text.join(" ");
+            eprintln!("hermes: policy: {text}");
+            logs.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+            Ok(())
+        })?,
+    )?;
+
+    let errnos = lua.create_table()?;
+    for &(name, value) in errno::ERRNOS {
+        errnos.set(name, value)?;
+    }
+    hermes.set("errno", errnos)?;
+    for &(name, value) in OPEN_FLAGS {
+        hermes.set(name, value)?;
+    }
+    hermes.set("policy_dir", lua.create_string(dir.as_os_str().as_encoded_bytes())?)?;
+    lua.globals().set("hermes", hermes)
+}
+
+fn errno_arg(e: Value) -> mlua::Result<i32> {
+    match e {
+        Value::Nil => Ok(libc::EPERM),
+        Value::Integer(n) if n > 0 && n < 4096 => Ok(n as i32),
+        Value::String(ref s) => {
+            let name = s.to_str()?;
+            errno::by_name(&name).ok_or_else(|| mlua::Error::runtime(format!("unknown errno name '{}'", &*name)))
+        }
+        other => Err(mlua::Error::runtime(format!(
+            "hermes.deny expects an errno name or number, got {}",
+            other.to_string().unwrap_or_else(|_| other.type_name().into())
+        ))),
+    }
+}
+
+fn redirect_arg(to: Value) -> mlua::Result<Verdict> {
+    match to {
+        Value::String(s) => {
+            let path = s.as_bytes().to_vec();
+            if path.is_empty() || path.contains(&0) || path.len() >= hermes_wire::MAX_PATH {
+                return Err(mlua::Error::runtime("hermes.redirect: path must be 1..4095 bytes without NUL"));
+            }
+            Ok(Verdict::Redirect(path))
+        }
+        Value::Table(t) => {
+            let ip = match t.get::<Option<String>>("addr")? {
+                Some(a) => Some(a.parse::<IpAddr>().map_err(|_| {
+                    mlua::Error::runtime(format!("hermes.redirect: '{a}' is not an IPv4 or IPv6 address"))
+                })?),
+                None => None,
+            };
+            let port = match t.get::<Option<i64>>("port")? {
+                Some(p) => Some(
+                    u16::try_from(p).map_err(|_| mlua::Error::runtime(format!("hermes.redirect: bad port {p}")))?,
+                ),
+                None => None,
+            };
+            let unix = t.get::<Option<mlua::String>>("path")?.map(|s| s.as_bytes().to_vec());
+            if ip.is_none() && port.is_none() && unix.is_none() {
+                return Err(mlua::Error::runtime("hermes.redirect{} needs addr, port or path"));
+            }
+            Ok(Verdict::RedirectAddr { ip, port, unix })
+        }
+        other => Err(mlua::Error::runtime(format!(
+            "hermes.redirect expects a path or a table {{addr=, port=}}, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// Turn a handler's return value into a verdict; `None` means "no opinion".
+fn to_verdict(v: Value) -> Result<Option<Verdict>, String> {
+    match v {
+        Value::Nil => Ok(None),
+        Value::UserData(ref ud) => match ud.borrow::<LuaDecision>() {
+            Ok(d) => Ok(Some(d.0.clone())),
+            Err(_) => Err("returned a userdata that is not a hermes decision".into()),
+        },
+        Value::String(ref s) => match s.to_string_lossy().to_ascii_uppercase().as_str() {
+            "ALLOW" => Ok(Some(Verdict::Allow)),
+            "BLOCK" | "DENY" => Ok(Some(Verdict::Deny(libc::EPERM))),
+            other => Err(format!("returned unknown decision \"{other}\" (expected \"ALLOW\" or \"BLOCK\")")),
+        },
+        other => Err(format!(
+            "returned a {} (expected a hermes decision such as hermes.allow(), or nil)",
+            other.type_name()
+        )),
+    }
+}
+
+/// Refuse decisions that make no sense for the call (a path redirect on connect, …).
+fn check_applicable(ev: &Event, verdict: &Verdict) -> Result<(), String> {
+    let op = ev.op;
+    let ok = match verdict {
+        Verdict::Redirect(_) => matches!(op, Op::Open | Op::Exec),
+        Verdict::RedirectAddr { .. } => match &ev.args {
+            EventArgs::Connect { .. } | EventArgs::Send { addr: Some(_), .. } => true,
+            EventArgs::Send { addr: None, .. } => {
+                return Err(format!("cannot redirect {} on a connected socket (no address)", ev.func))
+            }
+            _ => false,
+        },
+        Verdict::Emulate(_) => !matches!(ev.func.as_str(), "fopen" | "fopen64" | "freopen" | "freopen64" | "posix_spawn" | "posix_spawnp"),
+        Verdict::Allow | Verdict::Deny(_) | Verdict::Kill => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("decision {verdict:?} does not apply to {}", ev.func))
+    }
+}
+
+/// Apply an address redirect to the original address.
+pub fn redirect_addr(orig: &NetAddr, ip: Option<IpAddr>, port: Option<u16>, unix: Option<&[u8]>) -> NetAddr {
+    if let Some(path) = unix {
+        let path = match path.strip_prefix(b"@") {
+            Some(name) => [b"\0".as_slice(), name].concat(),
+            None => path.to_vec(),
+        };
+        return NetAddr::Unix(path);
+    }
+    let (orig_ip, orig_port) = match orig {
+        NetAddr::Ip { ip, port, .. } => (Some(*ip), *port),
+        _ => (None, 0),
+    };
+    NetAddr::Ip {
+        ip: ip.or(orig_ip).unwrap_or(IpAddr::from([127, 0, 0, 1])),
+        port: port.unwrap_or(orig_port),
+        flowinfo: 0,
+        scope_id: 0,
+    }
+}
+
+/// The `ev` table handed to handlers.
+fn event_table(lua: &Lua, ev: &Event) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.set("name", ev.func.as_str())?;
+    t.set("op", ev.op.name())?;
+    t.set("pid", ev.pid)?;
+    t.set("tid", ev.tid)?;
+    t.set("ppid", ev.proc.ppid)?;
+    t.set("exe", lua.create_string(&ev.proc.exe)?)?;
+    t.set("layer", ev.layer.name())?;
+    let set_addr = |addr: &NetAddr| -> mlua::Result<()> {
+        t.set("family", addr.family())?;
+        if let Some(a) = addr.addr_bytes() {
+            t.set("addr", lua.create_string(&a)?)?;
+        }
+        t.set("port", addr.port())
+    };
+    match &ev.args {
+        EventArgs::Open { dirfd, path, raw_path, flags, mode } => {
+            t.set("path", lua.create_string(path)?)?;
+            t.set("raw_path", lua.create_string(raw_path)?)?;
+            t.set("dirfd", *dirfd)?;
+            t.set("flags", *flags)?;
+            t.set("mode", *mode)?;
+            t.set("write", Event::writes(*flags))?;
+        }
+        EventArgs::Connect { fd, addr } => {
+            t.set("fd", *fd)?;
+            set_addr(addr)?;
+        }
+        EventArgs::Send { fd, len, flags, addr } => {
+            t.set("fd", *fd)?;
+            t.set("len", *len)?;
+            t.set("flags", *flags)?;
+            if let Some(addr) = addr {
+                set_addr(addr)?;
+            }
+        }
+        EventArgs::Exec { path, raw_path, argv, envp } => {
+            t.set("path", lua.create_string(path)?)?;
+            t.set("raw_path", lua.create_string(raw_path)?)?;
+            let list = |items: &[Vec<u8>]| -> mlua::Result<Table> {
+                lua.create_sequence_from(items.iter().map(|i| lua.create_string(i)).collect::<mlua::Result<Vec<_>>>()?)
+            };
+            t.set("argv", list(argv)?)?;
+            t.set("envp", list(envp)?)?;
+        }
+    }
+    Ok(t)
+}
+
+/// Lua's own message, without mlua's wrapping and the traceback.
+fn lua_message(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::SyntaxError { message, .. } => message.clone(),
+        mlua::Error::RuntimeError(m) => first_line_of(m),
+        mlua::Error::CallbackError { cause, .. } => lua_message(cause),
+        other => first_line(other),
+    }
+}
+
+fn first_line(e: &dyn std::fmt::Display) -> String {
+    first_line_of(&e.to_string())
+}
+
+fn first_line_of(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_owned()
+}
+
+/// FNV-1a, 64 bit: a stable content hash with no dependency.
+fn fnv1a64(data: &[u8]) -> String {
+    let h = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("fnv1a64:{h:016x}")
+}

@@ -1,0 +1,197 @@
+//! What path would the kernel open? Resolve a path the way the calling thread sees it:
+//! against its working directory or a directory descriptor, with `.`, `..` and symlinks
+//! resolved (the last component only when the call follows it). Components that do not
+//! exist yet are appended as written, so a rule on `/etc/shadow` is not dodged through a
+//! symlink, `..`, chdir or a dirfd, and a file about to be created still has a full name.
+//!
+//! The broker reads the target's state from `/proc`: `/proc/TID/cwd`, `/proc/PID/fd/N`,
+//! and rewrites `/proc/self` and `/proc/thread-self` to the caller's own entries.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// `AT_FDCWD`: resolve relative to the working directory.
+pub const AT_FDCWD: i32 = libc::AT_FDCWD;
+
+/// Linux gives up after this many symlinks in one lookup (ELOOP); so do we.
+const MAX_SYMLINKS: usize = 40;
+
+/// The thread whose view of the filesystem a path is resolved in.
+#[derive(Clone, Copy, Debug)]
+pub struct Viewer {
+    pub pid: i32,
+    pub tid: i32,
+}
+
+impl Viewer {
+    /// The directory a relative path starts from, or `None` when it cannot be read
+    /// (the process is gone, or the dirfd is not open).
+    fn base(self, dirfd: i32) -> Option<Vec<u8>> {
+        let link = if dirfd == AT_FDCWD {
+            format!("/proc/{}/cwd", self.tid)
+        } else {
+            format!("/proc/{}/fd/{}", self.pid, dirfd)
+        };
+        std::fs::read_link(link).ok().map(|p| p.into_os_string().into_encoded_bytes())
+    }
+
+    /// Resolve `raw` as the viewer's `openat(dirfd, raw, …)` would. `follow_last` is
+    /// false for `O_NOFOLLOW` (and for calls that act on the link itself).
+    pub fn resolve(self, dirfd: i32, raw: &[u8], follow_last: bool) -> Vec<u8> {
+        let start = if raw.first() == Some(&b'/') {
+            Vec::new()
+        } else {
+            match self.base(dirfd) {
+                Some(base) => base,
+                // Unknown base: say so rather than guess a wrong absolute path.
+                None => return raw.to_vec(),
+            }
+        };
+        let mut walker = Walker { viewer: self, out: start, links: 0 };
+        walker.walk(raw, follow_last);
+        if walker.out.is_empty() {
+            walker.out.push(b'/');
+        }
+        walker.out
+    }
+}
+
+struct Walker {
+    viewer: Viewer,
+    /// The resolved prefix, absolute, without a trailing slash ("" is the root).
+    out: Vec<u8>,
+    links: usize,
+}
+
+impl Walker {
+    fn walk(&mut self, path: &[u8], follow_last: bool) {
+        if path.first() == Some(&b'/') {
+            self.out.clear();
+        }
+        let parts: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|p| !p.is_empty()).collect();
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            match *part {
+                b"." => {}
+                b".." => {
+                    let cut = self.out.iter().rposition(|&b| b == b'/').unwrap_or(0);
+                    self.out.truncate(cut);
+                }
+                name => self.step(name, !last || follow_last),
+            }
+        }
+    }
+
+    fn step(&mut self, name: &[u8], follow: bool) {
+        let parent_len = self.out.len();
+        self.out.push(b'/');
+        self.out.extend_from_slice(name);
+        if let Some(magic) = self.magic_proc_link() {
+            self.out = magic;
+            return;
+        }
+        if !follow || self.links >= MAX_SYMLINKS {
+            return;
+        }
+        let Ok(target) = std::fs::read_link(Path::new(OsStr::from_bytes(&self.out))) else {
+            return; // not a symlink, or does not exist (yet): keep the name as written
+        };
+        self.links += 1;
+        self.out.truncate(parent_len);
+        self.walk(target.as_os_str().as_bytes(), true);
+    }
+
+    /// `/proc/self` and `/proc/thread-self` name the *caller*, not the broker.
+    fn magic_proc_link(&self) -> Option<Vec<u8>> {
+        let Viewer { pid, tid } = self.viewer;
+        match self.out.as_slice() {
+            b"/proc/self" => Some(format!("/proc/{pid}").into_bytes()),
+            b"/proc/thread-self" => Some(format!("/proc/{pid}/task/{tid}").into_bytes()),
+            _ => None,
+        }
+    }
+}
+
+/// Find `file` the way execvp does: names with a slash are used as they are, others are
+/// searched in `path_var` (a `PATH` value) for an executable regular file.
+pub fn search_path(file: &[u8], path_var: Option<&[u8]>) -> Option<Vec<u8>> {
+    use std::os::unix::fs::PermissionsExt;
+    if file.contains(&b'/') || file.is_empty() {
+        return None;
+    }
+    let dirs = path_var.unwrap_or(b"/bin:/usr/bin");
+    dirs.split(|&b| b == b':').find_map(|dir| {
+        let dir = if dir.is_empty() { b".".as_slice() } else { dir };
+        let mut candidate = dir.to_vec();
+        candidate.push(b'/');
+        candidate.extend_from_slice(file);
+        let meta = std::fs::metadata(Path::new(OsStr::from_bytes(&candidate))).ok()?;
+        (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then_some(candidate)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn me() -> Viewer {
+        let pid = std::process::id() as i32;
+        Viewer { pid, tid: pid }
+    }
+
+    fn bytes(p: &Path) -> Vec<u8> {
+        p.as_os_str().as_bytes().to_vec()
+    }
+
+    #[test]
+    fn dots_symlinks_and_missing_names_resolve_like_the_kernel() {
+        let dir = std::env::temp_dir().join(format!("hermes-resolve-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("real/sub")).unwrap();
+        symlink(dir.join("real"), dir.join("link")).unwrap();
+        symlink("real/sub", dir.join("rel")).unwrap();
+        std::fs::write(dir.join("real/file"), b"x").unwrap();
+        symlink(dir.join("real/file"), dir.join("filelink")).unwrap();
+        let root = bytes(&dir);
+        let v = me();
+        let abs = |s: &str| [root.as_slice(), s.as_bytes()].concat();
+        let abs_b = |s: &[u8]| [root.as_slice(), s].concat();
+
+        assert_eq!(v.resolve(AT_FDCWD, &abs("/link/./sub/../file"), true), abs("/real/file"));
+        assert_eq!(v.resolve(AT_FDCWD, &abs("/rel/new.txt"), true), abs("/real/sub/new.txt"));
+        // ".." after a symlink applies to where the link points.
+        assert_eq!(v.resolve(AT_FDCWD, &abs("/rel/.."), true), abs("/real"));
+        // O_NOFOLLOW keeps the last component as the link itself.
+        assert_eq!(v.resolve(AT_FDCWD, &abs("/filelink"), false), abs("/filelink"));
+        assert_eq!(v.resolve(AT_FDCWD, &abs("/filelink"), true), abs("/real/file"));
+        // Relative to a directory descriptor.
+        let d = std::fs::File::open(dir.join("link")).unwrap();
+        use std::os::fd::AsRawFd;
+        assert_eq!(v.resolve(d.as_raw_fd(), b"sub/../file", true), abs("/real/file"));
+        // Non-UTF-8 names survive.
+        assert_eq!(v.resolve(AT_FDCWD, &abs_b(b"/real/\xff\xfe"), true), abs_b(b"/real/\xff\xfe"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn relative_paths_use_the_callers_cwd_and_proc_self_is_the_caller() {
+        let v = me();
+        let cwd = bytes(&std::env::current_dir().unwrap());
+        let mut want = cwd.clone();
+        want.extend_from_slice(b"/nonexistent-x");
+        assert_eq!(v.resolve(AT_FDCWD, b"nonexistent-x", true), want);
+        assert_eq!(v.resolve(AT_FDCWD, b"/proc/self/status", true), format!("/proc/{}/status", v.pid).into_bytes());
+        assert_eq!(v.resolve(AT_FDCWD, b"/../..", true), b"/");
+        // An unreadable dirfd leaves the path as written.
+        assert_eq!(v.resolve(987_654, b"x", true), b"x");
+    }
+
+    #[test]
+    fn path_search_finds_executables_only() {
+        assert_eq!(search_path(b"sh", Some(b"/nonexistent:/bin")), Some(b"/bin/sh".to_vec()));
+        assert_eq!(search_path(b"passwd", Some(b"/etc")), None); // /etc/passwd is not executable
+        assert_eq!(search_path(b"./sh", None), None);
+    }
+}

@@ -1,0 +1,165 @@
+//! Where decisions go: the JSON Lines event trace (`--trace`) and the strace-like
+//! one-line-per-call output on stderr (`-v`).
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value as Json};
+
+use crate::errno;
+use crate::event::{bytes_json, Event, NetAddr};
+use crate::policy::{Outcome, Verdict};
+
+/// The result of the real call, when it ran.
+#[derive(Clone, Copy, Debug)]
+pub struct CallResult {
+    pub ret: i64,
+    pub errno: i32,
+    pub duration: Duration,
+}
+
+/// One mediated call, from request to result.
+#[derive(Debug)]
+pub struct Record {
+    pub time: SystemTime,
+    pub event: Event,
+    pub outcome: Outcome,
+    /// The address a connect/sendto was redirected to.
+    pub redirected_to: Option<NetAddr>,
+    pub policy_hash: std::sync::Arc<str>,
+    /// Time from request received to reply sent.
+    pub latency: Duration,
+    pub result: Option<CallResult>,
+}
+
+impl Record {
+    /// The result implied by the decision when the real call did not run.
+    pub fn implied_result(&self) -> Option<CallResult> {
+        let zero = Duration::ZERO;
+        match self.outcome.verdict {
+            Verdict::Deny(e) => Some(CallResult { ret: -1, errno: e, duration: zero }),
+            Verdict::Emulate(ret) => Some(CallResult { ret, errno: 0, duration: zero }),
+            _ => None,
+        }
+    }
+
+    fn to_json(&self) -> Json {
+        let ev = &self.event;
+        let verdict = &self.outcome.verdict;
+        let time = self.time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let mut j = json!({
+            "time": time,
+            "pid": ev.pid,
+            "tid": ev.tid,
+            "ppid": ev.proc.ppid,
+            "exe": bytes_json(&ev.proc.exe),
+            "layer": ev.layer.name(),
+            "call": ev.func,
+            "op": ev.op.name(),
+            "args": ev.args_json(),
+            "decision": verdict.kind(),
+            "handler": self.outcome.handler,
+            "policy": &*self.policy_hash,
+            "latency_us": self.latency.as_secs_f64() * 1e6,
+        });
+        let m = j.as_object_mut().expect("json! object");
+        match verdict {
+            Verdict::Deny(e) => {
+                m.insert("errno".into(), errno_json(*e));
+            }
+            Verdict::Redirect(path) => {
+                m.insert("redirect".into(), bytes_json(path));
+            }
+            Verdict::RedirectAddr { .. } => {
+                if let Some(to) = &self.redirected_to {
+                    m.insert("redirect".into(), json!(to.display()));
+                }
+            }
+            Verdict::Emulate(ret) => {
+                m.insert("emulate".into(), json!(ret));
+            }
+            Verdict::Allow | Verdict::Kill => {}
+        }
+        if let Some(r) = self.result.or_else(|| self.implied_result()) {
+            m.insert("result".into(), json!(r.ret));
+            if r.errno != 0 {
+                m.insert("result_errno".into(), errno_json(r.errno));
+            }
+            m.insert("duration_us".into(), json!(r.duration.as_secs_f64() * 1e6));
+        }
+        if !self.outcome.logs.is_empty() {
+            m.insert("logs".into(), json!(self.outcome.logs));
+        }
+        if let Some(e) = &self.outcome.error {
+            m.insert("error".into(), json!(e));
+        }
+        j
+    }
+
+    /// `[pid 123] openat("/etc/passwd", 0o0) = deny EACCES (on_open)`
+    fn to_line(&self) -> String {
+        let decision = match &self.outcome.verdict {
+            Verdict::Allow => "allow".to_owned(),
+            Verdict::Deny(e) => format!("deny {}", errno_text(*e)),
+            Verdict::Redirect(p) => format!("redirect {:?}", String::from_utf8_lossy(p)),
+            Verdict::RedirectAddr { .. } => {
+                format!("redirect {}", self.redirected_to.as_ref().map(NetAddr::display).unwrap_or_default())
+            }
+            Verdict::Emulate(ret) => format!("emulate {ret}"),
+            Verdict::Kill => "kill".to_owned(),
+        };
+        let result = match self.result {
+            Some(r) if r.errno != 0 => format!(" -> {} {}", r.ret, errno_text(r.errno)),
+            Some(r) => format!(" -> {}", r.ret),
+            None => String::new(),
+        };
+        format!(
+            "hermes: [pid {}] {} = {decision} ({}){result}",
+            self.event.pid,
+            self.event.summary(),
+            self.outcome.handler
+        )
+    }
+}
+
+fn errno_json(e: i32) -> Json {
+    errno::name(e).map_or_else(|| json!(e), |n| json!(n))
+}
+
+fn errno_text(e: i32) -> String {
+    errno::name(e).map_or_else(|| e.to_string(), str::to_owned)
+}
+
+/// Where records are written. Each record is one `write` of one line, so a broker
+/// that is killed loses at most the line it was writing.
+pub struct Sink {
+    trace: Option<Mutex<File>>,
+    verbose: bool,
+}
+
+impl Sink {
+    pub fn new(trace: Option<File>, verbose: bool) -> Self {
+        Sink { trace: trace.map(Mutex::new), verbose }
+    }
+
+    /// Whether clients should report results of allowed calls.
+    pub fn wants_results(&self) -> bool {
+        self.trace.is_some() || self.verbose
+    }
+
+    pub fn emit(&self, record: &Record) {
+        if self.verbose {
+            eprintln!("{}", record.to_line());
+        }
+        if let Some(trace) = &self.trace {
+            let mut line = record.to_json().to_string();
+            line.push('\n');
+            let mut file = trace.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = file.write_all(line.as_bytes()) {
+                eprintln!("hermes: cannot write trace: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+---@meta
+-- LuaLS definitions for HERMES policies (see docs/lua-api.md).
+-- Add this directory to "workspace.library" in .luarc.json for completion.
+
+---@alias hermes.Op "open"|"connect"|"sendto"|"sendmsg"|"exec"
+---@alias hermes.Family "inet"|"inet6"|"unix"|"other"
+---@alias hermes.Layer "preload"|"ptrace"
+
+---A mediated call. Fields beyond the common ones depend on `op`.
+---@class hermes.Event
+---@field name string C function called, e.g. "openat", "fopen", "execvp"
+---@field op hermes.Op operation
+---@field pid integer process id
+---@field tid integer thread id
+---@field ppid integer parent process id
+---@field exe string absolute path of the calling process's executable
+---@field layer hermes.Layer hooking layer
+---@field path? string open: absolute, resolved path the kernel would open; exec: resolved program path
+---@field raw_path? string open/exec: path exactly as the program passed it
+---@field dirfd? integer open: directory fd, -100 = AT_FDCWD
+---@field flags? integer open: open(2) flags (fopen modes translated); sendto/sendmsg: MSG_* flags
+---@field mode? integer open: creation mode
+---@field write? boolean open: true when the open can modify the file
+---@field fd? integer connect/sendto/sendmsg: socket fd
+---@field family? hermes.Family connect; sendto/sendmsg when a destination is named
+---@field addr? string IP address as text, or unix socket path ("@" prefix = abstract)
+---@field port? integer inet/inet6 port
+---@field len? integer sendto/sendmsg: bytes to send
+---@field argv? string[] exec: arguments
+---@field envp? string[] exec: environment, "NAME=value"
+
+---An opaque decision built by `hermes.allow`, `deny`, `redirect`, `emulate`, `kill`.
+---@class hermes.Decision
+
+---Address redirect target for connect/sendto/sendmsg. Omitted fields keep the original.
+---@class hermes.AddrTarget
+---@field addr? string IP address as text
+---@field port? integer
+---@field path? string unix socket path
+
+---@class hermes
+---@field policy_dir string directory of the policy file, absolute, no trailing slash
+---@field errno table<string, integer> errno name -> number, e.g. hermes.errno.EACCES == 13
+---@field O_RDONLY integer
+---@field O_WRONLY integer
+---@field O_RDWR integer
+---@field O_ACCMODE integer
+---@field O_CREAT integer
+---@field O_EXCL integer
+---@field O_TRUNC integer
+---@field O_APPEND integer
+---@field O_NOFOLLOW integer
+---@field O_DIRECTORY integer
+---@field O_CLOEXEC integer
+---@field O_TMPFILE integer
+hermes = {}
+
+---Run the call.
+---@return hermes.Decision
+function hermes.allow() end
+
+---Do not run the call; fail it with `errno` (default EPERM).
+---An unknown errno name raises an error (the call fails closed).
+---@param errno? string|integer name like "EACCES", or a number
+---@return hermes.Decision
+function hermes.deny(errno) end
+
+---Redirect the call: a string path for open/exec, a table for connect/sendto/sendmsg.
+---@param target string|hermes.AddrTarget
+---@return hermes.Decision
+function hermes.redirect(target) end
+
+---Do not run the call; return `retval` to the program.
+---Refused for fopen/freopen and posix_spawn/posix_spawnp.
+---@param retval integer
+---@return hermes.Decision
+function hermes.emulate(retval) end
+
+---Kill the calling process with SIGKILL.
+---@return hermes.Decision
+function hermes.kill() end
+
+---Print "hermes: policy: <msg>" to stderr and attach msg to the call's trace record.
+---@param msg string
+function hermes.log(msg) end
+
+-- Entry points: define any of these as globals in the policy.
+
+---Called for every mediated call, after the per-operation handler returned nil.
+---@param ev hermes.Event
+---@return hermes.Decision|nil
+function on_call(ev) end
+
+---Called for opens (open, openat, creat, fopen, freopen, __open_2, … and 64-bit variants).
+---@param ev hermes.Event
+---@return hermes.Decision|nil
+function on_open(ev) end
+
+---Called for connect.
+---@param ev hermes.Event
+---@return hermes.Decision|nil
+function on_connect(ev) end
+
+---Called for sendto.
+---@param ev hermes.Event
+---@return hermes.Decision|nil
+function on_sendto(ev) end
+
+---Called for sendmsg.
+---@param ev hermes.Event
+---@return hermes.Decision|nil
+function on_sendmsg(ev) end
+
+---Called for execve, execv, execvp, execvpe, execveat, fexecve, posix_spawn, posix_spawnp.
+---@param ev hermes.Event
+---@return hermes.Decision|nil
+function on_exec(ev) end
+
+---Legacy entry point, tried after on_call. "BLOCK" denies with EPERM.
+---@param name string C function name
+---@param args hermes.Event
+---@return "ALLOW"|"BLOCK"|hermes.Decision|nil
+function on_syscall(name, args) end

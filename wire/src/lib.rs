@@ -1,0 +1,364 @@
+//! Wire types spoken between a mediation layer (the preload inside the target, or the
+//! ptrace tracer in the launcher) and the broker.
+//!
+//! Every message travels as a frame: a little-endian `u32` body length followed by a
+//! postcard-encoded body. The client sends [`ClientMsg`]s, the broker answers
+//! [`Hello`] with a [`Welcome`] and each [`Call`] with a [`Reply`]; [`Done`] is
+//! one-way. The crate is `no_std` and allocation-free so the preload can build
+//! requests in stack buffers, even in a vfork child or a signal handler.
+#![no_std]
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+
+mod sockaddr;
+pub use sockaddr::{SockAddr, SOCKADDR_MAX};
+
+/// Bump when a message changes shape; the broker refuses other versions.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest frame body either side accepts. exec requests carry argv and envp, which
+/// the kernel caps at a quarter of the stack limit (2 MiB by default).
+pub const MAX_FRAME: usize = 4 << 20;
+
+/// Longest path a decision may carry (PATH_MAX, including the terminating NUL).
+pub const MAX_PATH: usize = 4096;
+
+/// A family of mediated calls. Many C functions map to one operation (open, open64,
+/// openat, `__open_2`, fopen, creat… are all [`Op::Open`]); the subscription mask has
+/// one bit per operation.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    Open = 0,
+    Connect = 1,
+    SendTo = 2,
+    SendMsg = 3,
+    Exec = 4,
+}
+
+impl Op {
+    pub const ALL: [Op; 5] = [Op::Open, Op::Connect, Op::SendTo, Op::SendMsg, Op::Exec];
+
+    /// The operation's bit in a subscription mask.
+    pub const fn bit(self) -> u64 {
+        1 << self as u8
+    }
+
+    /// The name policies see in `ev.op`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Op::Open => "open",
+            Op::Connect => "connect",
+            Op::SendTo => "sendto",
+            Op::SendMsg => "sendmsg",
+            Op::Exec => "exec",
+        }
+    }
+
+    /// The per-operation Lua handler (`on_open`, …).
+    pub const fn handler(self) -> &'static str {
+        match self {
+            Op::Open => "on_open",
+            Op::Connect => "on_connect",
+            Op::SendTo => "on_sendto",
+            Op::SendMsg => "on_sendmsg",
+            Op::Exec => "on_exec",
+        }
+    }
+}
+
+/// Which layer saw the call.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    /// The LD_PRELOAD library's libc hooks.
+    Preload,
+    /// The seccomp + ptrace fallback in the launcher.
+    Ptrace,
+}
+
+impl Layer {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Layer::Preload => "preload",
+            Layer::Ptrace => "ptrace",
+        }
+    }
+}
+
+/// Messages from a mediation layer to the broker.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum ClientMsg<'a, L> {
+    /// First message on every connection; answered by [`Welcome`].
+    #[serde(borrow)]
+    Hello(Hello<'a>),
+    /// A call to decide; answered by [`Reply`].
+    Call(Call<'a, L>),
+    /// The outcome of an allowed call (one-way, only when [`Welcome::report`] is set).
+    Done(Done),
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Hello<'a> {
+    pub version: u16,
+    pub layer: Layer,
+    pub pid: i32,
+    pub tid: i32,
+    /// Free-form client name for diagnostics (`"preload"`, `"ptrace"`).
+    pub client: &'a str,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Welcome {
+    /// Operations the policy wants to see ([`Op::bit`]); others need not be sent.
+    pub mask: u64,
+    /// Whether the client should send [`Done`] after allowed calls.
+    pub report: bool,
+}
+
+/// One intercepted call.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Call<'a, L> {
+    /// Per-connection sequence number, echoed in the [`Reply`] and [`Done`].
+    pub seq: u32,
+    /// The C function (or syscall) the program called: `"openat"`, `"fopen"`, `"execvp"`.
+    pub func: &'a str,
+    pub pid: i32,
+    pub tid: i32,
+    #[serde(borrow)]
+    pub args: Args<'a, L>,
+}
+
+/// Decoded arguments, one variant per [`Op`]. `L` is a list of byte strings: the
+/// preload serialises C `char **` arrays in place, the broker decodes `Vec<&[u8]>`.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum Args<'a, L> {
+    Open {
+        /// `AT_FDCWD` (-100) for calls relative to the working directory.
+        dirfd: i32,
+        #[serde(with = "serde_bytes")]
+        path: &'a [u8],
+        flags: i32,
+        mode: u32,
+    },
+    Connect {
+        fd: i32,
+        #[serde(borrow)]
+        addr: SockAddr<'a>,
+    },
+    SendTo {
+        fd: i32,
+        len: u64,
+        flags: i32,
+        #[serde(borrow)]
+        addr: Option<SockAddr<'a>>,
+    },
+    SendMsg {
+        fd: i32,
+        len: u64,
+        flags: i32,
+        #[serde(borrow)]
+        addr: Option<SockAddr<'a>>,
+    },
+    Exec {
+        dirfd: i32,
+        #[serde(with = "serde_bytes")]
+        path: &'a [u8],
+        /// The program name is looked up in `PATH` (execvp, posix_spawnp).
+        search_path: bool,
+        flags: i32,
+        argv: L,
+        envp: L,
+    },
+}
+
+impl<L> Args<'_, L> {
+    pub fn op(&self) -> Op {
+        match self {
+            Args::Open { .. } => Op::Open,
+            Args::Connect { .. } => Op::Connect,
+            Args::SendTo { .. } => Op::SendTo,
+            Args::SendMsg { .. } => Op::SendMsg,
+            Args::Exec { .. } => Op::Exec,
+        }
+    }
+}
+
+/// What the broker decided for one [`Call`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Decision<'a> {
+    /// Run the call unchanged.
+    Allow,
+    /// Do not run it; fail with this errno.
+    Deny { errno: i32 },
+    /// Run it on another path. The bytes end with exactly one NUL.
+    Redirect {
+        #[serde(with = "serde_bytes")]
+        path: &'a [u8],
+    },
+    /// Run it against another socket address.
+    #[serde(borrow)]
+    RedirectAddr(SockAddr<'a>),
+    /// Do not run it; return this value.
+    Emulate { ret: i64 },
+    /// Kill the calling process with SIGKILL.
+    Kill,
+}
+
+impl<'a> Decision<'a> {
+    /// The redirect path as a C string, if it is one (ends in its only NUL).
+    pub fn redirect_cstr(&self) -> Option<&'a [u8]> {
+        match self {
+            Decision::Redirect { path } => match path.iter().position(|&b| b == 0) {
+                Some(nul) if nul + 1 == path.len() && nul > 0 => Some(path),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Reply<'a> {
+    pub seq: u32,
+    #[serde(borrow)]
+    pub decision: Decision<'a>,
+}
+
+/// The outcome of an allowed call, reported without waiting for an answer.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Done {
+    pub seq: u32,
+    pub ret: i64,
+    /// errno after the call when it failed, else 0.
+    pub errno: i32,
+    /// How long the real call took, in nanoseconds.
+    pub duration_ns: u64,
+}
+
+/// Errors building or reading a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// The output buffer is too small for the message.
+    BufferFull,
+    /// The announced body length exceeds [`MAX_FRAME`] or the buffer.
+    TooLarge,
+    /// The body is not a valid message of the expected type.
+    Malformed,
+}
+
+/// Encode `msg` as a frame (length prefix + body) at the start of `buf`; returns the
+/// frame's bytes.
+pub fn encode<'b, T: Serialize>(msg: &T, buf: &'b mut [u8]) -> Result<&'b [u8], FrameError> {
+    if buf.len() < 4 {
+        return Err(FrameError::BufferFull);
+    }
+    let body_len = match postcard::to_slice(msg, &mut buf[4..]) {
+        Ok(body) => body.len(),
+        Err(postcard::Error::SerializeBufferFull) => return Err(FrameError::BufferFull),
+        Err(_) => return Err(FrameError::Malformed),
+    };
+    if body_len > MAX_FRAME {
+        return Err(FrameError::TooLarge);
+    }
+    buf[..4].copy_from_slice(&(body_len as u32).to_le_bytes());
+    Ok(&buf[..4 + body_len])
+}
+
+/// Read the body length from a frame header, refusing anything over `cap`.
+pub fn body_len(header: [u8; 4], cap: usize) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes(header) as usize;
+    if len > cap.min(MAX_FRAME) {
+        return Err(FrameError::TooLarge);
+    }
+    Ok(len)
+}
+
+/// Decode a frame body (without its length prefix). Trailing bytes are an error.
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
+    match postcard::take_from_bytes(body) {
+        Ok((msg, [])) => Ok(msg),
+        _ => Err(FrameError::Malformed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate alloc;
+    use super::*;
+    use alloc::vec::Vec;
+
+    type Owned<'a> = ClientMsg<'a, Vec<&'a [u8]>>;
+
+    /// A list type serialised the way the preload does it: from an iterator, not a Vec.
+    struct Iter<'a>(&'a [&'a [u8]]);
+    impl Serialize for Iter<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeSeq;
+            let mut seq = s.serialize_seq(Some(self.0.len()))?;
+            for item in self.0 {
+                seq.serialize_element(serde_bytes::Bytes::new(item))?;
+            }
+            seq.end()
+        }
+    }
+
+    #[test]
+    fn exec_lists_round_trip_from_borrowed_iterators() {
+        let argv: &[&[u8]] = &[b"/bin/echo", b"hi \xff"];
+        let envp: &[&[u8]] = &[b"A=1"];
+        let msg = ClientMsg::Call(Call {
+            seq: 7,
+            func: "execve",
+            pid: 10,
+            tid: 11,
+            args: Args::Exec {
+                dirfd: -100,
+                path: b"/bin/echo",
+                search_path: false,
+                flags: 0,
+                argv: Iter(argv),
+                envp: Iter(envp),
+            },
+        });
+        let mut buf = [0u8; 256];
+        let frame = encode(&msg, &mut buf).unwrap();
+        let len = body_len(frame[..4].try_into().unwrap(), MAX_FRAME).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        match decode::<Owned>(&frame[4..]).unwrap() {
+            ClientMsg::Call(Call { seq: 7, func: "execve", args: Args::Exec { argv, envp, .. }, .. }) => {
+                assert_eq!(argv.len(), 2);
+                assert_eq!(argv[1], b"hi \xff");
+                assert_eq!(envp, [b"A=1".as_slice()]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn small_buffers_and_oversized_headers_are_refused() {
+        let msg = Reply { seq: 1, decision: Decision::Redirect { path: &[b'x'; 64] } };
+        assert_eq!(encode(&msg, &mut [0u8; 16]), Err(FrameError::BufferFull));
+        assert_eq!(body_len((MAX_FRAME as u32 + 1).to_le_bytes(), usize::MAX), Err(FrameError::TooLarge));
+        assert_eq!(body_len(100u32.to_le_bytes(), 50), Err(FrameError::TooLarge));
+    }
+
+    #[test]
+    fn garbage_and_trailing_bytes_are_malformed() {
+        assert_eq!(decode::<Reply>(&[0xff, 0xff, 0xff]), Err(FrameError::Malformed));
+        let mut buf = [0u8; 64];
+        let frame = encode(&Reply { seq: 3, decision: Decision::Allow }, &mut buf).unwrap();
+        let mut body = Vec::from(&frame[4..]);
+        assert!(decode::<Reply>(&body).is_ok());
+        body.push(0);
+        assert_eq!(decode::<Reply>(&body), Err(FrameError::Malformed));
+    }
+
+    #[test]
+    fn redirect_paths_must_be_single_c_strings() {
+        assert_eq!(Decision::Redirect { path: b"/tmp/x\0" }.redirect_cstr(), Some(&b"/tmp/x\0"[..]));
+        assert_eq!(Decision::Redirect { path: b"/tmp/x" }.redirect_cstr(), None);
+        assert_eq!(Decision::Redirect { path: b"/a\0b\0" }.redirect_cstr(), None);
+        assert_eq!(Decision::Redirect { path: b"\0" }.redirect_cstr(), None);
+    }
+}
