@@ -1,1 +1,98 @@
-fn main(){}
+//! `hermes`: run an unmodified program under a Lua policy.
+
+mod broker_proc;
+mod launch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+Examples:
+  # Trace every mediated call of a program (built-in allow-all policy)
+  hermes launch -v -- curl -s http://127.0.0.1:8080/
+
+  # Block outbound connections except to loopback, keep a JSON Lines trace
+  hermes launch --policy policies/firewall.lua --trace run.jsonl -- ./client
+
+  # Validate a policy before deploying it
+  hermes check policies/readonly_home.lua
+
+Exit status: the target's own, or 128+N when it was killed by signal N.
+HERMES errors: 127 program not found, 126 not executable, 2 bad policy or usage.";
+
+#[derive(Parser)]
+#[command(name = "hermes", version, about = "Run an unmodified program with a Lua policy between it and the system", after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run PROG with every open, connect, sendto, sendmsg and exec decided by a policy
+    #[command(after_help = EXAMPLES)]
+    Launch(LaunchArgs),
+    /// Compile and check a policy without running anything
+    Check {
+        /// The policy file (Lua 5.4)
+        policy: PathBuf,
+    },
+    /// Internal: the broker process `launch` starts
+    #[command(hide = true)]
+    Broker(broker_proc::BrokerArgs),
+}
+
+#[derive(Args)]
+pub struct LaunchArgs {
+    /// Lua policy; without one every call is allowed (and traced with -v/--trace)
+    #[arg(short, long, value_name = "P.lua")]
+    policy: Option<PathBuf>,
+    /// Write one JSON object per mediated call to FILE (JSON Lines)
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Print one line per mediated call on stderr, strace-style
+    #[arg(short, long)]
+    verbose: bool,
+    /// Time limit for one policy handler call; past it the call is denied (EPERM)
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    policy_timeout: u64,
+    /// Path of libhermes_preload.so (default: next to the hermes binary)
+    #[arg(long, value_name = "LIB", env = "HERMES_PRELOAD")]
+    preload: Option<PathBuf>,
+    /// The program to run and its arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROG [ARGS]...")]
+    command: Vec<std::ffi::OsString>,
+}
+
+impl LaunchArgs {
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.policy_timeout)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Launch(args) => launch::run(&args),
+        Command::Check { policy } => check(&policy),
+        Command::Broker(args) => broker_proc::run(&args),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match hermes_broker::Policy::load(path, Duration::from_millis(100)) {
+        Ok(policy) => {
+            let ops: Vec<&str> =
+                hermes_wire::Op::ALL.iter().filter(|op| policy.mask() & op.bit() != 0).map(|op| op.name()).collect();
+            println!("{}: ok ({}); subscribes to: {}", path.display(), policy.hash(), ops.join(", "));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hermes: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

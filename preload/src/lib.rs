@@ -1,1 +1,43 @@
+//! libhermes_preload: injected into the target with LD_PRELOAD. It hooks libc's
+//! open, connect, send and exec families and asks the HERMES broker, over one
+//! connection per thread, what to do with each call the policy subscribes to.
+//!
+//! Rules for everything in this crate: it runs inside someone else's program — before
+//! main, in any thread, after fork, in a vfork child, in a signal handler. So: no
+//! unwinding (panic = abort), no allocation or locks on the hot path, raw syscalls for
+//! our own I/O, and a thread-local guard so nothing we do re-enters a hook.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod config;
+mod fds;
+mod hooks;
+mod mediate;
+mod sys;
+
+use core::sync::atomic::Ordering::Relaxed;
+
+/// Runs when the dynamic loader maps the library, before the program's main.
+extern "C" fn init() {
+    config::init();
+    hooks::resolve_all();
+    mediate::PROCESS_PID.store(sys::getpid(), Relaxed);
+    mediate::READY.store(true, Relaxed);
+}
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;
+
+/// A short name for an errno in diagnostics.
+pub(crate) fn errno_text(e: i32) -> &'static [u8] {
+    match e {
+        libc::ECONNREFUSED => b"ECONNREFUSED",
+        libc::ENOENT => b"ENOENT",
+        libc::EPIPE => b"EPIPE (broker closed the connection)",
+        libc::EAGAIN => b"timed out",
+        libc::EPROTO => b"EPROTO (malformed reply)",
+        libc::EMFILE => b"EMFILE",
+        _ => b"error",
+    }
+}

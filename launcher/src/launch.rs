@@ -1,0 +1,264 @@
+//! `hermes launch`: start the broker, start the target with the preload, reap the
+//! whole process tree, pass the target's exit status through.
+
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+use crate::LaunchArgs;
+
+const PRELOAD_NAME: &str = "libhermes_preload.so";
+
+/// A failure before the target runs: a message and the exit code that goes with it.
+struct Refusal(u8, String);
+
+pub fn run(args: &LaunchArgs) -> ExitCode {
+    match launch(args) {
+        Ok(code) => code,
+        Err(Refusal(code, msg)) => {
+            eprintln!("hermes: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
+    let (prog, prog_args) = args.command.split_first().ok_or_else(|| Refusal(2, "no program given".into()))?;
+    let exe = find_program(prog)?;
+    if is_static_elf(&exe) {
+        return Err(Refusal(
+            2,
+            format!(
+                "{} is statically linked: the preload cannot see its calls and the seccomp+ptrace \
+                 fallback is not available yet; refusing to run it unmediated",
+                exe.display()
+            ),
+        ));
+    }
+    let preload = find_preload(args.preload.as_deref())?;
+    let socket = format!("hermes-{}-{}", std::process::id(), nanos());
+    let mut broker = BrokerProc::start(args, &socket)?;
+
+    // Orphans of the target's tree are re-parented to us, so every process of the run
+    // is reaped (and mediated) before the broker is told to stop.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+
+    let mut ld_preload = preload.as_os_str().to_owned();
+    if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        ld_preload.push(":");
+        ld_preload.push(existing);
+    }
+    let spawned = Command::new(&exe)
+        .arg0(prog)
+        .args(prog_args)
+        .env("LD_PRELOAD", ld_preload)
+        .env("HERMES_SOCK", &socket)
+        .env("HERMES_MASK", broker.mask.to_string())
+        .env("HERMES_PRELOAD_LIB", &preload)
+        .spawn();
+    let target = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            broker.stop();
+            let code = if e.kind() == std::io::ErrorKind::PermissionDenied { 126 } else { 127 };
+            return Err(Refusal(code, format!("cannot run {}: {e}", exe.display())));
+        }
+    };
+    let status = reap_tree(target);
+    if broker.died_early() {
+        eprintln!("hermes: the broker exited while the target ran; mediated calls after that were denied (EPERM)");
+    }
+    broker.stop();
+    Ok(ExitCode::from(status))
+}
+
+/// The target's pid, for the signal forwarder.
+static TARGET: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = TARGET.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe; the pid is our child's.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Wait for the target and every orphan it leaves to us; return the target's status
+/// as an exit code (128+N for signal N).
+fn reap_tree(target: Child) -> u8 {
+    let pid = target.id() as i32;
+    TARGET.store(pid, Ordering::Relaxed);
+    // SAFETY: installing async-signal-safe handlers / ignoring terminal signals, which
+    // the terminal also delivers to the target directly.
+    unsafe {
+        for sig in [libc::SIGTERM, libc::SIGHUP] {
+            libc::signal(sig, forward as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        }
+        for sig in [libc::SIGINT, libc::SIGQUIT] {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+    }
+    let mut code = 1;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a live local.
+        let reaped = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if reaped < 0 {
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                _ => break, // ECHILD: the tree is gone
+            }
+        }
+        if reaped == pid {
+            code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status) as u8
+            } else {
+                128u8.wrapping_add(libc::WTERMSIG(status) as u8)
+            };
+        }
+    }
+    std::mem::forget(target); // already reaped above
+    code
+}
+
+struct BrokerProc {
+    lifeline: Option<ChildStdin>,
+    out: BufReader<ChildStdout>,
+    mask: u64,
+}
+
+impl BrokerProc {
+    fn start(args: &LaunchArgs, socket: &str) -> Result<Self, Refusal> {
+        let me = std::env::current_exe().map_err(|e| Refusal(2, format!("cannot find the hermes binary: {e}")))?;
+        let mut cmd = Command::new(me);
+        cmd.arg("broker").arg("--socket").arg(socket).arg("--timeout-ms").arg(args.timeout().as_millis().to_string());
+        if let Some(p) = &args.policy {
+            cmd.arg("--policy").arg(p);
+        }
+        if let Some(t) = &args.trace {
+            cmd.arg("--trace").arg(t);
+        }
+        if args.verbose {
+            cmd.arg("--verbose");
+        }
+        let mut child: Child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| Refusal(2, format!("cannot start the broker: {e}")))?;
+        let lifeline = child.stdin.take();
+        let mut out = BufReader::new(child.stdout.take().ok_or_else(|| Refusal(2, "broker has no stdout".into()))?);
+        // The first process forks the real broker and exits at once.
+        let _ = child.wait();
+        let mut line = String::new();
+        let _ = out.read_line(&mut line);
+        let line = line.trim_end();
+        if let Some(mask) = line.strip_prefix("ready ") {
+            let mask = mask.parse().map_err(|_| Refusal(2, format!("broker said {line:?}")))?;
+            Ok(BrokerProc { lifeline, out, mask })
+        } else if let Some(msg) = line.strip_prefix("error ") {
+            Err(Refusal(2, msg.to_owned()))
+        } else {
+            Err(Refusal(2, "the broker failed to start".into()))
+        }
+    }
+
+    /// Whether the broker's stdout already closed (it exited before being told to).
+    fn died_early(&mut self) -> bool {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.out.get_ref());
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd; zero timeout.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+        ready > 0 && pfd.revents & (libc::POLLHUP | libc::POLLIN) != 0
+    }
+
+    /// Close the lifeline and wait (bounded) for the broker to finish the trace.
+    fn stop(&mut self) {
+        drop(self.lifeline.take());
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.out.get_ref());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 256];
+        while std::time::Instant::now() < deadline {
+            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one live pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, 100) } > 0 && matches!(self.out.read(&mut buf), Ok(0) | Err(_)) {
+                return;
+            }
+        }
+        eprintln!("hermes: the broker did not finish within 5 s; the trace may be incomplete");
+    }
+}
+
+/// Find the program as execvp would; 127/126 errors as a shell gives them.
+fn find_program(prog: &OsStr) -> Result<PathBuf, Refusal> {
+    let check = |p: PathBuf| -> Option<PathBuf> {
+        let meta = std::fs::metadata(&p).ok()?;
+        (meta.is_file()).then_some(p)
+    };
+    let found = if prog.as_bytes().contains(&b'/') {
+        check(PathBuf::from(prog))
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+        std::env::split_paths(&path).find_map(|dir| check(dir.join(prog)))
+    };
+    let exe = found.ok_or_else(|| Refusal(127, format!("{}: command not found", prog.to_string_lossy())))?;
+    let mode = std::fs::metadata(&exe).map(|m| m.permissions().mode()).unwrap_or(0);
+    if mode & 0o111 == 0 {
+        return Err(Refusal(126, format!("{}: permission denied (not executable)", exe.display())));
+    }
+    Ok(exe)
+}
+
+/// ELF without a PT_INTERP program header: the dynamic loader (and so the preload)
+/// never runs. Scripts and unreadable files count as dynamic.
+fn is_static_elf(path: &Path) -> bool {
+    let mut data = Vec::new();
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    if file.take(64 * 1024).read_to_end(&mut data).is_err() {
+        return false;
+    }
+    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap_or_default()) as usize;
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    !(0..phnum).any(|i| {
+        let at = phoff + i * phentsize;
+        at + 4 <= data.len() && u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) == 3
+    })
+}
+
+fn find_preload(given: Option<&Path>) -> Result<PathBuf, Refusal> {
+    let candidate = match given {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let me = std::env::current_exe().map_err(|e| Refusal(2, format!("cannot find the hermes binary: {e}")))?;
+            me.with_file_name(PRELOAD_NAME)
+        }
+    };
+    let abs = std::fs::canonicalize(&candidate).map_err(|_| {
+        Refusal(
+            2,
+            format!(
+                "cannot find {} (build it with `cargo build -p hermes-preload`, or pass --preload)",
+                candidate.display()
+            ),
+        )
+    })?;
+    if abs.as_os_str().as_bytes().iter().any(|&b| b == b':' || b == b' ') {
+        return Err(Refusal(2, format!("{}: LD_PRELOAD paths cannot contain ':' or spaces", abs.display())));
+    }
+    Ok(PathBuf::from(OsString::from_vec(abs.into_os_string().into_vec())))
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}

@@ -1,0 +1,188 @@
+//! Configuration read once, in the constructor, from the environment the launcher set;
+//! and the HERMES environment re-injected into exec'd children.
+
+use core::ffi::{c_char, c_void, CStr};
+use std::ffi::CString;
+use std::sync::OnceLock;
+
+use crate::{mediate, sys};
+
+/// The launcher's variables: broker socket name, initial subscription mask, and the
+/// preload's own path.
+pub const ENV_SOCK: &str = "HERMES_SOCK";
+pub const ENV_MASK: &str = "HERMES_MASK";
+pub const ENV_LIB: &str = "HERMES_PRELOAD_LIB";
+
+pub struct Config {
+    socket: Vec<u8>,
+    lib: Vec<u8>,
+    /// `NAME=value` strings added to every exec'd child's environment.
+    inject: [CString; 3],
+    ld_preload: CString,
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+static mut THREAD_KEY: libc::pthread_key_t = 0;
+
+pub fn get() -> &'static Config {
+    // Only reachable once READY is set, which happens after `init` stored the config.
+    CONFIG.get().unwrap_or_else(|| fatal(b"configuration used before the constructor ran"))
+}
+
+impl Config {
+    pub fn socket(&self) -> &[u8] {
+        &self.socket
+    }
+}
+
+fn env(name: &str) -> Option<Vec<u8>> {
+    std::env::var_os(name).map(|v| v.into_encoded_bytes())
+}
+
+fn fatal(why: &[u8]) -> ! {
+    sys::warn(&[b"hermes-preload: ", why, b"\n"]);
+    // SAFETY: _exit ends the process without running anything of the program's.
+    unsafe { libc::_exit(126) }
+}
+
+/// Read the configuration and prepare the environment to inject. Runs in the
+/// constructor, while the process is single-threaded.
+pub fn init() {
+    let Some(socket) = env(ENV_SOCK) else {
+        fatal(b"HERMES_SOCK is not set: this library is loaded by `hermes launch`, not by hand")
+    };
+    let lib = env(ENV_LIB).unwrap_or_default();
+    let mask = env(ENV_MASK)
+        .and_then(|m| std::str::from_utf8(&m).ok().and_then(|m| m.parse::<u64>().ok()))
+        .unwrap_or(u64::MAX);
+    mediate::MASK.store(mask, core::sync::atomic::Ordering::Relaxed);
+    let kv = |k: &str, v: &[u8]| {
+        CString::new([k.as_bytes(), b"=", v].concat()).unwrap_or_else(|_| fatal(b"NUL in HERMES environment"))
+    };
+    let inject = [kv(ENV_SOCK, &socket), kv(ENV_MASK, mask.to_string().as_bytes()), kv(ENV_LIB, &lib)];
+    let ld_preload = kv("LD_PRELOAD", &lib);
+    let _ = CONFIG.set(Config { socket, lib, inject, ld_preload });
+
+    // SAFETY: registering process-wide handlers from the single-threaded constructor;
+    // both callbacks are `extern "C"` functions that live as long as the library.
+    unsafe {
+        if libc::pthread_key_create(&raw mut THREAD_KEY, Some(thread_exit)) != 0 {
+            fatal(b"pthread_key_create failed");
+        }
+        libc::pthread_atfork(None, None, Some(fork_child));
+    }
+}
+
+extern "C" fn thread_exit(value: *mut c_void) {
+    mediate::close_thread_conn(value as usize as i32 - 1);
+}
+
+extern "C" fn fork_child() {
+    mediate::after_fork_child();
+}
+
+/// Close `fd` when the calling thread exits.
+pub fn on_thread_exit_close(fd: i32) {
+    // SAFETY: THREAD_KEY was created in the constructor before READY was set, and is
+    // never written again; storing an integer as the key's value.
+    unsafe { libc::pthread_setspecific(THREAD_KEY, (fd as usize + 1) as *const c_void) };
+}
+
+const MAX_STACK_ENV: usize = 256;
+
+/// Call `f` with `envp` plus the HERMES variables, so an exec'd child is mediated
+/// even when the program cleared its environment. No allocation: safe in a vfork
+/// child.
+pub fn with_hermes_env<R>(envp: *const *const c_char, f: impl FnOnce(*const *const c_char) -> R) -> R {
+    let count = count_list(envp);
+    let mut stack = [core::ptr::null::<c_char>(); MAX_STACK_ENV];
+    let mut mapped;
+    let slots: &mut [*const c_char] = if count + 5 <= MAX_STACK_ENV {
+        &mut stack
+    } else {
+        let bytes = (count + 5) * core::mem::size_of::<*const c_char>();
+        match sys::Mapping::new(bytes) {
+            Some(m) => {
+                mapped = m;
+                let raw = mapped.bytes();
+                // SAFETY: the mapping is page-aligned and `bytes` long; pointers are
+                // plain data, and zeroed memory is a valid (null) pointer.
+                unsafe { core::slice::from_raw_parts_mut(raw.as_mut_ptr().cast(), count + 5) }
+            }
+            None => return f(envp),
+        }
+    };
+    let cfg = get();
+    let mut merged = [0u8; 4096];
+    let mut n = 0;
+    let mut saw_preload = false;
+    for i in 0..count {
+        // SAFETY: i < count, the number of non-null entries of the NULL-terminated list.
+        let entry = unsafe { *envp.add(i) };
+        // SAFETY: exec environments are NUL-terminated strings.
+        let bytes = unsafe { CStr::from_ptr(entry) }.to_bytes();
+        if cfg.inject.iter().any(|kv| same_name(kv.to_bytes(), bytes)) {
+            continue;
+        }
+        if let Some(value) = bytes.strip_prefix(b"LD_PRELOAD=") {
+            saw_preload = true;
+            if !contains_lib(value, &cfg.lib) {
+                if let Some(p) = merge_preload(&mut merged, &cfg.lib, value) {
+                    slots[n] = p;
+                    n += 1;
+                    continue;
+                }
+            }
+        }
+        slots[n] = entry;
+        n += 1;
+    }
+    if !saw_preload {
+        slots[n] = cfg.ld_preload.as_ptr();
+        n += 1;
+    }
+    for kv in &cfg.inject {
+        slots[n] = kv.as_ptr();
+        n += 1;
+    }
+    slots[n] = core::ptr::null();
+    f(slots.as_ptr())
+}
+
+/// Number of entries before the NULL of a C string list (0 for a null list).
+pub fn count_list(list: *const *const c_char) -> usize {
+    if list.is_null() {
+        return 0;
+    }
+    let mut n = 0;
+    // SAFETY: the caller passes a NULL-terminated list, as exec requires.
+    while !unsafe { *list.add(n) }.is_null() {
+        n += 1;
+    }
+    n
+}
+
+fn same_name(kv: &[u8], entry: &[u8]) -> bool {
+    let name_len = kv.iter().position(|&b| b == b'=').map_or(kv.len(), |i| i + 1);
+    entry.starts_with(&kv[..name_len])
+}
+
+fn contains_lib(value: &[u8], lib: &[u8]) -> bool {
+    value.split(|&b| b == b':' || b == b' ').any(|item| item == lib)
+}
+
+/// Build `LD_PRELOAD=<lib>:<value>` in `buf`.
+fn merge_preload(buf: &mut [u8], lib: &[u8], value: &[u8]) -> Option<*const c_char> {
+    let parts: [&[u8]; 4] = [b"LD_PRELOAD=", lib, b":", value];
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    if total + 1 > buf.len() {
+        return None;
+    }
+    let mut at = 0;
+    for p in parts {
+        buf[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    buf[at] = 0;
+    Some(buf.as_ptr().cast())
+}

@@ -1,0 +1,446 @@
+//! The hook table. One line per hooked symbol: its C signature, the operation it
+//! belongs to, and a body that hands the call to its family (`path_call`, `sock_call`,
+//! `exec_call`, `spawn_call`) with a closure that runs the original.
+//!
+//! For now the hooks interpose symbols (the preload exports `open`, and the original
+//! is found with `dlsym(RTLD_NEXT)`); calls libc makes internally are not seen.
+
+#![allow(clippy::missing_safety_doc)]
+
+use core::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use hermes_wire::{Args, Op, SockAddr, SOCKADDR_MAX};
+use libc::{mode_t, msghdr, pid_t, posix_spawn_file_actions_t, posix_spawnattr_t, size_t, sockaddr, socklen_t, ssize_t, FILE};
+use serde::ser::{Serialize, SerializeSeq, Serializer};
+
+use crate::config::{count_list, with_hermes_env};
+use crate::mediate::{Session, Token, Verdict, REPLY_BUF};
+use crate::{fds, sys};
+
+extern "C" {
+    static environ: *const *const c_char;
+}
+
+/// Where the original of a hooked symbol lives, found once with `dlsym(RTLD_NEXT)`.
+pub struct Real {
+    name: &'static str,
+    addr: AtomicUsize,
+}
+
+impl Real {
+    pub const fn new(name: &'static str) -> Self {
+        Real { name, addr: AtomicUsize::new(0) }
+    }
+
+    /// Look the original up now (constructor) so hooks never call dlsym later.
+    pub fn resolve(&self) -> usize {
+        let found = self.addr.load(Relaxed);
+        if found != 0 {
+            return found;
+        }
+        // SAFETY: `name` is a NUL-terminated literal (built by the `hooks!` macro).
+        let found = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr().cast()) } as usize;
+        self.addr.store(found, Relaxed);
+        found
+    }
+
+    pub fn addr(&self) -> usize {
+        match self.resolve() {
+            0 => {
+                sys::warn(&[b"hermes-preload: no original for ", self.name.as_bytes(), b"\n"]);
+                sys::kill_self()
+            }
+            addr => addr,
+        }
+    }
+}
+
+/// One entry of the hook table. `name` and `op` are read by the tooling that is
+/// generated from the table (inline patching, the seccomp list).
+#[allow(dead_code)]
+pub struct Hook {
+    pub name: &'static str,
+    /// The operation the policy subscribes to; `None` for the hooks that only protect
+    /// the preload's own descriptors.
+    pub op: Option<Op>,
+    pub real: &'static Real,
+}
+
+macro_rules! hooks {
+    ($( $name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty, $op:expr, |$real:ident| $body:expr; )*) => {
+        $(
+            #[allow(non_snake_case, non_camel_case_types, dead_code)]
+            pub mod $name {
+                use super::*;
+                pub static REAL: Real = Real::new(concat!(stringify!($name), "\0"));
+                pub type Original = unsafe extern "C" fn($($ty),*) -> $ret;
+                pub fn get() -> Original {
+                    // SAFETY: REAL holds the address dlsym returned for this very symbol,
+                    // whose C type is the signature declared in the table.
+                    unsafe { core::mem::transmute::<usize, Original>(REAL.addr()) }
+                }
+            }
+
+            #[no_mangle]
+            pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
+                // SAFETY: the original is called with the arguments our caller gave
+                // us (or a redirect built by the family function).
+                let $real = |$($arg: $ty),*| unsafe { $name::get()($($arg),*) };
+                $body
+            }
+        )*
+
+        /// Every hooked symbol.
+        pub static HOOKS: &[Hook] = &[$(Hook { name: stringify!($name), op: $op, real: &$name::REAL }),*];
+    };
+}
+
+const AT_FDCWD: c_int = libc::AT_FDCWD;
+const CREAT: c_int = libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC;
+
+hooks! {
+    open(path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Some(Op::Open),
+        |real| path_call("open", AT_FDCWD, path, flags, mode, |p| real(p, flags, mode));
+    open64(path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Some(Op::Open),
+        |real| path_call("open64", AT_FDCWD, path, flags, mode, |p| real(p, flags, mode));
+    openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Some(Op::Open),
+        |real| path_call("openat", dirfd, path, flags, mode, |p| real(dirfd, p, flags, mode));
+    openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Some(Op::Open),
+        |real| path_call("openat64", dirfd, path, flags, mode, |p| real(dirfd, p, flags, mode));
+    __open_2(path: *const c_char, flags: c_int) -> c_int, Some(Op::Open),
+        |real| path_call("__open_2", AT_FDCWD, path, flags, 0, |p| real(p, flags));
+    __open64_2(path: *const c_char, flags: c_int) -> c_int, Some(Op::Open),
+        |real| path_call("__open64_2", AT_FDCWD, path, flags, 0, |p| real(p, flags));
+    __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int, Some(Op::Open),
+        |real| path_call("__openat_2", dirfd, path, flags, 0, |p| real(dirfd, p, flags));
+    __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int, Some(Op::Open),
+        |real| path_call("__openat64_2", dirfd, path, flags, 0, |p| real(dirfd, p, flags));
+    creat(path: *const c_char, mode: mode_t) -> c_int, Some(Op::Open),
+        |real| path_call("creat", AT_FDCWD, path, CREAT, mode, |p| real(p, mode));
+    creat64(path: *const c_char, mode: mode_t) -> c_int, Some(Op::Open),
+        |real| path_call("creat64", AT_FDCWD, path, CREAT, mode, |p| real(p, mode));
+    fopen(path: *const c_char, mode: *const c_char) -> *mut FILE, Some(Op::Open),
+        |real| path_call("fopen", AT_FDCWD, path, fopen_flags(mode), 0o666, |p| real(p, mode));
+    fopen64(path: *const c_char, mode: *const c_char) -> *mut FILE, Some(Op::Open),
+        |real| path_call("fopen64", AT_FDCWD, path, fopen_flags(mode), 0o666, |p| real(p, mode));
+    freopen(path: *const c_char, mode: *const c_char, stream: *mut FILE) -> *mut FILE, Some(Op::Open),
+        |real| path_call("freopen", AT_FDCWD, path, fopen_flags(mode), 0o666, |p| real(p, mode, stream));
+    freopen64(path: *const c_char, mode: *const c_char, stream: *mut FILE) -> *mut FILE, Some(Op::Open),
+        |real| path_call("freopen64", AT_FDCWD, path, fopen_flags(mode), 0o666, |p| real(p, mode, stream));
+
+    connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int, Some(Op::Connect),
+        |real| sock_call("connect", fd, addr, len, |addr| Args::Connect { fd, addr }, |a, l| real(fd, a, l));
+    sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t, Some(Op::SendTo),
+        |real| send_call("sendto", fd, addr, len, |addr| Args::SendTo { fd, len: n as u64, flags, addr }, |a, l| real(fd, buf, n, flags, a, l));
+    sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t, Some(Op::SendMsg),
+        |real| sendmsg_call(fd, msg, flags, |m| real(fd, m, flags));
+
+    execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Some(Op::Exec),
+        |real| exec_call("execve", AT_FDCWD, path, false, 0, argv, envp, |p, env| real(p, argv, env));
+    execv(path: *const c_char, argv: *const *const c_char) -> c_int, Some(Op::Exec),
+        |_real| exec_call("execv", AT_FDCWD, path, false, 0, argv, unsafe { environ }, |p, env| unsafe { execve::get()(p, argv, env) });
+    execvp(file: *const c_char, argv: *const *const c_char) -> c_int, Some(Op::Exec),
+        |_real| exec_call("execvp", AT_FDCWD, file, true, 0, argv, unsafe { environ }, |p, env| unsafe { execvpe::get()(p, argv, env) });
+    execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Some(Op::Exec),
+        |real| exec_call("execvpe", AT_FDCWD, file, true, 0, argv, envp, |p, env| real(p, argv, env));
+    execveat(dirfd: c_int, path: *const c_char, argv: *const *const c_char, envp: *const *const c_char, flags: c_int) -> c_int, Some(Op::Exec),
+        |real| exec_call("execveat", dirfd, path, false, flags, argv, envp, |p, env| real(dirfd, p, argv, env, flags));
+    fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Some(Op::Exec),
+        |real| exec_call("fexecve", fd, c"".as_ptr(), false, libc::AT_EMPTY_PATH, argv, envp, |p, env| {
+            if unsafe { *p } == 0 { real(fd, argv, env) } else { unsafe { execve::get()(p, argv, env) } }
+        });
+    posix_spawn(pid: *mut pid_t, path: *const c_char, actions: *const posix_spawn_file_actions_t, attr: *const posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int, Some(Op::Exec),
+        |real| spawn_call("posix_spawn", path, false, argv.cast(), envp.cast(), |p, env| real(pid, p, actions, attr, argv, env.cast()));
+    posix_spawnp(pid: *mut pid_t, file: *const c_char, actions: *const posix_spawn_file_actions_t, attr: *const posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int, Some(Op::Exec),
+        |real| spawn_call("posix_spawnp", file, true, argv.cast(), envp.cast(), |p, env| real(pid, p, actions, attr, argv, env.cast()));
+
+    close(fd: c_int) -> c_int, None,
+        |real| { fds::program_takes(fd as u32, fd as u32); real(fd) };
+    dup2(old: c_int, new: c_int) -> c_int, None,
+        |real| { if old != new { fds::program_takes(new as u32, new as u32) }; real(old, new) };
+    dup3(old: c_int, new: c_int, flags: c_int) -> c_int, None,
+        |real| { fds::program_takes(new as u32, new as u32); real(old, new, flags) };
+    close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int, None,
+        |real| { if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 { fds::program_takes(first, last) }; real(first, last, flags) };
+    closefrom(low: c_int) -> (), None,
+        |real| { fds::program_takes(low.max(0) as u32, u32::MAX); real(low) };
+}
+
+/// Resolve every original now, in the constructor, while dlsym is safe to call.
+pub fn resolve_all() {
+    for hook in HOOKS {
+        hook.real.resolve();
+    }
+}
+
+/// How a C function reports failure and an emulated result.
+pub trait CResult: Copy {
+    fn fail(errno: i32) -> Self;
+    fn emulated(value: i64) -> Self;
+    fn as_i64(self) -> i64;
+}
+
+impl CResult for c_int {
+    fn fail(errno: i32) -> Self {
+        sys::set_errno(errno);
+        -1
+    }
+    fn emulated(value: i64) -> Self {
+        value as c_int
+    }
+    fn as_i64(self) -> i64 {
+        self.into()
+    }
+}
+
+impl CResult for ssize_t {
+    fn fail(errno: i32) -> Self {
+        sys::set_errno(errno);
+        -1
+    }
+    fn emulated(value: i64) -> Self {
+        value as ssize_t
+    }
+    fn as_i64(self) -> i64 {
+        self as i64
+    }
+}
+
+impl CResult for *mut FILE {
+    fn fail(errno: i32) -> Self {
+        sys::set_errno(errno);
+        core::ptr::null_mut()
+    }
+    /// The broker refuses to emulate pointer results; fail closed if one arrives.
+    fn emulated(_: i64) -> Self {
+        Self::fail(libc::EPERM)
+    }
+    fn as_i64(self) -> i64 {
+        if self.is_null() { -1 } else { 0 }
+    }
+}
+
+/// posix_spawn returns an error number instead of setting errno.
+#[derive(Clone, Copy)]
+struct SpawnResult(c_int);
+
+impl CResult for SpawnResult {
+    fn fail(errno: i32) -> Self {
+        SpawnResult(errno)
+    }
+    fn emulated(_: i64) -> Self {
+        SpawnResult(libc::EPERM)
+    }
+    fn as_i64(self) -> i64 {
+        if self.0 == 0 { 0 } else { -1 }
+    }
+}
+
+fn cstr<'a>(p: *const c_char) -> Option<&'a [u8]> {
+    // SAFETY: non-null pointers passed as paths are NUL-terminated C strings.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_bytes())
+}
+
+/// Run the real call and report its result.
+fn run<R: CResult>(session: Session, f: impl FnOnce() -> R) -> R {
+    let r = f();
+    session.done(r.as_i64());
+    r
+}
+
+/// Apply a decision under which the real call does not run.
+fn refuse<R: CResult>(session: Session, verdict: Verdict) -> R {
+    session.release();
+    match verdict {
+        Verdict::Deny(e) => R::fail(e),
+        Verdict::Emulate(v) => R::emulated(v),
+        Verdict::Kill => sys::kill_self(),
+        // A redirect of the wrong kind: the broker should not send it; fail closed.
+        Verdict::Allow | Verdict::Redirect(_) | Verdict::RedirectAddr(_) => R::fail(libc::EPERM),
+    }
+}
+
+/// The open family, fopen included.
+fn path_call<R: CResult>(func: &str, dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t, real: impl FnOnce(*const c_char) -> R) -> R {
+    let Some(raw) = cstr(path) else { return real(path) };
+    let Some(token) = Token::begin(Op::Open) else { return real(path) };
+    let mut reply = [0u8; REPLY_BUF];
+    let (verdict, session) = token.ask(func, Args::Open::<()> { dirfd, path: raw, flags, mode }, &mut reply);
+    match verdict {
+        Verdict::Allow => run(session, || real(path)),
+        Verdict::Redirect(to) => run(session, || real(to.as_ptr().cast())),
+        other => refuse(session, other),
+    }
+}
+
+/// Translate an fopen mode string to open(2) flags, as glibc does.
+fn fopen_flags(mode: *const c_char) -> c_int {
+    let Some(mode) = cstr(mode) else { return 0 };
+    let mut flags = match mode.first() {
+        Some(b'w') => libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+        Some(b'a') => libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND,
+        _ => libc::O_RDONLY,
+    };
+    for &c in mode.iter().skip(1) {
+        match c {
+            b'+' => flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR,
+            b'x' => flags |= libc::O_EXCL,
+            b'e' => flags |= libc::O_CLOEXEC,
+            b',' => break, // ",ccs=" and beyond
+            _ => {}
+        }
+    }
+    flags
+}
+
+fn sockaddr_bytes<'a>(addr: *const sockaddr, len: socklen_t) -> Option<&'a [u8]> {
+    // SAFETY: the caller promises `len` readable bytes at `addr`, as the kernel would.
+    (!addr.is_null() && len > 0).then(|| unsafe { core::slice::from_raw_parts(addr.cast::<u8>(), len as usize) })
+}
+
+/// connect: the address is required.
+fn sock_call<'a, R: CResult>(
+    func: &str,
+    _fd: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+    args: impl FnOnce(SockAddr<'a>) -> Args<'a, ()>,
+    real: impl FnOnce(*const sockaddr, socklen_t) -> R,
+) -> R {
+    let Some(parsed) = sockaddr_bytes(addr, len).and_then(SockAddr::from_raw) else { return real(addr, len) };
+    let Some(token) = Token::begin(Op::Connect) else { return real(addr, len) };
+    let mut reply = [0u8; REPLY_BUF];
+    let (verdict, session) = token.ask(func, args(parsed), &mut reply);
+    apply_addr(verdict, session, addr, len, real)
+}
+
+/// sendto: the address is optional (connected sockets).
+fn send_call<'a, R: CResult>(
+    func: &str,
+    _fd: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+    args: impl FnOnce(Option<SockAddr<'a>>) -> Args<'a, ()>,
+    real: impl FnOnce(*const sockaddr, socklen_t) -> R,
+) -> R {
+    let Some(token) = Token::begin(Op::SendTo) else { return real(addr, len) };
+    let parsed = sockaddr_bytes(addr, len).and_then(SockAddr::from_raw);
+    let mut reply = [0u8; REPLY_BUF];
+    let (verdict, session) = token.ask(func, args(parsed), &mut reply);
+    apply_addr(verdict, session, addr, len, real)
+}
+
+fn apply_addr<R: CResult>(verdict: Verdict, session: Session, addr: *const sockaddr, len: socklen_t, real: impl FnOnce(*const sockaddr, socklen_t) -> R) -> R {
+    match verdict {
+        Verdict::Allow => run(session, || real(addr, len)),
+        Verdict::RedirectAddr(to) => {
+            let mut raw = [0u8; SOCKADDR_MAX];
+            match to.to_raw(&mut raw) {
+                Some(n) => run(session, || real(raw.as_ptr().cast(), n as socklen_t)),
+                None => refuse(session, Verdict::Deny(libc::EAFNOSUPPORT)),
+            }
+        }
+        other => refuse(session, other),
+    }
+}
+
+fn sendmsg_call(fd: c_int, msg: *const msghdr, flags: c_int, real: impl FnOnce(*const msghdr) -> ssize_t) -> ssize_t {
+    if msg.is_null() {
+        return real(msg);
+    }
+    let Some(token) = Token::begin(Op::SendMsg) else { return real(msg) };
+    // SAFETY: a non-null msghdr from the caller, as sendmsg(2) requires.
+    let m = unsafe { &*msg };
+    let iov: &[libc::iovec] = if m.msg_iov.is_null() {
+        &[]
+    } else {
+        // SAFETY: msg_iov points to msg_iovlen iovecs, as sendmsg(2) requires.
+        unsafe { core::slice::from_raw_parts(m.msg_iov, m.msg_iovlen) }
+    };
+    let len = iov.iter().map(|v| v.iov_len as u64).sum();
+    let parsed = sockaddr_bytes(m.msg_name.cast(), m.msg_namelen).and_then(SockAddr::from_raw);
+    let mut reply = [0u8; REPLY_BUF];
+    let (verdict, session) = token.ask("sendmsg", Args::SendMsg::<()> { fd, len, flags, addr: parsed }, &mut reply);
+    match verdict {
+        Verdict::Allow => run(session, || real(msg)),
+        Verdict::RedirectAddr(to) => {
+            let mut raw = [0u8; SOCKADDR_MAX];
+            match to.to_raw(&mut raw) {
+                Some(n) => {
+                    let mut copy = *m;
+                    copy.msg_name = raw.as_mut_ptr().cast();
+                    copy.msg_namelen = n as socklen_t;
+                    run(session, || real(&copy))
+                }
+                None => refuse(session, Verdict::Deny(libc::EAFNOSUPPORT)),
+            }
+        }
+        other => refuse(session, other),
+    }
+}
+
+/// A C `char **` list (NULL-terminated), serialised in place without copying.
+pub struct CStrList(*const *const c_char);
+
+impl Serialize for CStrList {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let n = count_list(self.0);
+        let mut seq = s.serialize_seq(Some(n))?;
+        for i in 0..n {
+            // SAFETY: i < n, the count of non-null entries; entries are C strings.
+            let item = unsafe { CStr::from_ptr(*self.0.add(i)) };
+            seq.serialize_element(serde_bytes::Bytes::new(item.to_bytes()))?;
+        }
+        seq.end()
+    }
+}
+
+/// The exec family. The environment is re-injected whether or not the policy
+/// watches exec, so children stay mediated.
+#[allow(clippy::too_many_arguments)]
+fn exec_call(
+    func: &str,
+    dirfd: c_int,
+    path: *const c_char,
+    search_path: bool,
+    flags: c_int,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    real: impl FnOnce(*const c_char, *const *const c_char) -> c_int,
+) -> c_int {
+    let exec = |p: *const c_char| with_hermes_env(envp, |env| real(p, env));
+    let Some(raw) = cstr(path) else { return exec(path) };
+    let Some(token) = Token::begin(Op::Exec) else { return exec(path) };
+    let mut reply = [0u8; REPLY_BUF];
+    let args = Args::Exec { dirfd, path: raw, search_path, flags, argv: CStrList(argv), envp: CStrList(envp) };
+    let (verdict, session) = token.ask(func, args, &mut reply);
+    match verdict {
+        Verdict::Allow => run(session, || exec(path)),
+        Verdict::Redirect(to) => run(session, || exec(to.as_ptr().cast())),
+        other => refuse(session, other),
+    }
+}
+
+/// posix_spawn(p): decided in the parent; the child's exec is libc-internal.
+fn spawn_call(
+    func: &str,
+    path: *const c_char,
+    search_path: bool,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    real: impl FnOnce(*const c_char, *const *const c_char) -> c_int,
+) -> c_int {
+    let spawn = |p: *const c_char| SpawnResult(with_hermes_env(envp, |env| real(p, env)));
+    let Some(raw) = cstr(path) else { return spawn(path).0 };
+    let Some(token) = Token::begin(Op::Exec) else { return spawn(path).0 };
+    let mut reply = [0u8; REPLY_BUF];
+    let args = Args::Exec { dirfd: AT_FDCWD, path: raw, search_path, flags: 0, argv: CStrList(argv), envp: CStrList(envp) };
+    let (verdict, session) = token.ask(func, args, &mut reply);
+    let result = match verdict {
+        Verdict::Allow => run(session, || spawn(path)),
+        Verdict::Redirect(to) => run(session, || spawn(to.as_ptr().cast())),
+        other => refuse(session, other),
+    };
+    result.0
+}

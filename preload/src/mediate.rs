@@ -1,0 +1,277 @@
+//! Asking the broker: the guard, the per-thread connection, and the exchange of one
+//! call. Nothing here allocates or takes a lock; requests are built on the stack (with
+//! an mmap fallback for huge exec requests), replies are read into the caller's buffer.
+
+use core::cell::Cell;
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::Relaxed};
+
+use hermes_wire::{self as wire, Args, Call, ClientMsg, Decision, Done, Hello, Layer, Op, Reply, Welcome};
+use serde::Serialize;
+
+use crate::{config, fds, sys};
+
+/// Operations the policy subscribes to; updated by every Welcome.
+pub static MASK: AtomicU64 = AtomicU64::new(0);
+/// Whether the broker wants results of allowed calls.
+static REPORT: AtomicBool = AtomicBool::new(false);
+/// Set once every hook is resolved and the configuration is read.
+pub static READY: AtomicBool = AtomicBool::new(false);
+/// The pid whose memory this is: set by the constructor and in fork children. A
+/// caller with another pid shares our memory without having forked through libc: a
+/// vfork or posix_spawn child. It must not touch the thread's connection.
+pub static PROCESS_PID: AtomicI32 = AtomicI32::new(0);
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// Set while this thread is inside the preload's own code: a nested call (from a
+    /// signal handler, say) goes straight to the original.
+    static BUSY: Cell<bool> = const { Cell::new(false) };
+    /// This thread's broker connection (-1: none yet) and its next sequence number.
+    static CONN: Cell<(i32, u32)> = const { Cell::new((-1, 0)) };
+}
+
+/// How long a broker may take to answer before the call fails closed.
+const BROKER_TIMEOUT_SECS: i64 = 5;
+/// Broker descriptors live at or above this number, away from the program's own.
+const HIGH_FD: i32 = 700;
+const REQUEST_STACK: usize = 2048;
+pub const REPLY_BUF: usize = wire::MAX_PATH + 256;
+
+/// What to do with one call, as the preload applies it.
+#[derive(Debug)]
+pub enum Verdict<'r> {
+    Allow,
+    Deny(i32),
+    /// A NUL-terminated path.
+    Redirect(&'r [u8]),
+    RedirectAddr(wire::SockAddr<'r>),
+    Emulate(i64),
+    Kill,
+}
+
+/// Permission to mediate one call: the guard is held from [`Token::begin`] until the
+/// verdict is known, and again while the result is reported.
+pub struct Token {
+    op: Op,
+}
+
+impl Token {
+    /// `None` when the call must go straight to the original: the policy does not
+    /// watch this operation, the preload is not ready, or we are already inside it.
+    #[inline]
+    pub fn begin(op: Op) -> Option<Token> {
+        if MASK.load(Relaxed) & op.bit() == 0 || !READY.load(Relaxed) {
+            return None;
+        }
+        if BUSY.with(|b| b.replace(true)) {
+            return None;
+        }
+        Some(Token { op })
+    }
+
+    /// Ask the broker. Any failure to get an answer is a deny with EPERM.
+    pub fn ask<'r, L: Serialize>(self, func: &str, args: Args<'_, L>, reply: &'r mut [u8; REPLY_BUF]) -> (Verdict<'r>, Session) {
+        debug_assert_eq!(args.op(), self.op);
+        let errno = sys::errno();
+        let pid = sys::getpid();
+        let shared_memory = pid != PROCESS_PID.load(Relaxed);
+        let mut session = Session { fd: -1, seq: 0, one_shot: shared_memory, start: 0 };
+        let verdict = match session.exchange(func, pid, &args, reply) {
+            Ok(v) => v,
+            Err(e) => {
+                session.abandon();
+                if !WARNED.swap(true, Relaxed) {
+                    sys::warn(&[b"hermes-preload: broker unreachable (", crate::errno_text(e), b"): denying mediated calls with EPERM\n"]);
+                }
+                Verdict::Deny(libc::EPERM)
+            }
+        };
+        session.start = if REPORT.load(Relaxed) { sys::monotonic_ns() } else { 0 };
+        sys::set_errno(errno);
+        (verdict, session)
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        BUSY.with(|b| b.set(false));
+    }
+}
+
+/// One call in flight: reports the result (when the broker wants it) and releases a
+/// one-shot connection.
+pub struct Session {
+    fd: i32,
+    seq: u32,
+    one_shot: bool,
+    start: u64,
+}
+
+impl Session {
+    fn exchange<'r, L: Serialize>(&mut self, func: &str, pid: i32, args: &Args<'_, L>, reply: &'r mut [u8; REPLY_BUF]) -> Result<Verdict<'r>, i32> {
+        let tid = sys::gettid();
+        // A thread connection may have been closed under us (close_range, dup2 over
+        // it); then it is reconnected once.
+        let mut len = 0;
+        for attempt in 0..2 {
+            self.fd = if self.one_shot { connect(pid, tid)? } else { thread_conn(pid, tid)? };
+            self.seq = if self.one_shot { 1 } else { next_seq() };
+            let call = ClientMsg::Call(Call { seq: self.seq, func, pid, tid, args: clone_args(args) });
+            match send(self.fd, &call).and_then(|()| recv_frame(self.fd, &mut reply[..]).map(<[u8]>::len)) {
+                Ok(n) => {
+                    len = n;
+                    break;
+                }
+                Err(_) if attempt == 0 && !self.one_shot => drop_thread_conn(),
+                Err(e) => return Err(e),
+            }
+        }
+        let reply: &'r [u8; REPLY_BUF] = reply;
+        let reply: Reply<'r> = wire::decode(&reply[..len]).map_err(|_| libc::EPROTO)?;
+        if reply.seq != self.seq {
+            return Err(libc::EPROTO);
+        }
+        Ok(match reply.decision {
+            Decision::Allow => Verdict::Allow,
+            Decision::Deny { errno } => Verdict::Deny(errno),
+            d @ Decision::Redirect { .. } => Verdict::Redirect(d.redirect_cstr().ok_or(libc::EPROTO)?),
+            Decision::RedirectAddr(a) => Verdict::RedirectAddr(a),
+            Decision::Emulate { ret } => Verdict::Emulate(ret),
+            Decision::Kill => Verdict::Kill,
+        })
+    }
+
+    /// The real call ran and returned `ret`; tell the broker if it asked.
+    pub fn done(self, ret: i64) {
+        if self.start != 0 && self.fd >= 0 {
+            let errno = sys::errno();
+            let busy = BUSY.with(|b| b.replace(true));
+            let duration_ns = sys::monotonic_ns().saturating_sub(self.start);
+            let msg: ClientMsg<'_, ()> = ClientMsg::Done(Done { seq: self.seq, ret, errno: if ret < 0 { errno } else { 0 }, duration_ns });
+            let _ = send(self.fd, &msg);
+            BUSY.with(|b| b.set(busy));
+            sys::set_errno(errno);
+        }
+        self.release();
+    }
+
+    /// The call will not run (denied, emulated): nothing to report.
+    pub fn release(self) {
+        if self.one_shot && self.fd >= 0 {
+            sys::close(self.fd);
+        }
+    }
+
+    fn abandon(&mut self) {
+        if self.one_shot && self.fd >= 0 {
+            sys::close(self.fd);
+        }
+        self.fd = -1;
+        self.start = 0;
+    }
+}
+
+/// Postcard encodes `Args<L>` the same whatever the borrow; re-borrow to satisfy the
+/// message's lifetimes.
+fn clone_args<'a, L: Serialize>(args: &'a Args<'a, L>) -> Args<'a, &'a L> {
+    match *args {
+        Args::Open { dirfd, path, flags, mode } => Args::Open { dirfd, path, flags, mode },
+        Args::Connect { fd, addr } => Args::Connect { fd, addr },
+        Args::SendTo { fd, len, flags, addr } => Args::SendTo { fd, len, flags, addr },
+        Args::SendMsg { fd, len, flags, addr } => Args::SendMsg { fd, len, flags, addr },
+        Args::Exec { dirfd, path, search_path, flags, ref argv, ref envp } => {
+            Args::Exec { dirfd, path, search_path, flags, argv, envp }
+        }
+    }
+}
+
+fn next_seq() -> u32 {
+    CONN.with(|c| {
+        let (fd, seq) = c.get();
+        c.set((fd, seq.wrapping_add(1)));
+        seq
+    })
+}
+
+/// This thread's connection, made on first use.
+fn thread_conn(pid: i32, tid: i32) -> Result<i32, i32> {
+    let (fd, seq) = CONN.with(Cell::get);
+    if fd >= 0 && fds::is_ours(fd) {
+        return Ok(fd);
+    }
+    if fd >= 0 {
+        // The program closed or replaced it: the number is not ours any more.
+        CONN.with(|c| c.set((-1, seq)));
+    }
+    let fd = connect(pid, tid)?;
+    fds::mark_ours(fd);
+    config::on_thread_exit_close(fd);
+    CONN.with(|c| c.set((fd, seq)));
+    Ok(fd)
+}
+
+fn drop_thread_conn() {
+    let (fd, seq) = CONN.with(Cell::get);
+    if fd >= 0 && fds::unmark_ours(fd) {
+        sys::close(fd);
+    }
+    CONN.with(|c| c.set((-1, seq)));
+}
+
+/// In a fork child: the inherited connections are the parent's; close our copies.
+pub fn after_fork_child() {
+    fds::close_all_ours();
+    CONN.with(|c| c.set((-1, 0)));
+    PROCESS_PID.store(sys::getpid(), Relaxed);
+}
+
+/// Thread exit: close the connection the thread made.
+pub fn close_thread_conn(fd: i32) {
+    if fds::unmark_ours(fd) {
+        sys::close(fd);
+    }
+}
+
+fn connect(pid: i32, tid: i32) -> Result<i32, i32> {
+    let fd = sys::connect_abstract(config::get().socket())?;
+    let fd = sys::move_high(fd, HIGH_FD);
+    sys::set_timeouts(fd, BROKER_TIMEOUT_SECS);
+    let hello: ClientMsg<'_, ()> = ClientMsg::Hello(Hello { version: wire::PROTOCOL_VERSION, layer: Layer::Preload, pid, tid, client: "preload" });
+    let welcome = send(fd, &hello).and_then(|()| {
+        let mut buf = [0u8; 64];
+        let body = recv_frame(fd, &mut buf)?;
+        wire::decode::<Welcome>(body).map_err(|_| libc::EPROTO)
+    });
+    match welcome {
+        Ok(w) => {
+            MASK.store(w.mask, Relaxed);
+            REPORT.store(w.report, Relaxed);
+            Ok(fd)
+        }
+        Err(e) => {
+            sys::close(fd);
+            Err(e)
+        }
+    }
+}
+
+fn send<T: Serialize>(fd: i32, msg: &T) -> Result<(), i32> {
+    let mut stack = [0u8; REQUEST_STACK];
+    match wire::encode(msg, &mut stack) {
+        Ok(frame) => sys::write_all(fd, frame),
+        Err(wire::FrameError::BufferFull) => {
+            let mut big = sys::Mapping::new(wire::MAX_FRAME + 4).ok_or(libc::ENOMEM)?;
+            let frame = wire::encode(msg, big.bytes()).map_err(|_| libc::E2BIG)?;
+            sys::write_all(fd, frame)
+        }
+        Err(_) => Err(libc::E2BIG),
+    }
+}
+
+fn recv_frame(fd: i32, buf: &mut [u8]) -> Result<&[u8], i32> {
+    let mut header = [0u8; 4];
+    sys::read_exact(fd, &mut header)?;
+    let len = wire::body_len(header, buf.len()).map_err(|_| libc::EPROTO)?;
+    sys::read_exact(fd, &mut buf[..len])?;
+    Ok(&buf[..len])
+}

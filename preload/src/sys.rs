@@ -1,0 +1,218 @@
+//! Raw system calls: the preload's own I/O never goes through a libc function it might
+//! have hooked, and never touches the program's `errno`. Each wrapper returns the
+//! kernel's result: a value, or `-errno`.
+
+use core::arch::asm;
+
+/// A raw syscall with up to six arguments.
+///
+/// # Safety
+/// The caller upholds the contract of syscall `nr` for these arguments (pointers valid
+/// for the lengths the kernel will access).
+#[inline(always)]
+pub unsafe fn syscall6(nr: libc::c_long, a: usize, b: usize, c: usize, d: usize, e: usize, f: usize) -> isize {
+    let ret: isize;
+    // SAFETY: the x86_64 Linux syscall ABI: number in rax, arguments in rdi, rsi, rdx,
+    // r10, r8, r9; rcx and r11 are clobbered; the stack is not touched. The caller
+    // vouches for the arguments.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") nr as isize => ret,
+            in("rdi") a, in("rsi") b, in("rdx") c, in("r10") d, in("r8") e, in("r9") f,
+            lateout("rcx") _, lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// # Safety
+/// See [`syscall6`].
+#[inline(always)]
+pub unsafe fn syscall3(nr: libc::c_long, a: usize, b: usize, c: usize) -> isize {
+    // SAFETY: forwarded contract.
+    unsafe { syscall6(nr, a, b, c, 0, 0, 0) }
+}
+
+pub fn getpid() -> i32 {
+    // SAFETY: getpid takes no arguments and cannot fail.
+    unsafe { syscall3(libc::SYS_getpid, 0, 0, 0) as i32 }
+}
+
+pub fn gettid() -> i32 {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { syscall3(libc::SYS_gettid, 0, 0, 0) as i32 }
+}
+
+pub fn close(fd: i32) {
+    // SAFETY: closing a descriptor number has no memory effects; callers only close
+    // descriptors the preload opened.
+    unsafe { syscall3(libc::SYS_close, fd as usize, 0, 0) };
+}
+
+/// Write all of `buf`, retrying on EINTR and short writes.
+pub fn write_all(fd: i32, mut buf: &[u8]) -> Result<(), i32> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a live slice of `buf.len()` readable bytes.
+        let n = unsafe {
+            syscall6(libc::SYS_sendto, fd as usize, buf.as_ptr() as usize, buf.len(), libc::MSG_NOSIGNAL as usize, 0, 0)
+        };
+        match n {
+            n if n > 0 => buf = &buf[n as usize..],
+            n if n == -(libc::EINTR as isize) => {}
+            0 => return Err(libc::EPIPE),
+            n => return Err(-n as i32),
+        }
+    }
+    Ok(())
+}
+
+/// Fill all of `buf`, retrying on EINTR. EOF is `EPIPE`.
+pub fn read_exact(fd: i32, mut buf: &mut [u8]) -> Result<(), i32> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes.
+        let n = unsafe { syscall3(libc::SYS_read, fd as usize, buf.as_mut_ptr() as usize, buf.len()) };
+        match n {
+            n if n > 0 => buf = &mut buf[n as usize..],
+            n if n == -(libc::EINTR as isize) => {}
+            0 => return Err(libc::EPIPE),
+            n => return Err(-n as i32),
+        }
+    }
+    Ok(())
+}
+
+/// Connect a new close-on-exec stream socket to the abstract Unix name `name`.
+pub fn connect_abstract(name: &[u8]) -> Result<i32, i32> {
+    // SAFETY: plain integer arguments.
+    let fd = unsafe {
+        syscall3(libc::SYS_socket, libc::AF_UNIX as usize, (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as usize, 0)
+    };
+    if fd < 0 {
+        return Err(-fd as i32);
+    }
+    let fd = fd as i32;
+    let mut addr = [0u8; 2 + 108];
+    addr[..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+    // addr[2] stays 0: the abstract namespace.
+    let len = name.len().min(107);
+    addr[3..3 + len].copy_from_slice(&name[..len]);
+    let addrlen = 3 + len;
+    loop {
+        // SAFETY: `addr` is a live buffer of at least `addrlen` bytes.
+        let rc = unsafe { syscall3(libc::SYS_connect, fd as usize, addr.as_ptr() as usize, addrlen) };
+        match rc {
+            0 => return Ok(fd),
+            rc if rc == -(libc::EINTR as isize) => continue,
+            rc => {
+                close(fd);
+                return Err(-rc as i32);
+            }
+        }
+    }
+}
+
+/// Bound every blocking read and write on `fd`, so a wedged broker cannot hang us.
+pub fn set_timeouts(fd: i32, secs: i64) {
+    let tv = libc::timeval { tv_sec: secs, tv_usec: 0 };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: `tv` is a live timeval and the length matches it.
+        unsafe {
+            syscall6(
+                libc::SYS_setsockopt,
+                fd as usize,
+                libc::SOL_SOCKET as usize,
+                opt as usize,
+                &tv as *const libc::timeval as usize,
+                core::mem::size_of::<libc::timeval>(),
+                0,
+            )
+        };
+    }
+}
+
+/// Move `fd` to the lowest free descriptor at or above `min` (close-on-exec), out of
+/// the range programs usually manage; keeps `fd` where it is when that fails.
+pub fn move_high(fd: i32, min: i32) -> i32 {
+    // SAFETY: plain integer arguments.
+    let high = unsafe { syscall3(libc::SYS_fcntl, fd as usize, libc::F_DUPFD_CLOEXEC as usize, min as usize) };
+    if high < 0 {
+        return fd;
+    }
+    close(fd);
+    high as i32
+}
+
+pub fn kill_self() -> ! {
+    // SAFETY: plain integer arguments; SIGKILL cannot be caught, so this does not return.
+    unsafe {
+        syscall3(libc::SYS_kill, getpid() as usize, libc::SIGKILL as usize, 0);
+        syscall3(libc::SYS_exit_group, 137, 0, 0);
+    }
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
+
+/// Write a diagnostic to stderr (best effort).
+pub fn warn(parts: &[&[u8]]) {
+    for part in parts {
+        // SAFETY: each part is a live slice.
+        unsafe { syscall3(libc::SYS_write, 2, part.as_ptr() as usize, part.len()) };
+    }
+}
+
+/// Anonymous memory for requests that do not fit on the stack (huge argv/envp). mmap
+/// is safe everywhere the preload runs, including a vfork child, unlike malloc.
+pub struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    pub fn new(len: usize) -> Option<Self> {
+        // SAFETY: an anonymous private mapping; the kernel picks the address.
+        let p = unsafe {
+            syscall6(
+                libc::SYS_mmap,
+                0,
+                len,
+                (libc::PROT_READ | libc::PROT_WRITE) as usize,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as usize,
+                usize::MAX,
+                0,
+            )
+        };
+        (p >= 0 || p < -4095).then_some(Mapping { ptr: p as *mut u8, len })
+    }
+
+    pub fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` bytes, readable and writable, and owned by self.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the region this value mapped.
+        unsafe { syscall3(libc::SYS_munmap, self.ptr as usize, self.len, 0) };
+    }
+}
+
+/// The calling thread's `errno`.
+pub fn errno() -> i32 {
+    // SAFETY: __errno_location returns the calling thread's errno slot, always valid.
+    unsafe { *libc::__errno_location() }
+}
+
+pub fn set_errno(e: i32) {
+    // SAFETY: as in `errno`.
+    unsafe { *libc::__errno_location() = e };
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a live timespec. clock_gettime is served by the vDSO, not hooked.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
