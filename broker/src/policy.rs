@@ -32,7 +32,9 @@ pub enum PolicyError {
     #[error("{0}")]
     Runtime(String),
     /// The file compiled but defines no handler, so it could never decide anything.
-    #[error("{path}: defines no entry point (on_call, on_syscall, on_open, on_connect, on_sendto, on_sendmsg or on_exec)")]
+    #[error(
+        "{path}: defines no entry point (on_call, on_syscall, on_open, on_connect, on_sendto, on_sendmsg or on_exec)"
+    )]
     NoEntryPoint { path: String },
     /// An entry point name is bound to something that is not a function.
     #[error("{path}: `{name}` must be a function, not a {found}")]
@@ -46,7 +48,11 @@ pub enum Verdict {
     Deny(i32),
     Redirect(Vec<u8>),
     /// Redirect a socket call; fields left `None` keep the original's.
-    RedirectAddr { ip: Option<IpAddr>, port: Option<u16>, unix: Option<Vec<u8>> },
+    RedirectAddr {
+        ip: Option<IpAddr>,
+        port: Option<u16>,
+        unix: Option<Vec<u8>>,
+    },
     Emulate(i64),
     Kill,
 }
@@ -81,9 +87,7 @@ struct LuaDecision(Verdict);
 
 impl UserData for LuaDecision {
     fn add_methods<M: mlua::UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_meta_method(mlua::MetaMethod::ToString, |_, this, ()| {
-            Ok(format!("hermes.{:?}", this.0))
-        });
+        methods.add_meta_method(mlua::MetaMethod::ToString, |_, this, ()| Ok(format!("hermes.{:?}", this.0)));
     }
 }
 
@@ -233,11 +237,9 @@ impl Handlers {
             match globals.get::<Value>(name) {
                 Ok(Value::Nil) => Ok(None),
                 Ok(Value::Function(f)) => Ok(Some(f)),
-                Ok(other) => Err(PolicyError::NotAFunction {
-                    path: path.to_owned(),
-                    name,
-                    found: other.type_name().to_owned(),
-                }),
+                Ok(other) => {
+                    Err(PolicyError::NotAFunction { path: path.to_owned(), name, found: other.type_name().to_owned() })
+                }
                 Err(e) => Err(PolicyError::Runtime(lua_message(&e))),
             }
         };
@@ -295,14 +297,8 @@ fn install_api(lua: &Lua, dir: &Path, logs: &Arc<Mutex<Vec<String>>>) -> mlua::R
 
     hermes.set("allow", lua.create_function(move |lua, ()| decision(lua, Verdict::Allow))?)?;
     hermes.set("kill", lua.create_function(move |lua, ()| decision(lua, Verdict::Kill))?)?;
-    hermes.set(
-        "deny",
-        lua.create_function(move |lua, e: Value| decision(lua, Verdict::Deny(errno_arg(e)?)))?,
-    )?;
-    hermes.set(
-        "emulate",
-        lua.create_function(move |lua, ret: i64| decision(lua, Verdict::Emulate(ret)))?,
-    )?;
+    hermes.set("deny", lua.create_function(move |lua, e: Value| decision(lua, Verdict::Deny(errno_arg(e)?)))?)?;
+    hermes.set("emulate", lua.create_function(move |lua, ret: i64| decision(lua, Verdict::Emulate(ret)))?)?;
     hermes.set("redirect", lua.create_function(move |lua, to: Value| decision(lua, redirect_arg(to)?))?)?;
 
     let logs = Arc::clone(logs);
@@ -361,9 +357,9 @@ fn redirect_arg(to: Value) -> mlua::Result<Verdict> {
                 None => None,
             };
             let port = match t.get::<Option<i64>>("port")? {
-                Some(p) => Some(
-                    u16::try_from(p).map_err(|_| mlua::Error::runtime(format!("hermes.redirect: bad port {p}")))?,
-                ),
+                Some(p) => {
+                    Some(u16::try_from(p).map_err(|_| mlua::Error::runtime(format!("hermes.redirect: bad port {p}")))?)
+                }
                 None => None,
             };
             let unix = t.get::<Option<mlua::String>>("path")?.map(|s| s.as_bytes().to_vec());
@@ -392,10 +388,9 @@ fn to_verdict(v: Value) -> Result<Option<Verdict>, String> {
             "BLOCK" | "DENY" => Ok(Some(Verdict::Deny(libc::EPERM))),
             other => Err(format!("returned unknown decision \"{other}\" (expected \"ALLOW\" or \"BLOCK\")")),
         },
-        other => Err(format!(
-            "returned a {} (expected a hermes decision such as hermes.allow(), or nil)",
-            other.type_name()
-        )),
+        other => {
+            Err(format!("returned a {} (expected a hermes decision such as hermes.allow(), or nil)", other.type_name()))
+        }
     }
 }
 
@@ -411,7 +406,9 @@ fn check_applicable(ev: &Event, verdict: &Verdict) -> Result<(), String> {
             }
             _ => false,
         },
-        Verdict::Emulate(_) => !matches!(ev.func.as_str(), "fopen" | "fopen64" | "freopen" | "freopen64" | "posix_spawn" | "posix_spawnp"),
+        Verdict::Emulate(_) => {
+            !matches!(ev.func.as_str(), "fopen" | "fopen64" | "freopen" | "freopen64" | "posix_spawn" | "posix_spawnp")
+        }
         Verdict::Allow | Verdict::Deny(_) | Verdict::Kill => true,
     };
     if ok {
@@ -515,4 +512,145 @@ fn first_line_of(s: &str) -> String {
 fn fnv1a64(data: &[u8]) -> String {
     let h = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     format!("fnv1a64:{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ProcInfo;
+    use hermes_wire::{Args, Layer, SockAddr};
+
+    fn policy(src: &str) -> Result<Policy, PolicyError> {
+        Policy::from_source("test.lua", src.as_bytes(), Path::new("/policies"), Duration::from_millis(50))
+    }
+
+    fn open_event(path: &[u8], flags: i32) -> Event {
+        let args: Args<Vec<&[u8]>> = Args::Open { dirfd: libc::AT_FDCWD, path, flags, mode: 0 };
+        Event::new("openat", 1, 1, Layer::Preload, ProcInfo::default(), &args)
+    }
+
+    fn connect_event(ip: [u8; 4], port: u16) -> Event {
+        let args: Args<Vec<&[u8]>> = Args::Connect { fd: 3, addr: SockAddr::Inet { ip, port } };
+        Event::new("connect", 1, 1, Layer::Preload, ProcInfo::default(), &args)
+    }
+
+    #[test]
+    fn syntax_errors_name_file_and_line() {
+        let err = policy("function on_call(ev)\n  return hermes.allow(\nend\n").err().expect("must fail");
+        let msg = err.to_string();
+        assert!(matches!(err, PolicyError::Syntax(_)), "{msg}");
+        assert!(msg.starts_with("test.lua:3:"), "{msg}");
+    }
+
+    #[test]
+    fn top_level_errors_and_missing_entry_points_are_refused() {
+        let msg = policy("local x = nil\nx.y = 1\n").err().expect("must fail").to_string();
+        assert!(msg.contains("test.lua:2:"), "{msg}");
+        let err = policy("x = 1\n").err().expect("must fail");
+        assert!(matches!(err, PolicyError::NoEntryPoint { .. }), "{err}");
+        let err = policy("on_open = 5\n").err().expect("must fail");
+        assert!(err.to_string().contains("`on_open` must be a function, not a integer"), "{err}");
+        let err = policy("while true do end\nfunction on_call() end").err().expect("must fail");
+        assert!(err.to_string().contains("time limit"), "{err}");
+    }
+
+    #[test]
+    fn handlers_are_the_subscription_list() {
+        assert_eq!(policy("function on_open() end").unwrap().mask(), Op::Open.bit());
+        let p = policy("function on_connect() end function on_exec() end").unwrap();
+        assert_eq!(p.mask(), Op::Connect.bit() | Op::Exec.bit());
+        assert_eq!(policy("function on_syscall() end").unwrap().mask(), 0b11111);
+        assert_eq!(policy("function on_call() end").unwrap().mask(), 0b11111);
+    }
+
+    #[test]
+    fn per_op_handler_then_on_call_then_default() {
+        let p = policy(
+            r#"
+            function on_open(ev) if ev.path == "/a" then return hermes.deny("EACCES") end end
+            function on_call(ev) if ev.path == "/b" then return hermes.redirect("/c") end end
+            "#,
+        )
+        .unwrap();
+        let o = p.decide(&open_event(b"/a", 0));
+        assert_eq!((o.verdict, o.handler), (Verdict::Deny(libc::EACCES), "on_open"));
+        let o = p.decide(&open_event(b"/b", 0));
+        assert_eq!((o.verdict, o.handler), (Verdict::Redirect(b"/c".to_vec()), "on_call"));
+        let o = p.decide(&open_event(b"/z", 0));
+        assert_eq!((o.verdict, o.handler), (Verdict::Allow, "default"));
+    }
+
+    #[test]
+    fn legacy_on_syscall_strings() {
+        let p = policy(r#"function on_syscall(name, args) if name == "openat" then return "BLOCK" end return "ALLOW" end"#)
+            .unwrap();
+        assert_eq!(p.decide(&open_event(b"/x", 0)).verdict, Verdict::Deny(libc::EPERM));
+        assert_eq!(p.decide(&connect_event([1, 2, 3, 4], 80)).verdict, Verdict::Allow);
+    }
+
+    #[test]
+    fn errors_and_bad_values_fail_closed_with_a_reason() {
+        let p = policy(
+            r#"
+            function on_open(ev)
+              if ev.path == "/err" then error("boom") end
+              if ev.path == "/loop" then while true do end end
+              if ev.path == "/errno" then return hermes.deny("EBOGUS") end
+              if ev.path == "/maybe" then return "MAYBE" end
+              if ev.path == "/num" then return 42 end
+              if ev.path == "/fopen" then return hermes.redirect{port = 1} end
+            end
+            "#,
+        )
+        .unwrap();
+        for (path, needle) in [
+            ("/err", "test.lua:3: boom"),
+            ("/loop", "time limit"),
+            ("/errno", "unknown errno name 'EBOGUS'"),
+            ("/maybe", "\"MAYBE\""),
+            ("/num", "returned a integer"),
+            ("/fopen", "does not apply to openat"),
+        ] {
+            let o = p.decide(&open_event(path.as_bytes(), 0));
+            assert_eq!(o.verdict, Verdict::Deny(libc::EPERM), "{path}");
+            let error = o.error.unwrap_or_default();
+            assert!(error.contains(needle), "{path}: {error}");
+        }
+        // The policy still works after all that.
+        assert_eq!(p.decide(&open_event(b"/fine", 0)).verdict, Verdict::Allow);
+    }
+
+    #[test]
+    fn events_carry_decoded_fields_and_helpers_work() {
+        let p = policy(
+            r#"
+            function on_open(ev)
+              hermes.log("saw", ev.path, ev.write)
+              if ev.write and ev.flags & hermes.O_CREAT ~= 0 then return hermes.deny(hermes.errno.EROFS) end
+            end
+            function on_connect(ev)
+              if ev.family == "inet" and ev.addr == "10.0.0.1" and ev.port == 80 then
+                return hermes.redirect{addr = "127.0.0.1"}
+              end
+            end
+            "#,
+        )
+        .unwrap();
+        let o = p.decide(&open_event(b"/new", libc::O_WRONLY | libc::O_CREAT));
+        assert_eq!(o.verdict, Verdict::Deny(libc::EROFS));
+        assert_eq!(o.logs, vec!["saw /new true".to_owned()]);
+        let o = p.decide(&connect_event([10, 0, 0, 1], 80));
+        let Verdict::RedirectAddr { ip, port, unix } = o.verdict else { panic!("{:?}", o.verdict) };
+        let to = redirect_addr(&NetAddr::from_wire(&SockAddr::Inet { ip: [10, 0, 0, 1], port: 80 }), ip, port, unix.as_deref());
+        assert_eq!(to.display(), "127.0.0.1:80");
+    }
+
+    #[test]
+    fn content_hash_is_stable_and_policy_dir_is_exposed() {
+        let src = "function on_call(ev) if ev.path == hermes.policy_dir .. '/x' then return hermes.kill() end end";
+        let a = policy(src).unwrap();
+        assert_eq!(a.hash(), policy(src).unwrap().hash());
+        assert_ne!(a.hash(), policy("function on_call() end").unwrap().hash());
+        assert_eq!(a.decide(&open_event(b"/policies/x", 0)).verdict, Verdict::Kill);
+    }
 }

@@ -107,11 +107,8 @@ impl Handle {
     /// Wait until no connection is open, or `timeout` passes. Returns how many remain.
     pub fn drain(&self, timeout: Duration) -> usize {
         let live = lock(&self.shared.live);
-        let (live, _) = self
-            .shared
-            .idle
-            .wait_timeout_while(live, timeout, |n| *n > 0)
-            .unwrap_or_else(|e| e.into_inner());
+        let (live, _) =
+            self.shared.idle.wait_timeout_while(live, timeout, |n| *n > 0).unwrap_or_else(|e| e.into_inner());
         *live
     }
 }

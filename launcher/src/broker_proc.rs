@@ -73,13 +73,15 @@ fn start(args: &BrokerArgs) -> Result<Broker, String> {
     let timeout = Duration::from_millis(args.timeout_ms);
     let policy = match &args.policy {
         Some(path) => Policy::load(path, timeout),
-        None => Policy::from_source("<built-in allow-all>", policy::ALLOW_ALL_SOURCE.as_bytes(), Path::new("."), timeout),
+        None => {
+            Policy::from_source("<built-in allow-all>", policy::ALLOW_ALL_SOURCE.as_bytes(), Path::new("."), timeout)
+        }
     }
     .map_err(|e| e.to_string())?;
     let trace = match &args.trace {
-        Some(path) => Some(
-            std::fs::File::create(path).map_err(|e| format!("cannot create trace {}: {e}", path.display()))?,
-        ),
+        Some(path) => {
+            Some(std::fs::File::create(path).map_err(|e| format!("cannot create trace {}: {e}", path.display()))?)
+        }
         None => None,
     };
     Broker::bind(args.socket.as_bytes(), policy, Sink::new(trace, args.verbose))

@@ -11,7 +11,9 @@ use core::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use hermes_wire::{Args, Op, SockAddr, SOCKADDR_MAX};
-use libc::{mode_t, msghdr, pid_t, posix_spawn_file_actions_t, posix_spawnattr_t, size_t, sockaddr, socklen_t, ssize_t, FILE};
+use libc::{
+    mode_t, msghdr, pid_t, posix_spawn_file_actions_t, posix_spawnattr_t, size_t, sockaddr, socklen_t, ssize_t, FILE,
+};
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 
 use crate::config::{count_list, with_hermes_env};
@@ -217,7 +219,11 @@ impl CResult for *mut FILE {
         Self::fail(libc::EPERM)
     }
     fn as_i64(self) -> i64 {
-        if self.is_null() { -1 } else { 0 }
+        if self.is_null() {
+            -1
+        } else {
+            0
+        }
     }
 }
 
@@ -233,7 +239,11 @@ impl CResult for SpawnResult {
         SpawnResult(libc::EPERM)
     }
     fn as_i64(self) -> i64 {
-        if self.0 == 0 { 0 } else { -1 }
+        if self.0 == 0 {
+            0
+        } else {
+            -1
+        }
     }
 }
 
@@ -262,7 +272,14 @@ fn refuse<R: CResult>(session: Session, verdict: Verdict) -> R {
 }
 
 /// The open family, fopen included.
-fn path_call<R: CResult>(func: &str, dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t, real: impl FnOnce(*const c_char) -> R) -> R {
+fn path_call<R: CResult>(
+    func: &str,
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: mode_t,
+    real: impl FnOnce(*const c_char) -> R,
+) -> R {
     let Some(raw) = cstr(path) else { return real(path) };
     let Some(token) = Token::begin(Op::Open) else { return real(path) };
     let mut reply = [0u8; REPLY_BUF];
@@ -331,7 +348,13 @@ fn send_call<'a, R: CResult>(
     apply_addr(verdict, session, addr, len, real)
 }
 
-fn apply_addr<R: CResult>(verdict: Verdict, session: Session, addr: *const sockaddr, len: socklen_t, real: impl FnOnce(*const sockaddr, socklen_t) -> R) -> R {
+fn apply_addr<R: CResult>(
+    verdict: Verdict,
+    session: Session,
+    addr: *const sockaddr,
+    len: socklen_t,
+    real: impl FnOnce(*const sockaddr, socklen_t) -> R,
+) -> R {
     match verdict {
         Verdict::Allow => run(session, || real(addr, len)),
         Verdict::RedirectAddr(to) => {
@@ -435,7 +458,8 @@ fn spawn_call(
     let Some(raw) = cstr(path) else { return spawn(path).0 };
     let Some(token) = Token::begin(Op::Exec) else { return spawn(path).0 };
     let mut reply = [0u8; REPLY_BUF];
-    let args = Args::Exec { dirfd: AT_FDCWD, path: raw, search_path, flags: 0, argv: CStrList(argv), envp: CStrList(envp) };
+    let args =
+        Args::Exec { dirfd: AT_FDCWD, path: raw, search_path, flags: 0, argv: CStrList(argv), envp: CStrList(envp) };
     let (verdict, session) = token.ask(func, args, &mut reply);
     let result = match verdict {
         Verdict::Allow => run(session, || spawn(path)),

@@ -70,7 +70,12 @@ impl Token {
     }
 
     /// Ask the broker. Any failure to get an answer is a deny with EPERM.
-    pub fn ask<'r, L: Serialize>(self, func: &str, args: Args<'_, L>, reply: &'r mut [u8; REPLY_BUF]) -> (Verdict<'r>, Session) {
+    pub fn ask<'r, L: Serialize>(
+        self,
+        func: &str,
+        args: Args<'_, L>,
+        reply: &'r mut [u8; REPLY_BUF],
+    ) -> (Verdict<'r>, Session) {
         debug_assert_eq!(args.op(), self.op);
         let errno = sys::errno();
         let pid = sys::getpid();
@@ -81,7 +86,11 @@ impl Token {
             Err(e) => {
                 session.abandon();
                 if !WARNED.swap(true, Relaxed) {
-                    sys::warn(&[b"hermes-preload: broker unreachable (", crate::errno_text(e), b"): denying mediated calls with EPERM\n"]);
+                    sys::warn(&[
+                        b"hermes-preload: broker unreachable (",
+                        crate::errno_text(e),
+                        b"): denying mediated calls with EPERM\n",
+                    ]);
                 }
                 Verdict::Deny(libc::EPERM)
             }
@@ -108,7 +117,13 @@ pub struct Session {
 }
 
 impl Session {
-    fn exchange<'r, L: Serialize>(&mut self, func: &str, pid: i32, args: &Args<'_, L>, reply: &'r mut [u8; REPLY_BUF]) -> Result<Verdict<'r>, i32> {
+    fn exchange<'r, L: Serialize>(
+        &mut self,
+        func: &str,
+        pid: i32,
+        args: &Args<'_, L>,
+        reply: &'r mut [u8; REPLY_BUF],
+    ) -> Result<Verdict<'r>, i32> {
         let tid = sys::gettid();
         // A thread connection may have been closed under us (close_range, dup2 over
         // it); then it is reconnected once.
@@ -147,7 +162,8 @@ impl Session {
             let errno = sys::errno();
             let busy = BUSY.with(|b| b.replace(true));
             let duration_ns = sys::monotonic_ns().saturating_sub(self.start);
-            let msg: ClientMsg<'_, ()> = ClientMsg::Done(Done { seq: self.seq, ret, errno: if ret < 0 { errno } else { 0 }, duration_ns });
+            let msg: ClientMsg<'_, ()> =
+                ClientMsg::Done(Done { seq: self.seq, ret, errno: if ret < 0 { errno } else { 0 }, duration_ns });
             let _ = send(self.fd, &msg);
             BUSY.with(|b| b.set(busy));
             sys::set_errno(errno);
@@ -236,7 +252,8 @@ fn connect(pid: i32, tid: i32) -> Result<i32, i32> {
     let fd = sys::connect_abstract(config::get().socket())?;
     let fd = sys::move_high(fd, HIGH_FD);
     sys::set_timeouts(fd, BROKER_TIMEOUT_SECS);
-    let hello: ClientMsg<'_, ()> = ClientMsg::Hello(Hello { version: wire::PROTOCOL_VERSION, layer: Layer::Preload, pid, tid, client: "preload" });
+    let hello: ClientMsg<'_, ()> =
+        ClientMsg::Hello(Hello { version: wire::PROTOCOL_VERSION, layer: Layer::Preload, pid, tid, client: "preload" });
     let welcome = send(fd, &hello).and_then(|()| {
         let mut buf = [0u8; 64];
         let body = recv_frame(fd, &mut buf)?;

@@ -183,7 +183,7 @@ impl Mapping {
                 0,
             )
         };
-        (p >= 0 || p < -4095).then_some(Mapping { ptr: p as *mut u8, len })
+        (!(-4095..0).contains(&p)).then_some(Mapping { ptr: p as *mut u8, len })
     }
 
     pub fn bytes(&mut self) -> &mut [u8] {

@@ -29,7 +29,9 @@ pub enum SockAddr<'a> {
         path: &'a [u8],
     },
     /// Any other family, kept by number only.
-    Other { family: u16 },
+    Other {
+        family: u16,
+    },
 }
 
 impl<'a> SockAddr<'a> {
@@ -40,17 +42,12 @@ impl<'a> SockAddr<'a> {
         let family = u16::from_ne_bytes([*raw.first()?, *raw.get(1)?]);
         let port = |raw: &[u8]| u16::from_be_bytes([raw[2], raw[3]]);
         match family {
-            AF_INET if raw.len() >= 8 => Some(SockAddr::Inet {
-                ip: raw[4..8].try_into().ok()?,
-                port: port(raw),
-            }),
+            AF_INET if raw.len() >= 8 => Some(SockAddr::Inet { ip: raw[4..8].try_into().ok()?, port: port(raw) }),
             AF_INET6 if raw.len() >= 24 => Some(SockAddr::Inet6 {
                 ip: raw[8..24].try_into().ok()?,
                 port: port(raw),
                 flowinfo: u32::from_be_bytes(raw[4..8].try_into().ok()?),
-                scope_id: raw
-                    .get(24..28)
-                    .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+                scope_id: raw.get(24..28).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
             }),
             AF_UNIX => {
                 let path = &raw[2..raw.len().min(2 + SUN_PATH_MAX)];
