@@ -361,4 +361,46 @@ mod tests {
         assert_eq!(Decision::Redirect { path: b"/a\0b\0" }.redirect_cstr(), None);
         assert_eq!(Decision::Redirect { path: b"\0" }.redirect_cstr(), None);
     }
+
+    /// Hostile input: random bytes and mutated valid frames never panic the decoder.
+    #[test]
+    fn random_and_mutated_frames_decode_or_fail_cleanly() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let argv: &[&[u8]] = &[b"/bin/sh", b"-c", b"true"];
+        let mut buf = [0u8; 256];
+        let valid = encode(
+            &ClientMsg::Call(Call {
+                seq: 1,
+                func: "execve",
+                pid: 1,
+                tid: 1,
+                args: Args::Exec { dirfd: -100, path: b"/bin/sh", search_path: true, flags: 0, argv: Iter(argv), envp: Iter(&[]) },
+            }),
+            &mut buf,
+        )
+        .unwrap()
+        .to_vec();
+        for round in 0..20_000 {
+            let mut body: Vec<u8> = if round % 2 == 0 {
+                (0..next() % 64).map(|_| next() as u8).collect()
+            } else {
+                valid[4..].to_vec()
+            };
+            if !body.is_empty() {
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() as usize) % body.len();
+                    body[at] = next() as u8;
+                }
+            }
+            let _ = decode::<Owned>(&body);
+            let _ = decode::<Reply>(&body);
+            let _ = decode::<Welcome>(&body);
+        }
+    }
 }
