@@ -282,6 +282,8 @@ fn path_call<R: CResult>(
 ) -> R {
     let Some(raw) = cstr(path) else { return real(path) };
     let Some(token) = Token::begin(Op::Open) else { return real(path) };
+    // The mode argument is only read (and only passed) with O_CREAT or O_TMPFILE.
+    let mode = if flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE { mode } else { 0 };
     let mut reply = [0u8; REPLY_BUF];
     let (verdict, session) = token.ask(func, Args::Open::<()> { dirfd, path: raw, flags, mode }, &mut reply);
     match verdict {

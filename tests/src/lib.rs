@@ -32,12 +32,19 @@ pub fn ensure_built() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(root()).args(["build", "--quiet", "-p", "hermes-launcher", "-p", "hermes-preload"]);
+        cmd.args(["-p", "hermes-tests", "--bin", "rust_target"]);
         if profile_dir().file_name() == Some(OsStr::new("release")) {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "cargo build of hermes and the preload failed");
     });
+}
+
+/// The Rust test target (tests/src/bin/rust_target.rs).
+pub fn rust_target() -> PathBuf {
+    ensure_built();
+    profile_dir().join("rust_target")
 }
 
 pub fn hermes_bin() -> PathBuf {
