@@ -582,8 +582,9 @@ mod tests {
 
     #[test]
     fn legacy_on_syscall_strings() {
-        let p = policy(r#"function on_syscall(name, args) if name == "openat" then return "BLOCK" end return "ALLOW" end"#)
-            .unwrap();
+        let p =
+            policy(r#"function on_syscall(name, args) if name == "openat" then return "BLOCK" end return "ALLOW" end"#)
+                .unwrap();
         assert_eq!(p.decide(&open_event(b"/x", 0)).verdict, Verdict::Deny(libc::EPERM));
         assert_eq!(p.decide(&connect_event([1, 2, 3, 4], 80)).verdict, Verdict::Allow);
     }
@@ -641,7 +642,12 @@ mod tests {
         assert_eq!(o.logs, vec!["saw /new true".to_owned()]);
         let o = p.decide(&connect_event([10, 0, 0, 1], 80));
         let Verdict::RedirectAddr { ip, port, unix } = o.verdict else { panic!("{:?}", o.verdict) };
-        let to = redirect_addr(&NetAddr::from_wire(&SockAddr::Inet { ip: [10, 0, 0, 1], port: 80 }), ip, port, unix.as_deref());
+        let to = redirect_addr(
+            &NetAddr::from_wire(&SockAddr::Inet { ip: [10, 0, 0, 1], port: 80 }),
+            ip,
+            port,
+            unix.as_deref(),
+        );
         assert_eq!(to.display(), "127.0.0.1:80");
     }
 

@@ -57,8 +57,12 @@ pub fn hermes_bin() -> PathBuf {
 pub fn c_program(name: &str) -> PathBuf {
     let src = root().join("tests/c").join(format!("{name}.c"));
     let text = std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
-    let flags: Vec<&str> =
-        text.lines().next().and_then(|l| l.strip_prefix("// gcc:")).map(|f| f.split_whitespace().collect()).unwrap_or_default();
+    let flags: Vec<&str> = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("// gcc:"))
+        .map(|f| f.split_whitespace().collect())
+        .unwrap_or_default();
     let out_dir = profile_dir().join("test-programs");
     std::fs::create_dir_all(&out_dir).expect("mkdir test-programs");
     let hash = fnv(text.as_bytes());
@@ -90,7 +94,11 @@ pub struct Scratch(PathBuf);
 impl Scratch {
     pub fn new() -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!("hermes-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let dir = std::env::temp_dir().join(format!(
+            "hermes-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("mkdir scratch");
         Scratch(std::fs::canonicalize(&dir).expect("canonicalize scratch"))
@@ -145,7 +153,11 @@ impl Outcome {
     /// Panic with the whole run when `cond` is false.
     #[track_caller]
     pub fn check(&self, cond: bool, what: &str) {
-        assert!(cond, "{what}\n--- exit {}\n--- stdout\n{}\n--- stderr\n{}\n--- trace\n{:#?}", self.code, self.stdout, self.stderr, self.trace);
+        assert!(
+            cond,
+            "{what}\n--- exit {}\n--- stdout\n{}\n--- stderr\n{}\n--- trace\n{:#?}",
+            self.code, self.stdout, self.stderr, self.trace
+        );
     }
 }
 
@@ -214,7 +226,8 @@ impl Launch {
     /// Run to completion (killing it after the timeout, which fails the test).
     pub fn run(mut self) -> Outcome {
         let start = Instant::now();
-        let mut child = self.cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn hermes");
+        let mut child =
+            self.cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn hermes");
         let mut out = child.stdout.take().expect("stdout");
         let mut err = child.stderr.take().expect("stderr");
         let out_t = std::thread::spawn(move || {

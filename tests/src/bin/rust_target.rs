@@ -24,7 +24,10 @@ fn main() {
         "udp" => std::net::UdpSocket::bind("127.0.0.1:0")
             .and_then(|s| s.send_to(b"ping", ("127.0.0.1", rest[0].parse::<u16>().expect("port"))))
             .map(|n| n.to_string()),
-        "spawn" => std::process::Command::new(&rest[0]).args(&rest[1..]).status().map(|s| format!("exit={}", s.code().unwrap_or(-1))),
+        "spawn" => std::process::Command::new(&rest[0])
+            .args(&rest[1..])
+            .status()
+            .map(|s| format!("exit={}", s.code().unwrap_or(-1))),
         other => panic!("unknown op {other}"),
     };
     match result {
