@@ -214,8 +214,10 @@ impl<'s> Connection<'s> {
     fn decide(&mut self, func: &str, pid: i32, tid: i32, args: &Args<Vec<&[u8]>>) -> Record {
         // The kernel's word on who is calling beats the message's, for the preload.
         let pid = if self.layer == Layer::Preload { self.peer_pid } else { pid };
+        // A preload connection lives in one process image (it is close-on-exec); the
+        // tracer's single connection sees processes exec, so it reads /proc each time.
         let proc = match &self.proc {
-            Some((p, info)) if *p == pid => info.clone(),
+            Some((p, info)) if *p == pid && self.layer == Layer::Preload => info.clone(),
             _ => {
                 let info = ProcInfo::read(pid);
                 self.proc = Some((pid, info.clone()));

@@ -31,17 +31,10 @@ pub fn run(args: &LaunchArgs) -> ExitCode {
 fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
     let (prog, prog_args) = args.command.split_first().ok_or_else(|| Refusal(2, "no program given".into()))?;
     let exe = find_program(prog)?;
-    if is_static_elf(&exe) {
-        return Err(Refusal(
-            2,
-            format!(
-                "{} is statically linked: the preload cannot see its calls and the seccomp+ptrace \
-                 fallback is not available yet; refusing to run it unmediated",
-                exe.display()
-            ),
-        ));
-    }
-    let preload = find_preload(args.preload.as_deref())?;
+    // A static binary never runs the dynamic loader, so the preload cannot enter it:
+    // it runs under the seccomp+ptrace fallback instead.
+    let traced = is_static_elf(&exe);
+    let preload = if traced { None } else { Some(find_preload(args.preload.as_deref())?) };
     let socket = format!("hermes-{}-{}", std::process::id(), nanos());
     let mut broker = BrokerProc::start(args, &socket)?;
 
@@ -50,28 +43,25 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
 
-    let mut ld_preload = preload.as_os_str().to_owned();
-    if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
-        ld_preload.push(":");
-        ld_preload.push(existing);
+    let mut cmd = Command::new(&exe);
+    cmd.arg0(prog).args(prog_args).env("HERMES_SOCK", &socket).env("HERMES_MASK", broker.mask.to_string());
+    if let Some(preload) = &preload {
+        let mut ld_preload = preload.as_os_str().to_owned();
+        if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+            ld_preload.push(":");
+            ld_preload.push(existing);
+        }
+        cmd.env("LD_PRELOAD", ld_preload).env("HERMES_PRELOAD_LIB", preload);
     }
-    let spawned = Command::new(&exe)
-        .arg0(prog)
-        .args(prog_args)
-        .env("LD_PRELOAD", ld_preload)
-        .env("HERMES_SOCK", &socket)
-        .env("HERMES_MASK", broker.mask.to_string())
-        .env("HERMES_PRELOAD_LIB", &preload)
-        .spawn();
-    let target = match spawned {
-        Ok(child) => child,
+    let ran = if traced { crate::tracer::run(&cmd, prog, &socket) } else { cmd.spawn().map(reap_tree) };
+    let status = match ran {
+        Ok(status) => status,
         Err(e) => {
             broker.stop();
             let code = if e.kind() == std::io::ErrorKind::PermissionDenied { 126 } else { 127 };
             return Err(Refusal(code, format!("cannot run {}: {e}", exe.display())));
         }
     };
-    let status = reap_tree(target);
     if broker.died_early() {
         eprintln!("hermes: the broker exited while the target ran; mediated calls after that were denied (EPERM)");
     }
@@ -90,13 +80,11 @@ extern "C" fn forward(sig: libc::c_int) {
     }
 }
 
-/// Wait for the target and every orphan it leaves to us; return the target's status
-/// as an exit code (128+N for signal N).
-fn reap_tree(target: Child) -> u8 {
-    let pid = target.id() as i32;
+/// Forward SIGTERM and SIGHUP to the target `pid`; ignore SIGINT and SIGQUIT, which
+/// the terminal also delivers to the target directly.
+pub(crate) fn forward_signals(pid: i32) {
     TARGET.store(pid, Ordering::Relaxed);
-    // SAFETY: installing async-signal-safe handlers / ignoring terminal signals, which
-    // the terminal also delivers to the target directly.
+    // SAFETY: installing async-signal-safe handlers / ignoring terminal signals.
     unsafe {
         for sig in [libc::SIGTERM, libc::SIGHUP] {
             libc::signal(sig, forward as extern "C" fn(libc::c_int) as libc::sighandler_t);
@@ -105,6 +93,13 @@ fn reap_tree(target: Child) -> u8 {
             libc::signal(sig, libc::SIG_IGN);
         }
     }
+}
+
+/// Wait for the target and every orphan it leaves to us; return the target's status
+/// as an exit code (128+N for signal N).
+fn reap_tree(target: Child) -> u8 {
+    let pid = target.id() as i32;
+    forward_signals(pid);
     let mut code = 1;
     loop {
         let mut status = 0;

@@ -2,6 +2,8 @@
 
 mod broker_proc;
 mod launch;
+mod seccomp;
+mod tracer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

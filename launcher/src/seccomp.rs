@@ -1,0 +1,259 @@
+//! The seccomp-bpf filter of the ptrace fallback, and the table it is generated from.
+//!
+//! [`MEDIATED`] lists every syscall the fallback mediates, with the wire operation it
+//! belongs to and how its arguments sit in registers. The filter sends exactly those
+//! to the tracer (`SECCOMP_RET_TRACE`); the tracer decodes them from the same entries.
+//! Around them the filter closes the doors a program could use to walk past it:
+//! another architecture's entry (`int 0x80` from 64-bit code) kills the process, x32
+//! syscall numbers fail with ENOSYS, and io_uring (whose operations never pass
+//! through seccomp) fails with EPERM.
+
+use hermes_wire::Op;
+
+/// How a mediated syscall's arguments are laid out (x86_64: rdi, rsi, rdx, r10, r8, r9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// `open(path, flags, mode)`
+    Open,
+    /// `openat(dirfd, path, flags, mode)`
+    OpenAt,
+    /// `openat2(dirfd, path, struct open_how *how, size)`
+    OpenAt2,
+    /// `creat(path, mode)`
+    Creat,
+    /// `connect(fd, addr, addrlen)`
+    Connect,
+    /// `sendto(fd, buf, len, flags, addr, addrlen)`
+    SendTo,
+    /// `sendmsg(fd, struct msghdr *msg, flags)`
+    SendMsg,
+    /// `execve(path, argv, envp)`
+    Execve,
+    /// `execveat(dirfd, path, argv, envp, flags)`
+    Execveat,
+}
+
+/// One mediated syscall.
+#[derive(Debug)]
+pub struct Syscall {
+    pub nr: i64,
+    /// The name the policy sees in `ev.call`.
+    pub name: &'static str,
+    pub op: Op,
+    pub shape: Shape,
+}
+
+const fn sys(nr: i64, name: &'static str, op: Op, shape: Shape) -> Syscall {
+    Syscall { nr, name, op, shape }
+}
+
+/// Every syscall the filter stops for: one line each.
+pub const MEDIATED: &[Syscall] = &[
+    sys(libc::SYS_open, "open", Op::Open, Shape::Open),
+    sys(libc::SYS_openat, "openat", Op::Open, Shape::OpenAt),
+    sys(libc::SYS_openat2, "openat2", Op::Open, Shape::OpenAt2),
+    sys(libc::SYS_creat, "creat", Op::Open, Shape::Creat),
+    sys(libc::SYS_connect, "connect", Op::Connect, Shape::Connect),
+    sys(libc::SYS_sendto, "sendto", Op::SendTo, Shape::SendTo),
+    sys(libc::SYS_sendmsg, "sendmsg", Op::SendMsg, Shape::SendMsg),
+    sys(libc::SYS_execve, "execve", Op::Exec, Shape::Execve),
+    sys(libc::SYS_execveat, "execveat", Op::Exec, Shape::Execveat),
+];
+
+/// The table entry for syscall number `nr` (as found in `orig_rax`).
+pub fn lookup(nr: u64) -> Option<&'static Syscall> {
+    MEDIATED.iter().find(|s| s.nr as u64 == nr)
+}
+
+/// `AUDIT_ARCH_X86_64` (EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE).
+pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+/// Syscall numbers of the x32 ABI have this bit set.
+pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// Offsets in `struct seccomp_data`.
+const DATA_NR: u32 = 0;
+const DATA_ARCH: u32 = 4;
+
+/// Why a filter cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// The program exceeds the kernel's limit of BPF_MAXINSNS instructions.
+    #[error("seccomp filter has {0} instructions; the kernel takes at most 4096")]
+    TooLong(usize),
+    /// A conditional jump does not fit the 8-bit offset of classic BPF.
+    #[error("seccomp filter jump of {0} instructions does not fit in 8 bits")]
+    JumpTooFar(usize),
+}
+
+/// A compiled filter, ready to install (also in a fork child: installing allocates
+/// nothing).
+pub struct Filter {
+    prog: Vec<libc::sock_filter>,
+}
+
+fn stmt(code: u32, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code: code as u16, jt: 0, jf: 0, k }
+}
+
+fn jump(code: u32, k: u32, jt: usize, jf: usize) -> Result<libc::sock_filter, FilterError> {
+    let off = |n: usize| u8::try_from(n).map_err(|_| FilterError::JumpTooFar(n));
+    Ok(libc::sock_filter { code: code as u16, jt: off(jt)?, jf: off(jf)?, k })
+}
+
+impl Filter {
+    /// The fallback's filter, generated from [`MEDIATED`].
+    pub fn new() -> Result<Self, FilterError> {
+        Self::build(MEDIATED.iter().map(|s| s.nr as u32))
+    }
+
+    fn build(trace: impl ExactSizeIterator<Item = u32>) -> Result<Self, FilterError> {
+        use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+        let ret = |action: u32| stmt(BPF_RET | BPF_K, action);
+        let n = trace.len();
+        let mut prog = vec![
+            // Another architecture's syscall table (int 0x80 is i386): its numbers
+            // mean other calls, so nothing below would hold. Kill the process.
+            stmt(BPF_LD | BPF_W | BPF_ABS, DATA_ARCH),
+            jump(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0)?,
+            ret(libc::SECCOMP_RET_KILL_PROCESS),
+            stmt(BPF_LD | BPF_W | BPF_ABS, DATA_NR),
+            // x32 numbers alias the x86_64 calls under other numbers.
+            jump(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1)?,
+            ret(libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+            // io_uring runs opens and connects without syscalls seccomp could see.
+            jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_io_uring_setup as u32, 0, 1)?,
+            ret(libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        ];
+        for (i, nr) in trace.enumerate() {
+            // Past the remaining comparisons and the ALLOW, onto the TRACE.
+            prog.push(jump(BPF_JMP | BPF_JEQ | BPF_K, nr, n - i, 0)?);
+        }
+        prog.push(ret(libc::SECCOMP_RET_ALLOW));
+        prog.push(ret(libc::SECCOMP_RET_TRACE));
+        if prog.len() > libc::BPF_MAXINSNS as usize {
+            return Err(FilterError::TooLong(prog.len()));
+        }
+        Ok(Filter { prog })
+    }
+
+    /// Install the filter on the calling thread (the caller has set no_new_privs or
+    /// holds CAP_SYS_ADMIN). Async-signal-safe: fit for a fork child. Returns the errno.
+    pub fn install(&self) -> Result<(), i32> {
+        let fprog = libc::sock_fprog { len: self.prog.len() as u16, filter: self.prog.as_ptr().cast_mut() };
+        let fprog_ptr: *const libc::sock_fprog = &fprog;
+        // SAFETY: `fprog` points at `self.prog`, which outlives the call; the kernel
+        // copies the program and does not keep the pointer.
+        let rc = unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, fprog_ptr) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = errno();
+        if err != libc::ENOSYS {
+            return Err(err);
+        }
+        // Kernels before 3.17 only have the prctl.
+        // SAFETY: as above.
+        let rc = unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, fprog_ptr) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(errno())
+        }
+    }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_is_unique_and_a_known_op() {
+        for (i, a) in MEDIATED.iter().enumerate() {
+            assert!(MEDIATED[i + 1..].iter().all(|b| b.nr != a.nr && b.name != a.name), "{a:?} twice");
+            assert_eq!(lookup(a.nr as u64).map(|s| s.name), Some(a.name));
+        }
+        assert!(lookup(libc::SYS_getpid as u64).is_none());
+        for op in Op::ALL {
+            assert!(MEDIATED.iter().any(|s| s.op == op), "{op:?} has no syscall");
+        }
+    }
+
+    #[test]
+    fn the_kernel_limit_is_checked() {
+        assert!(matches!(Filter::build(0..5000u32), Err(FilterError::TooLong(_) | FilterError::JumpTooFar(_))));
+        assert!(Filter::build(0..200u32).is_ok());
+    }
+
+    /// Run `f` in a fork child under the filter with no tracer; return its wait status.
+    fn under_filter(f: fn() -> i32) -> i32 {
+        let filter = Filter::new().expect("filter");
+        // SAFETY: the child only makes async-signal-safe calls (prctl, the filter's
+        // syscall, raw syscalls) and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            // SAFETY: prctl with integer arguments.
+            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            let code = if filter.install().is_ok() { f() } else { 99 };
+            // SAFETY: leaving the child without running the parent's atexit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child into a live local.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        status
+    }
+
+    /// The errno of a raw syscall that just returned `rc` (0 when it succeeded).
+    fn errno_of(rc: libc::c_long) -> i32 {
+        if rc == -1 {
+            errno()
+        } else {
+            0
+        }
+    }
+
+    /// The filter routes mediated syscalls to a tracer: with none attached, the kernel
+    /// fails them with ENOSYS while other syscalls run.
+    #[test]
+    fn without_a_tracer_mediated_calls_fail_with_enosys() {
+        let status = under_filter(|| {
+            // SAFETY: raw syscalls with a valid C string; the results are only compared.
+            let open = errno_of(unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, c"/".as_ptr(), 0) });
+            let pid = unsafe { libc::syscall(libc::SYS_getpid) };
+            match (open, pid > 0) {
+                (libc::ENOSYS, true) => 0,
+                _ => 1,
+            }
+        });
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+    }
+
+    #[test]
+    fn io_uring_gets_eperm_and_x32_numbers_enosys() {
+        let status = under_filter(|| {
+            // SAFETY: invalid arguments on purpose; the filter answers before the kernel reads them.
+            let uring = errno_of(unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, std::ptr::null_mut::<u8>()) });
+            let x32 = errno_of(unsafe { libc::syscall((X32_SYSCALL_BIT as i64) | libc::SYS_getpid) });
+            match (uring, x32) {
+                (libc::EPERM, libc::ENOSYS) => 0,
+                _ => 1,
+            }
+        });
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+    }
+
+    #[test]
+    fn the_i386_entry_kills_the_process() {
+        let status = under_filter(|| {
+            // SAFETY: getpid (20) through the 32-bit entry; no memory is touched.
+            unsafe { std::arch::asm!("int 0x80", inlateout("eax") 20 => _, options(nostack)) };
+            0
+        });
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS, "status {status:#x}");
+    }
+}

@@ -1,0 +1,188 @@
+//! The tracer's one connection to the broker: `Hello` → `Welcome`, then `Call` →
+//! `Reply` for each mediated syscall and a one-way `Done` with its result when the
+//! broker asks for results. Every failure to get a valid answer is a deny with EPERM.
+
+use std::io::{self, Read, Write};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixStream};
+use std::time::Duration;
+
+use hermes_wire::{self as wire, Args, Call, ClientMsg, Decision, Done, Hello, Layer, Op, Reply, Welcome};
+use serde_bytes::Bytes;
+
+/// How long the broker may take to answer before the call fails closed.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest reply: a redirect path and the frame around it.
+const REPLY_MAX: usize = wire::MAX_PATH + 256;
+
+/// A decision as the tracer applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny(i32),
+    /// A path, NUL-terminated.
+    Redirect(Vec<u8>),
+    /// A socket address in the kernel's layout.
+    RedirectAddr(Vec<u8>),
+    Emulate(i64),
+    Kill,
+}
+
+/// Why an exchange failed (each one ends in EPERM for the call).
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    /// The socket failed or the broker went away.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// A frame that does not decode, is too large, or answers another call.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+}
+
+pub struct Client {
+    socket: String,
+    stream: Option<UnixStream>,
+    welcome: Option<Welcome>,
+    seq: u32,
+    buf: Vec<u8>,
+    warned: bool,
+}
+
+type List<'a> = Vec<&'a Bytes>;
+
+impl Client {
+    /// Connect to the broker's abstract socket `socket`. A failure is reported and
+    /// leaves the client disconnected: every call is then denied with EPERM.
+    pub fn connect(socket: &str) -> Self {
+        let mut client =
+            Client { socket: socket.to_owned(), stream: None, welcome: None, seq: 0, buf: Vec::new(), warned: false };
+        if let Err(e) = client.reconnect() {
+            client.warn(&e);
+        }
+        client
+    }
+
+    fn reconnect(&mut self) -> Result<(), ExchangeError> {
+        let addr = SocketAddr::from_abstract_name(self.socket.as_bytes())?;
+        let mut stream = UnixStream::connect_addr(&addr)?;
+        stream.set_read_timeout(Some(BROKER_TIMEOUT))?;
+        stream.set_write_timeout(Some(BROKER_TIMEOUT))?;
+        let hello: ClientMsg<'_, ()> = ClientMsg::Hello(Hello {
+            version: wire::PROTOCOL_VERSION,
+            layer: Layer::Ptrace,
+            pid: std::process::id() as i32,
+            // SAFETY: gettid has no preconditions.
+            tid: unsafe { libc::gettid() },
+            client: "ptrace",
+        });
+        send(&mut stream, &hello, &mut self.buf)?;
+        let welcome = recv(&mut stream, &mut self.buf, 64)?;
+        self.welcome = Some(wire::decode::<Welcome>(welcome).map_err(|_| ExchangeError::Protocol("expected Welcome"))?);
+        self.stream = Some(stream);
+        Ok(())
+    }
+
+    /// Whether the policy watches `op`. Without a broker every operation counts as
+    /// watched, so that it is denied.
+    pub fn watches(&self, op: Op) -> bool {
+        match self.welcome {
+            Some(w) => w.mask & op.bit() != 0,
+            None => true,
+        }
+    }
+
+    /// Whether the broker wants the results of the calls it let run.
+    pub fn wants_results(&self) -> bool {
+        self.welcome.is_some_and(|w| w.report)
+    }
+
+    /// Ask about one call. Returns the call's sequence number (for [`Client::done`])
+    /// and the verdict; anything but a valid answer is a deny with EPERM.
+    pub fn ask(&mut self, func: &str, pid: i32, tid: i32, args: Args<'_, List<'_>>) -> (u32, Verdict) {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        match self.exchange(Call { seq, func, pid, tid, args }) {
+            Ok(verdict) => (seq, verdict),
+            Err(e) => {
+                self.stream = None;
+                self.warn(&e);
+                (seq, Verdict::Deny(libc::EPERM))
+            }
+        }
+    }
+
+    fn exchange(&mut self, call: Call<'_, List<'_>>) -> Result<Verdict, ExchangeError> {
+        if self.stream.is_none() {
+            self.reconnect()?;
+        }
+        let Some(stream) = self.stream.as_mut() else { return Err(ExchangeError::Protocol("not connected")) };
+        let seq = call.seq;
+        send(stream, &ClientMsg::Call(call), &mut self.buf)?;
+        let body = recv(stream, &mut self.buf, REPLY_MAX)?;
+        let reply: Reply = wire::decode(body).map_err(|_| ExchangeError::Protocol("malformed reply"))?;
+        if reply.seq != seq {
+            return Err(ExchangeError::Protocol("reply to another call"));
+        }
+        Ok(match reply.decision {
+            Decision::Allow => Verdict::Allow,
+            Decision::Deny { errno } => Verdict::Deny(errno),
+            Decision::Emulate { ret } => Verdict::Emulate(ret),
+            Decision::Kill => Verdict::Kill,
+            d @ Decision::Redirect { .. } => {
+                let path = d.redirect_cstr().ok_or(ExchangeError::Protocol("redirect path is not a C string"))?;
+                Verdict::Redirect(path.to_vec())
+            }
+            Decision::RedirectAddr(addr) => {
+                let mut raw = [0u8; wire::SOCKADDR_MAX];
+                match addr.to_raw(&mut raw) {
+                    Some(n) => Verdict::RedirectAddr(raw[..n].to_vec()),
+                    // As the preload: an address the kernel cannot take.
+                    None => Verdict::Deny(libc::EAFNOSUPPORT),
+                }
+            }
+        })
+    }
+
+    /// Report the result of call `seq` (one-way; a failure only loses the result).
+    pub fn done(&mut self, seq: u32, ret: i64, errno: i32, duration: Duration) {
+        let Some(stream) = self.stream.as_mut() else { return };
+        let done: ClientMsg<'_, ()> =
+            ClientMsg::Done(Done { seq, ret, errno, duration_ns: duration.as_nanos().min(u64::MAX as u128) as u64 });
+        if send(stream, &done, &mut self.buf).is_err() {
+            self.stream = None;
+        }
+    }
+
+    fn warn(&mut self, e: &ExchangeError) {
+        if !std::mem::replace(&mut self.warned, true) {
+            eprintln!("hermes: ptrace fallback: broker unreachable ({e}): denying mediated calls with EPERM");
+        }
+    }
+}
+
+fn send<T: serde::Serialize>(stream: &mut UnixStream, msg: &T, buf: &mut Vec<u8>) -> Result<(), ExchangeError> {
+    if buf.len() < 64 * 1024 {
+        buf.resize(64 * 1024, 0);
+    }
+    let len = match wire::encode(msg, buf) {
+        Ok(frame) => frame.len(),
+        Err(wire::FrameError::BufferFull) => {
+            buf.resize(wire::MAX_FRAME + 4, 0);
+            wire::encode(msg, buf).map_err(|_| ExchangeError::Protocol("request too large"))?.len()
+        }
+        Err(_) => return Err(ExchangeError::Protocol("request too large")),
+    };
+    stream.write_all(&buf[..len])?;
+    Ok(())
+}
+
+fn recv<'b>(stream: &mut UnixStream, buf: &'b mut Vec<u8>, cap: usize) -> Result<&'b [u8], ExchangeError> {
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header)?;
+    let len = wire::body_len(header, cap).map_err(|_| ExchangeError::Protocol("reply too large"))?;
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    stream.read_exact(&mut buf[..len])?;
+    Ok(&buf[..len])
+}
