@@ -8,6 +8,7 @@ pub mod policy;
 pub mod resolve;
 pub mod server;
 pub mod trace;
+pub mod worker;
 
 pub use policy::{Policy, PolicyError};
 pub use server::Broker;

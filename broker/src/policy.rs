@@ -179,6 +179,11 @@ impl Policy {
         &self.display
     }
 
+    /// The time limit of one handler call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Ask the policy about one call. Never fails: errors become a fail-closed deny.
     pub fn decide(&self, ev: &Event) -> Outcome {
         let mut handler = "default";

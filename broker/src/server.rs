@@ -14,6 +14,7 @@ use hermes_wire::{self as wire, Args, ClientMsg, Decision, Layer, Reply, Welcome
 
 use crate::event::{Event, EventArgs, NetAddr, ProcInfo};
 use crate::policy::{self, Policy, Verdict};
+use crate::worker::Worker;
 use crate::trace::{CallResult, Record, Sink};
 
 type ClientFrame<'a> = ClientMsg<'a, Vec<&'a [u8]>>;
@@ -34,8 +35,7 @@ pub enum ConnError {
 
 /// State shared by all connections.
 pub struct Shared {
-    policy: Mutex<Policy>,
-    policy_hash: Arc<str>,
+    policy: Worker,
     sink: Sink,
     live: Mutex<usize>,
     idle: Condvar,
@@ -45,37 +45,39 @@ pub struct Shared {
 /// A bound, ready broker.
 pub struct Broker {
     listener: UnixListener,
-    shared: Arc<Shared>,
+    policy: Policy,
+    sink: Sink,
 }
 
 impl Broker {
-    /// Bind the abstract socket `name` (no file on disk, nothing to clean up).
+    /// Bind the abstract socket `name` (no file on disk, nothing to clean up). No
+    /// thread starts until [`Broker::spawn`], so the caller may still fork.
     pub fn bind(name: &[u8], policy: Policy, sink: Sink) -> io::Result<Self> {
         let addr = SocketAddr::from_abstract_name(name)?;
         let listener = UnixListener::bind_addr(&addr)?;
-        let policy_hash = Arc::from(policy.hash());
+        Ok(Broker { listener, policy, sink })
+    }
+
+    pub fn mask(&self) -> u64 {
+        self.policy.mask()
+    }
+
+    /// Start the policy thread and serve connections on a background thread; returns
+    /// a handle to drain them.
+    pub fn spawn(self) -> io::Result<Handle> {
+        let Broker { listener, policy, sink } = self;
         let shared = Arc::new(Shared {
-            policy: Mutex::new(policy),
-            policy_hash,
+            policy: Worker::start(policy)?,
             sink,
             live: Mutex::new(0),
             idle: Condvar::new(),
             next_id: AtomicUsize::new(0),
         });
-        Ok(Broker { listener, shared })
-    }
-
-    pub fn mask(&self) -> u64 {
-        lock(&self.shared.policy).mask()
-    }
-
-    /// Serve connections on a background thread; returns a handle to drain them.
-    pub fn spawn(self) -> io::Result<Handle> {
-        let shared = Arc::clone(&self.shared);
+        let accepting = Arc::clone(&shared);
         std::thread::Builder::new().name("hermes-accept".into()).spawn(move || {
-            for stream in self.listener.incoming() {
+            for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let shared = Arc::clone(&self.shared);
+                let shared = Arc::clone(&accepting);
                 *lock(&shared.live) += 1;
                 let spawned = std::thread::Builder::new().name("hermes-conn".into()).spawn({
                     let shared = Arc::clone(&shared);
@@ -171,7 +173,7 @@ impl<'s> Connection<'s> {
             _ => return Err(ConnError::Protocol("expected Hello")),
         };
         self.layer = hello.layer;
-        let welcome = Welcome { mask: lock(&self.shared.policy).mask(), report: self.shared.sink.wants_results() };
+        let welcome = Welcome { mask: self.shared.policy.mask(), report: self.shared.sink.wants_results() };
         self.send(&welcome)?;
         loop {
             self.read_frame()?;
@@ -226,7 +228,7 @@ impl<'s> Connection<'s> {
         };
         let time = SystemTime::now();
         let event = Event::new(func, pid, tid, self.layer, proc, args);
-        let outcome = lock(&self.shared.policy).decide(&event);
+        let outcome = self.shared.policy.decide(&event);
         if let Some(error) = &outcome.error {
             eprintln!("hermes: policy error, call denied (EPERM): {error}");
         }
@@ -243,7 +245,7 @@ impl<'s> Connection<'s> {
             event,
             outcome,
             redirected_to,
-            policy_hash: Arc::clone(&self.shared.policy_hash),
+            policy_hash: Arc::clone(self.shared.policy.hash()),
             latency: Duration::ZERO,
             result: None,
         }

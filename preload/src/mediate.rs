@@ -23,9 +23,13 @@ pub static PROCESS_PID: AtomicI32 = AtomicI32::new(0);
 static WARNED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
-    /// Set while this thread is inside the preload's own code: a nested call (from a
-    /// signal handler, say) goes straight to the original.
-    static BUSY: Cell<bool> = const { Cell::new(false) };
+    /// The thread id that is inside a mediated call (0: none). While it is set, the
+    /// same thread's nested calls go straight to the original: libc's own calls made
+    /// by the real function (fopen's open, execvp's execve), and calls from a signal
+    /// handler. It holds a tid, not a flag, because a vfork or posix_spawn child shares
+    /// this memory and may exec while holding it: the parent, resuming with another
+    /// tid, is not fooled.
+    static BUSY: Cell<i32> = const { Cell::new(0) };
     /// This thread's broker connection (-1: none yet) and its next sequence number.
     static CONN: Cell<(i32, u32)> = const { Cell::new((-1, 0)) };
 }
@@ -49,10 +53,34 @@ pub enum Verdict<'r> {
     Kill,
 }
 
-/// Permission to mediate one call: the guard is held from [`Token::begin`] until the
-/// verdict is known, and again while the result is reported.
+/// Holds the reentrancy guard for this thread; dropping it releases the guard.
+struct Guard {
+    prev: i32,
+}
+
+impl Guard {
+    fn take() -> Option<Guard> {
+        let tid = sys::gettid();
+        let prev = BUSY.with(Cell::get);
+        if prev == tid {
+            return None;
+        }
+        BUSY.with(|b| b.set(tid));
+        Some(Guard { prev })
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        BUSY.with(|b| b.set(self.prev));
+    }
+}
+
+/// Permission to mediate one call. The guard is held from [`Token::begin`] until the
+/// [`Session`] ends, so the real call runs guarded too.
 pub struct Token {
     op: Op,
+    guard: Guard,
 }
 
 impl Token {
@@ -63,10 +91,7 @@ impl Token {
         if MASK.load(Relaxed) & op.bit() == 0 || !READY.load(Relaxed) {
             return None;
         }
-        if BUSY.with(|b| b.replace(true)) {
-            return None;
-        }
-        Some(Token { op })
+        Some(Token { op, guard: Guard::take()? })
     }
 
     /// Ask the broker. Any failure to get an answer is a deny with EPERM.
@@ -80,7 +105,8 @@ impl Token {
         let errno = sys::errno();
         let pid = sys::getpid();
         let shared_memory = pid != PROCESS_PID.load(Relaxed);
-        let mut session = Session { fd: -1, seq: 0, one_shot: shared_memory, start: 0 };
+        let Token { op: _, guard } = self;
+        let mut session = Session { fd: -1, seq: 0, one_shot: shared_memory, start: 0, _guard: guard };
         let verdict = match session.exchange(func, pid, &args, reply) {
             Ok(v) => v,
             Err(e) => {
@@ -101,12 +127,6 @@ impl Token {
     }
 }
 
-impl Drop for Token {
-    fn drop(&mut self) {
-        BUSY.with(|b| b.set(false));
-    }
-}
-
 /// One call in flight: reports the result (when the broker wants it) and releases a
 /// one-shot connection.
 pub struct Session {
@@ -114,6 +134,7 @@ pub struct Session {
     seq: u32,
     one_shot: bool,
     start: u64,
+    _guard: Guard,
 }
 
 impl Session {
@@ -137,7 +158,11 @@ impl Session {
                     len = n;
                     break;
                 }
-                Err(_) if attempt == 0 && !self.one_shot => drop_thread_conn(),
+                // A stale connection (the program closed it, an old broker) is made
+                // again once. A slow or garbled answer is not: the call is not re-sent.
+                Err(e) if attempt == 0 && !self.one_shot && e != libc::EAGAIN && e != libc::EPROTO => {
+                    drop_thread_conn()
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -160,12 +185,10 @@ impl Session {
     pub fn done(self, ret: i64) {
         if self.start != 0 && self.fd >= 0 {
             let errno = sys::errno();
-            let busy = BUSY.with(|b| b.replace(true));
             let duration_ns = sys::monotonic_ns().saturating_sub(self.start);
             let msg: ClientMsg<'_, ()> =
                 ClientMsg::Done(Done { seq: self.seq, ret, errno: if ret < 0 { errno } else { 0 }, duration_ns });
             let _ = send(self.fd, &msg);
-            BUSY.with(|b| b.set(busy));
             sys::set_errno(errno);
         }
         self.release();
@@ -178,9 +201,13 @@ impl Session {
         }
     }
 
+    /// The exchange failed: the connection is in an unknown state (a late reply may
+    /// still arrive on it), so it is closed, never reused.
     fn abandon(&mut self) {
         if self.one_shot && self.fd >= 0 {
             sys::close(self.fd);
+        } else if self.fd >= 0 {
+            drop_thread_conn();
         }
         self.fd = -1;
         self.start = 0;
@@ -236,6 +263,7 @@ fn drop_thread_conn() {
 
 /// In a fork child: the inherited connections are the parent's; close our copies.
 pub fn after_fork_child() {
+    BUSY.with(|b| b.set(0));
     fds::close_all_ours();
     CONN.with(|c| c.set((-1, 0)));
     PROCESS_PID.store(sys::getpid(), Relaxed);
