@@ -12,6 +12,8 @@ use crate::{mediate, sys};
 pub const ENV_SOCK: &str = "HERMES_SOCK";
 pub const ENV_MASK: &str = "HERMES_MASK";
 pub const ENV_LIB: &str = "HERMES_PRELOAD_LIB";
+/// `HERMES_INLINE=0` keeps libc unpatched (symbol interposition only).
+pub const ENV_INLINE: &str = "HERMES_INLINE";
 
 pub struct Config {
     socket: Vec<u8>,
@@ -33,6 +35,11 @@ impl Config {
     pub fn socket(&self) -> &[u8] {
         &self.socket
     }
+}
+
+/// Whether to patch libc inline (the default).
+pub fn inline_hooks() -> bool {
+    env(ENV_INLINE).is_none_or(|v| v != b"0")
 }
 
 fn env(name: &str) -> Option<Vec<u8>> {

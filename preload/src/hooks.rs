@@ -2,8 +2,12 @@
 //! belongs to, and a body that hands the call to its family (`path_call`, `sock_call`,
 //! `exec_call`, `spawn_call`) with a closure that runs the original.
 //!
-//! For now the hooks interpose symbols (the preload exports `open`, and the original
-//! is found with `dlsym(RTLD_NEXT)`); calls libc makes internally are not seen.
+//! Each symbol is exported (symbol interposition: the program's calls through its PLT
+//! land here), and the `Inline` entries also patch libc's own code with a jump here,
+//! so calls libc makes internally are caught too. Either way the original runs
+//! through `Real`: libc's function, or its trampoline when patched. The reentrancy
+//! guard keeps a call from being mediated twice when one hooked function calls
+//! another (fopen → `__open`).
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -24,59 +28,89 @@ extern "C" {
     static environ: *const *const c_char;
 }
 
-/// Where the original of a hooked symbol lives, found once with `dlsym(RTLD_NEXT)`.
+/// Where the original of a hooked symbol lives. `target` is libc's code, found once
+/// with `dlsym(RTLD_NEXT)`; `original` is what the hook calls: the target itself, or
+/// the trampoline when the target's prologue is patched inline.
 pub struct Real {
     name: &'static str,
-    addr: AtomicUsize,
+    target: AtomicUsize,
+    original: AtomicUsize,
 }
 
 impl Real {
     pub const fn new(name: &'static str) -> Self {
-        Real { name, addr: AtomicUsize::new(0) }
+        Real { name, target: AtomicUsize::new(0), original: AtomicUsize::new(0) }
     }
 
-    /// Look the original up now (constructor) so hooks never call dlsym later.
+    /// Look the target up now (constructor) so hooks never call dlsym later.
     pub fn resolve(&self) -> usize {
-        let found = self.addr.load(Relaxed);
+        let found = self.target.load(Relaxed);
         if found != 0 {
             return found;
         }
         // SAFETY: `name` is a NUL-terminated literal (built by the `hooks!` macro).
         let found = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr().cast()) } as usize;
-        self.addr.store(found, Relaxed);
+        self.target.store(found, Relaxed);
+        let _ = self.original.compare_exchange(0, found, Relaxed, Relaxed);
         found
     }
 
+    /// Call the original through `trampoline` from now on.
+    fn patched(&self, trampoline: usize) {
+        self.original.store(trampoline, Relaxed);
+    }
+
+    /// Whether the target's own code jumps to our hook.
+    pub fn is_patched(&self) -> bool {
+        let target = self.target.load(Relaxed);
+        target != 0 && self.original.load(Relaxed) != target
+    }
+
     pub fn addr(&self) -> usize {
-        match self.resolve() {
-            0 => {
-                sys::warn(&[b"hermes-preload: no original for ", self.name.as_bytes(), b"\n"]);
-                sys::kill_self()
-            }
+        match self.original.load(Relaxed) {
+            0 => match self.resolve() {
+                0 => {
+                    sys::warn(&[b"hermes-preload: no original for ", self.name.as_bytes(), b"\n"]);
+                    sys::kill_self()
+                }
+                addr => addr,
+            },
             addr => addr,
         }
     }
 }
 
-/// One entry of the hook table. `name` and `op` are read by the tooling that is
-/// generated from the table (inline patching, the seccomp list).
-#[allow(dead_code)]
+/// How a hook catches its calls.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Patch {
+    /// Patch libc's code, so libc's own callers (fopen → `__open`, system →
+    /// posix_spawn → `__execve`) are caught too; symbol interposition is the fallback
+    /// when the patch is refused.
+    Inline,
+    /// Symbol interposition only: calls through the program's PLT.
+    Symbol,
+}
+
+/// One entry of the hook table.
 pub struct Hook {
     pub name: &'static str,
-    /// The operation the policy subscribes to; `None` for the hooks that only protect
-    /// the preload's own descriptors.
-    pub op: Option<Op>,
+    pub patch: Patch,
     pub real: &'static Real,
+    /// The address of our exported hook function (the detour).
+    pub detour: fn() -> usize,
 }
 
 macro_rules! hooks {
-    ($( $name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty, $op:expr, |$real:ident| $body:expr; )*) => {
+    ($( $name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty, $patch:ident, |$real:ident| $body:expr; )*) => {
         $(
             #[allow(non_snake_case, non_camel_case_types, dead_code)]
             pub mod $name {
                 use super::*;
                 pub static REAL: Real = Real::new(concat!(stringify!($name), "\0"));
                 pub type Original = unsafe extern "C" fn($($ty),*) -> $ret;
+                pub fn detour() -> usize {
+                    super::$name as Original as usize
+                }
                 pub fn get() -> Original {
                     // SAFETY: REAL holds the address dlsym returned for this very symbol,
                     // whose C type is the signature declared in the table.
@@ -94,7 +128,9 @@ macro_rules! hooks {
         )*
 
         /// Every hooked symbol.
-        pub static HOOKS: &[Hook] = &[$(Hook { name: stringify!($name), op: $op, real: &$name::REAL }),*];
+        pub static HOOKS: &[Hook] = &[$(
+            Hook { name: stringify!($name), patch: Patch::$patch, real: &$name::REAL, detour: $name::detour }
+        ),*];
     };
 }
 
@@ -102,78 +138,119 @@ const AT_FDCWD: c_int = libc::AT_FDCWD;
 const CREAT: c_int = libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC;
 
 hooks! {
-    open(path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Some(Op::Open),
+    open(path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Inline,
         |real| path_call("open", AT_FDCWD, path, flags, mode, |p| real(p, flags, mode));
-    open64(path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Some(Op::Open),
+    open64(path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Symbol,
         |real| path_call("open64", AT_FDCWD, path, flags, mode, |p| real(p, flags, mode));
-    openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Some(Op::Open),
+    openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Inline,
         |real| path_call("openat", dirfd, path, flags, mode, |p| real(dirfd, p, flags, mode));
-    openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Some(Op::Open),
+    openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Symbol,
         |real| path_call("openat64", dirfd, path, flags, mode, |p| real(dirfd, p, flags, mode));
-    __open_2(path: *const c_char, flags: c_int) -> c_int, Some(Op::Open),
+    __open_nocancel(path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Inline,
+        |real| path_call("__open_nocancel", AT_FDCWD, path, flags, mode, |p| real(p, flags, mode));
+    __open_2(path: *const c_char, flags: c_int) -> c_int, Symbol,
         |real| path_call("__open_2", AT_FDCWD, path, flags, 0, |p| real(p, flags));
-    __open64_2(path: *const c_char, flags: c_int) -> c_int, Some(Op::Open),
+    __open64_2(path: *const c_char, flags: c_int) -> c_int, Symbol,
         |real| path_call("__open64_2", AT_FDCWD, path, flags, 0, |p| real(p, flags));
-    __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int, Some(Op::Open),
+    __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int, Symbol,
         |real| path_call("__openat_2", dirfd, path, flags, 0, |p| real(dirfd, p, flags));
-    __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int, Some(Op::Open),
+    __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int, Symbol,
         |real| path_call("__openat64_2", dirfd, path, flags, 0, |p| real(dirfd, p, flags));
-    creat(path: *const c_char, mode: mode_t) -> c_int, Some(Op::Open),
+    creat(path: *const c_char, mode: mode_t) -> c_int, Symbol,
         |real| path_call("creat", AT_FDCWD, path, CREAT, mode, |p| real(p, mode));
-    creat64(path: *const c_char, mode: mode_t) -> c_int, Some(Op::Open),
+    creat64(path: *const c_char, mode: mode_t) -> c_int, Symbol,
         |real| path_call("creat64", AT_FDCWD, path, CREAT, mode, |p| real(p, mode));
-    fopen(path: *const c_char, mode: *const c_char) -> *mut FILE, Some(Op::Open),
+    fopen(path: *const c_char, mode: *const c_char) -> *mut FILE, Symbol,
         |real| path_call("fopen", AT_FDCWD, path, fopen_flags(mode), 0o666, |p| real(p, mode));
-    fopen64(path: *const c_char, mode: *const c_char) -> *mut FILE, Some(Op::Open),
+    fopen64(path: *const c_char, mode: *const c_char) -> *mut FILE, Symbol,
         |real| path_call("fopen64", AT_FDCWD, path, fopen_flags(mode), 0o666, |p| real(p, mode));
-    freopen(path: *const c_char, mode: *const c_char, stream: *mut FILE) -> *mut FILE, Some(Op::Open),
+    freopen(path: *const c_char, mode: *const c_char, stream: *mut FILE) -> *mut FILE, Symbol,
         |real| path_call("freopen", AT_FDCWD, path, fopen_flags(mode), 0o666, |p| real(p, mode, stream));
-    freopen64(path: *const c_char, mode: *const c_char, stream: *mut FILE) -> *mut FILE, Some(Op::Open),
+    freopen64(path: *const c_char, mode: *const c_char, stream: *mut FILE) -> *mut FILE, Symbol,
         |real| path_call("freopen64", AT_FDCWD, path, fopen_flags(mode), 0o666, |p| real(p, mode, stream));
 
-    connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int, Some(Op::Connect),
+    connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int, Inline,
         |real| sock_call("connect", fd, addr, len, |addr| Args::Connect { fd, addr }, |a, l| real(fd, a, l));
-    sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t, Some(Op::SendTo),
+    sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t, Inline,
         |real| send_call("sendto", fd, addr, len, |addr| Args::SendTo { fd, len: n as u64, flags, addr }, |a, l| real(fd, buf, n, flags, a, l));
-    sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t, Some(Op::SendMsg),
+    sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t, Inline,
         |real| sendmsg_call(fd, msg, flags, |m| real(fd, m, flags));
 
-    execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Some(Op::Exec),
+    execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Inline,
         |real| exec_call("execve", AT_FDCWD, path, false, 0, argv, envp, |p, env| real(p, argv, env));
-    execv(path: *const c_char, argv: *const *const c_char) -> c_int, Some(Op::Exec),
+    execv(path: *const c_char, argv: *const *const c_char) -> c_int, Symbol,
         |_real| exec_call("execv", AT_FDCWD, path, false, 0, argv, unsafe { environ }, |p, env| unsafe { execve::get()(p, argv, env) });
-    execvp(file: *const c_char, argv: *const *const c_char) -> c_int, Some(Op::Exec),
+    execvp(file: *const c_char, argv: *const *const c_char) -> c_int, Symbol,
         |_real| exec_call("execvp", AT_FDCWD, file, true, 0, argv, unsafe { environ }, |p, env| unsafe { execvpe::get()(p, argv, env) });
-    execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Some(Op::Exec),
+    execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Symbol,
         |real| exec_call("execvpe", AT_FDCWD, file, true, 0, argv, envp, |p, env| real(p, argv, env));
-    execveat(dirfd: c_int, path: *const c_char, argv: *const *const c_char, envp: *const *const c_char, flags: c_int) -> c_int, Some(Op::Exec),
+    execveat(dirfd: c_int, path: *const c_char, argv: *const *const c_char, envp: *const *const c_char, flags: c_int) -> c_int, Inline,
         |real| exec_call("execveat", dirfd, path, false, flags, argv, envp, |p, env| real(dirfd, p, argv, env, flags));
-    fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Some(Op::Exec),
+    fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Symbol,
         |real| exec_call("fexecve", fd, c"".as_ptr(), false, libc::AT_EMPTY_PATH, argv, envp, |p, env| {
             if unsafe { *p } == 0 { real(fd, argv, env) } else { unsafe { execve::get()(p, argv, env) } }
         });
-    posix_spawn(pid: *mut pid_t, path: *const c_char, actions: *const posix_spawn_file_actions_t, attr: *const posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int, Some(Op::Exec),
+    posix_spawn(pid: *mut pid_t, path: *const c_char, actions: *const posix_spawn_file_actions_t, attr: *const posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int, Symbol,
         |real| spawn_call("posix_spawn", path, false, argv.cast(), envp.cast(), |p, env| real(pid, p, actions, attr, argv, env.cast()));
-    posix_spawnp(pid: *mut pid_t, file: *const c_char, actions: *const posix_spawn_file_actions_t, attr: *const posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int, Some(Op::Exec),
+    posix_spawnp(pid: *mut pid_t, file: *const c_char, actions: *const posix_spawn_file_actions_t, attr: *const posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int, Symbol,
         |real| spawn_call("posix_spawnp", file, true, argv.cast(), envp.cast(), |p, env| real(pid, p, actions, attr, argv, env.cast()));
 
-    close(fd: c_int) -> c_int, None,
+    close(fd: c_int) -> c_int, Symbol,
         |real| { fds::program_takes(fd as u32, fd as u32); real(fd) };
-    dup2(old: c_int, new: c_int) -> c_int, None,
+    dup2(old: c_int, new: c_int) -> c_int, Symbol,
         |real| { if old != new { fds::program_takes(new as u32, new as u32) }; real(old, new) };
-    dup3(old: c_int, new: c_int, flags: c_int) -> c_int, None,
+    dup3(old: c_int, new: c_int, flags: c_int) -> c_int, Symbol,
         |real| { fds::program_takes(new as u32, new as u32); real(old, new, flags) };
-    close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int, None,
+    close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int, Symbol,
         |real| { if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 { fds::program_takes(first, last) }; real(first, last, flags) };
-    closefrom(low: c_int) -> (), None,
+    closefrom(low: c_int) -> (), Symbol,
         |real| { fds::program_takes(low.max(0) as u32, u32::MAX); real(low) };
 }
 
-/// Resolve every original now, in the constructor, while dlsym is safe to call.
-pub fn resolve_all() {
+/// Resolve every original and patch the `Inline` entries, in the constructor, while
+/// the process is single-threaded and dlsym is safe to call. A refused patch is
+/// reported and that entry stays on symbol interposition.
+pub fn install(inline: bool) {
     for hook in HOOKS {
         hook.real.resolve();
     }
+    if !inline {
+        return;
+    }
+    for hook in HOOKS.iter().filter(|h| h.patch == Patch::Inline) {
+        let target = hook.real.resolve();
+        // Aliases (open and open64 are one function in glibc) are patched once.
+        if target == 0 || HOOKS.iter().any(|h| h.real.is_patched() && h.real.resolve() == target) {
+            continue;
+        }
+        if let Err(e) = patch(hook, target) {
+            let msg = format!("hermes-preload: {}: {e}; using symbol interposition for it\n", hook.name);
+            sys::warn(&[msg.as_bytes()]);
+        }
+    }
+    // Entries whose target is patched code call the trampoline, not the patch.
+    for hook in HOOKS {
+        let target = hook.real.resolve();
+        if let Some(patched) = HOOKS.iter().find(|h| h.real.is_patched() && h.real.resolve() == target) {
+            hook.real.patched(patched.real.addr());
+        }
+    }
+}
+
+fn patch(hook: &Hook, target: usize) -> Result<(), hermes_trampolines::HookError> {
+    // SAFETY: `target` is the address dlsym gave for this libc function, whose C
+    // signature is the detour's (both come from the same table line).
+    let mut inline = unsafe { hermes_trampolines::Hook::new(target as *const u8, (hook.detour)() as *const u8) }?;
+    // The trampoline must be in place before the first call can reach the detour.
+    hook.real.patched(inline.original() as usize);
+    // SAFETY: as above; the process is single-threaded (constructor).
+    if let Err(e) = unsafe { inline.enable() } {
+        hook.real.patched(target);
+        return Err(e);
+    }
+    // Dropping the handle leaves the function patched for the life of the process.
+    drop(inline);
+    Ok(())
 }
 
 /// How a C function reports failure and an emulated result.
@@ -457,6 +534,10 @@ fn spawn_call(
     real: impl FnOnce(*const c_char, *const *const c_char) -> c_int,
 ) -> c_int {
     let spawn = |p: *const c_char| SpawnResult(with_hermes_env(envp, |env| real(p, env)));
+    // With execve patched, the exec inside the spawned child is mediated there.
+    if execve::REAL.is_patched() {
+        return spawn(path).0;
+    }
     let Some(raw) = cstr(path) else { return spawn(path).0 };
     let Some(token) = Token::begin(Op::Exec) else { return spawn(path).0 };
     let mut reply = [0u8; REPLY_BUF];

@@ -20,7 +20,7 @@ use core::sync::atomic::Ordering::Relaxed;
 /// Runs when the dynamic loader maps the library, before the program's main.
 extern "C" fn init() {
     config::init();
-    hooks::resolve_all();
+    hooks::install(config::inline_hooks());
     mediate::PROCESS_PID.store(sys::getpid(), Relaxed);
     mediate::READY.store(true, Relaxed);
 }

@@ -1,0 +1,59 @@
+//! Inline hooks: libc's own callers are mediated, which symbol interposition cannot
+//! do. Each test runs the same program with the default (inline) preload and with
+//! `HERMES_INLINE=0` (symbol interposition only) and shows the difference.
+
+use hermes_tests::{c_program, launch, Scratch};
+
+const POLICY: &str = r#"
+function on_open(ev)
+  if ev.path:match("/secret$") then return hermes.deny("EACCES") end
+end
+function on_exec(ev)
+  hermes.log(ev.name .. " " .. table.concat(ev.argv, " "))
+  if ev.path:match("/cat$") then return hermes.deny("EACCES") end
+end
+"#;
+
+#[test]
+fn fopen_is_denied_through_the_open_hook_alone() {
+    let dir = Scratch::new();
+    let secret = dir.write("secret", "top secret\n").display().to_string();
+    // libc's own fopen symbol: the preload's exported fopen is never called.
+    let run = launch(POLICY, c_program("libc_internal"), &["fopen", &secret]).run();
+    run.check(run.stdout.trim() == "ERR 13", "fopen reached through libc's symbol is denied (EACCES)");
+    let rec = run.trace.iter().find(|r| r["args"]["path"] == secret.as_str()).cloned().unwrap_or_default();
+    run.check(rec["call"] == "open" && rec["decision"] == "deny", "seen by the inline open hook, not an fopen hook");
+
+    let plain = launch(POLICY, c_program("libc_internal"), &["fopen", &secret]).env("HERMES_INLINE", "0").run();
+    plain.check(plain.stdout.trim() == "OK top secret", "symbol interposition alone cannot see it");
+}
+
+#[test]
+fn system_and_posix_spawn_execs_are_seen_through_the_execve_hook() {
+    let dir = Scratch::new();
+    let file = dir.write("file", "file content\n").display().to_string();
+    let run = launch(POLICY, c_program("libc_internal"), &["system", &format!("cat {file}; echo done")]).run();
+    // sh ran (its exec was mediated and allowed), cat was denied inside it.
+    run.check(run.stdout.contains("done") && !run.stdout.contains("file content"), "cat denied under system()");
+    let execs = run.calls("exec");
+    run.check(
+        execs.iter().any(|r| r["call"] == "execve" && r["args"]["argv"][0] == "sh" && r["decision"] == "allow"),
+        "system()'s exec of sh seen through the execve hook",
+    );
+    run.check(
+        execs
+            .iter()
+            .any(|r| r["args"]["path"].as_str().is_some_and(|p| p.ends_with("/cat")) && r["decision"] == "deny"),
+        "cat denied",
+    );
+
+    let run = launch(POLICY, c_program("libc_internal"), &["spawn", "/bin/cat"]).run();
+    run.check(run.stdout.trim() == "ERR 13", "libc's posix_spawn of a denied program fails with EACCES");
+
+    let plain = launch(POLICY, c_program("libc_internal"), &["system", "echo unseen"]).env("HERMES_INLINE", "0").run();
+    plain.check(plain.stdout.contains("unseen"), "system works without inline hooks");
+    plain.check(
+        !plain.calls("exec").iter().any(|r| r["args"]["argv"][0] == "sh"),
+        "but the exec of sh is not seen without inline hooks",
+    );
+}
