@@ -248,8 +248,7 @@ fn patch(hook: &Hook, target: usize) -> Result<(), hermes_trampolines::HookError
         hook.real.patched(target);
         return Err(e);
     }
-    // Dropping the handle leaves the function patched for the life of the process.
-    drop(inline);
+    // The handle is not kept: the function stays patched for the life of the process.
     Ok(())
 }
 
