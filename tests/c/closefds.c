@@ -9,6 +9,8 @@
  *   close_range    after close_range(3, ~0U, 0);
  *   dup2           after ALLOWED is dup2()ed over fds 700..710;
  *   closefrom      after closefrom(3);
+ *   raw            after close_range(3, ~0U, 0) made with syscall(2), which the
+ *                  preload cannot see (programs built before glibc had the wrapper).
  * Output per open: "ROUND allowed = OK|ERR <errno>", "ROUND denied = OK|ERR <errno>".
  * After the dup2 round the program reads each of fds 700..710 from offset 0 and
  * prints "fd N = <first line>" (it must still be ALLOWED's content).
@@ -17,6 +19,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static const char *allowed, *denied;
@@ -61,5 +64,7 @@ int main(int argc, char **argv) {
     }
     closefrom(3);
     round_("closefrom");
+    if (syscall(SYS_close_range, 3, ~0U, 0) != 0) printf("raw close_range = ERR %d\n", errno);
+    round_("raw");
     return 0;
 }

@@ -30,14 +30,19 @@ pub fn ensure_built() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(root()).args(["build", "--quiet", "-p", "hermes-launcher", "-p", "hermes-preload"]);
-        cmd.args(["-p", "hermes-tests", "--bin", "rust_target"]);
-        if profile_dir().file_name() == Some(OsStr::new("release")) {
-            cmd.arg("--release");
+        // Two invocations: a `--bin` filter applies to every `-p` of one invocation, and
+        // would leave out the preload's cdylib and the `hermes` binary (stale or missing).
+        let builds: [&[&str]; 2] =
+            [&["-p", "hermes-launcher", "-p", "hermes-preload"], &["-p", "hermes-tests", "--bin", "rust_target"]];
+        for args in builds {
+            let mut cmd = Command::new(&cargo);
+            cmd.current_dir(root()).args(["build", "--quiet"]).args(args);
+            if profile_dir().file_name() == Some(OsStr::new("release")) {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build");
+            assert!(status.success(), "cargo build {} failed", args.join(" "));
         }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build of hermes and the preload failed");
     });
 }
 

@@ -1,0 +1,125 @@
+//! Mediation under load and under hostile descriptor handling: many threads at once,
+//! many forked children at once, and a program that closes or overwrites every
+//! descriptor the preload could be using.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use hermes_tests::{c_program, launch, Outcome, Scratch};
+
+/// Deny `denied` with EACCES, allow everything else.
+fn deny_policy(denied: &str) -> String {
+    format!("function on_open(ev) if ev.path == {denied:?} then return hermes.deny(\"EACCES\") end end\n")
+}
+
+/// Like `Outcome::check`, for runs whose trace is too long to print whole.
+#[track_caller]
+fn check_big(run: &Outcome, cond: bool, what: &str) {
+    assert!(
+        cond,
+        "{what}\n--- exit {}\n--- stdout\n{}\n--- stderr\n{}\n--- trace: {} records, first: {:?}",
+        run.code,
+        run.stdout,
+        run.stderr,
+        run.trace.len(),
+        run.trace.first()
+    );
+}
+
+/// A generous handler time limit for the load tests. With the default (100 ms) the
+/// broker denies calls that merely waited behind other callers' decisions (see
+/// `concurrent_calls_under_the_time_limit_are_not_denied`), which would make these
+/// tests about that bug rather than about threads and forks.
+const LOAD_TIMEOUT: &str = "--policy-timeout=2000";
+
+/// Two files in a fresh scratch directory: (dir, allowed path, denied path).
+fn files() -> (Scratch, String, String) {
+    let dir = Scratch::new();
+    let allowed = dir.write("allowed", "allowed\n").display().to_string();
+    let denied = dir.write("denied", "denied\n").display().to_string();
+    (dir, allowed, denied)
+}
+
+#[test]
+fn eight_threads_ten_thousand_opens_all_decided_right() {
+    let (_dir, allowed, denied) = files();
+    let run =
+        launch(&deny_policy(&denied), c_program("threads"), &[&allowed, &denied]).launch_option(LOAD_TIMEOUT).run();
+    check_big(&run, run.code == 0, "threads exits 0");
+    for i in 0..8 {
+        let want = format!("thread {i} ok=625 eacces=625 other=0");
+        check_big(&run, run.stdout.lines().any(|l| l == want), &format!("per-thread counts: {want}"));
+    }
+    check_big(&run, run.stdout.lines().any(|l| l == "total ok=5000 eacces=5000 other=0"), "10,000 opens, all right");
+
+    // Every call reached the broker, from eight distinct threads of one process.
+    check_big(&run, run.trace.len() == 10_000, "10,000 records in the trace");
+    let denied_recs = run.trace.iter().filter(|r| r["decision"] == "deny" && r["args"]["path"] == denied.as_str());
+    check_big(&run, denied_recs.count() == 5000, "5,000 denials of the denied path traced");
+    let allowed_recs = run.trace.iter().filter(|r| r["decision"] == "allow" && r["result"].as_i64() >= Some(0));
+    check_big(&run, allowed_recs.count() == 5000, "5,000 successful allowed opens traced");
+    let tids: HashSet<i64> = run.trace.iter().filter_map(|r| r["tid"].as_i64()).collect();
+    let pids: HashSet<i64> = run.trace.iter().filter_map(|r| r["pid"].as_i64()).collect();
+    check_big(&run, tids.len() == 8 && pids.len() == 1, &format!("8 threads of 1 process: {tids:?} {pids:?}"));
+}
+
+#[test]
+fn two_hundred_forked_children_all_decided_right() {
+    let (_dir, allowed, denied) = files();
+    let run = launch(&deny_policy(&denied), c_program("forks"), &[&allowed, &denied]).launch_option(LOAD_TIMEOUT).run();
+    check_big(&run, run.code == 0, "forks exits 0");
+    check_big(&run, run.stdout.lines().any(|l| l == "children=200 right=200 wrong=0"), "all 200 children right");
+
+    let parent = run.trace.first().and_then(|r| r["pid"].as_i64()).unwrap_or_default();
+    let children: HashSet<i64> = run.trace.iter().filter_map(|r| r["pid"].as_i64()).filter(|&p| p != parent).collect();
+    check_big(&run, children.len() == 200, &format!("200 distinct child pids in the trace, got {}", children.len()));
+    let from_parent = run.trace.iter().filter(|r| r["ppid"].as_i64() == Some(parent)).count();
+    check_big(&run, from_parent == 400, "two calls from each child, each naming the parent as ppid");
+    let denials = run.trace.iter().filter(|r| r["decision"] == "deny" && r["errno"] == "EACCES").count();
+    check_big(&run, denials == 200, "200 denials traced");
+}
+
+#[test]
+fn closing_or_overwriting_every_descriptor_keeps_mediation() {
+    let (_dir, allowed, denied) = files();
+    let run = launch(&deny_policy(&denied), c_program("closefds"), &[&allowed, &denied]).run();
+    run.check(run.code == 0, "closefds exits 0");
+    let eacces = libc::EACCES;
+    for round in ["start", "close_range", "dup2", "closefrom", "raw"] {
+        let ok = format!("{round} allowed = OK");
+        let no = format!("{round} denied = ERR {eacces}");
+        run.check(run.stdout.lines().any(|l| l == ok), &format!("{round}: allowed open works"));
+        run.check(run.stdout.lines().any(|l| l == no), &format!("{round}: denied open is denied"));
+    }
+    for fd in 700..=710 {
+        let want = format!("fd {fd} = allowed");
+        run.check(run.stdout.lines().any(|l| l == want), &format!("fd {fd} still holds the program's file"));
+    }
+    run.check(run.stdout.matches("= ERR").count() == 5, "no other call failed");
+    let opens = run.calls("open");
+    // 5 rounds of 2, plus the open of the file that is dup2()ed.
+    run.check(opens.len() == 11, "every open reached the broker");
+    run.check(opens.iter().filter(|r| r["decision"] == "deny").count() == 5, "five denials traced");
+}
+
+#[test]
+#[ignore = "BUG: the broker's wait for a decision (worker.rs `patience`) counts time queued behind other \
+            callers' handlers, so concurrent calls whose own handler stays well under --policy-timeout are \
+            denied with EPERM 'policy time limit exceeded' (regression in 4774554)"]
+fn concurrent_calls_under_the_time_limit_are_not_denied() {
+    let (_dir, allowed, _denied) = files();
+    // Every open of `allowed` costs 20 ms of policy CPU time, a fifth of the 100 ms
+    // limit. Sixteen threads ask at once: the queue is 16 x 20 ms deep, but no handler
+    // runs past its limit, so every call must be decided by the policy: allowed.
+    let src = format!(
+        "function on_open(ev)\n  if ev.path == {allowed:?} then\n    local t = os.clock()\n    \
+         while os.clock() - t < 0.02 do end\n  end\nend\n"
+    );
+    let run = launch(&src, c_program("parallel_opens"), &["16", "2", &allowed])
+        .launch_option("--policy-timeout=100")
+        .timeout(Duration::from_secs(20))
+        .run();
+    run.check(run.code == 0, "parallel_opens exits 0");
+    run.check(run.stdout.trim() == "ok=32 eperm=0 other=0", "all 32 opens allowed");
+    run.check(run.trace.iter().all(|r| r["error"].is_null()), "no policy error traced");
+}
