@@ -1,9 +1,12 @@
 //! The policy thread. Lua runs on one thread that owns the policy; connections hand it
-//! events and wait for the outcome with a deadline. The instruction hook stops Lua code
-//! that runs too long, but a handler blocked inside a C function (`os.execute`,
-//! `io.read`) cannot be interrupted: the waiting connection gives up at the deadline
-//! and fails the call closed, and the policy thread skips work whose caller has gone.
+//! events and wait for the outcome. The instruction hook stops Lua code that runs too
+//! long, but a handler blocked inside a C function (`os.execute`, `io.read`) cannot be
+//! interrupted: the waiting connection gives up once the handler has run past the
+//! limit and fails the call closed. Time spent queued behind other calls does not
+//! count against a call's limit; only a policy that stays busy for longer than the
+//! preload waits (`QUEUE_LIMIT`) fails queued calls.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,9 +14,24 @@ use std::time::{Duration, Instant};
 use crate::event::Event;
 use crate::policy::{Outcome, Policy, Verdict};
 
+/// How long a call may wait for the policy thread to start on it.
+const QUEUE_LIMIT: Duration = Duration::from_secs(4);
+/// How often a waiting connection looks at the clock.
+const TICK: Duration = Duration::from_millis(10);
+
+/// What a job's caller and the policy thread share.
+#[derive(Default)]
+struct JobState {
+    /// When the policy thread started the handler (ns since the worker's epoch + 1);
+    /// 0 while queued.
+    started: AtomicU64,
+    /// The caller gave up: skip the job.
+    abandoned: AtomicBool,
+}
+
 struct Job {
     event: Event,
-    deadline: Instant,
+    state: Arc<JobState>,
     reply: mpsc::SyncSender<Outcome>,
 }
 
@@ -22,8 +40,9 @@ pub struct Worker {
     mask: u64,
     hash: Arc<str>,
     name: String,
-    /// How long a caller waits for an outcome, queueing included.
+    /// How long a running handler may take before its caller fails it closed.
     patience: Duration,
+    epoch: Instant,
 }
 
 impl Worker {
@@ -33,16 +52,19 @@ impl Worker {
         let hash = Arc::from(policy.hash());
         let name = policy.name().to_owned();
         let timeout = policy.timeout();
+        let epoch = Instant::now();
         std::thread::Builder::new().name("hermes-policy".into()).spawn(move || {
             for job in rx {
-                if Instant::now() >= job.deadline {
-                    continue; // its caller already failed it closed
+                if job.state.abandoned.load(Ordering::Relaxed) {
+                    continue;
                 }
+                job.state.started.store(nanos_since(epoch) + 1, Ordering::Relaxed);
                 let _ = job.reply.send(policy.decide(&job.event));
             }
         })?;
+        // The instruction hook fires at the limit; the margin covers its granularity.
         let patience = timeout + (timeout / 2).max(Duration::from_millis(50));
-        Ok(Worker { jobs: Mutex::new(tx), mask, hash, name, patience })
+        Ok(Worker { jobs: Mutex::new(tx), mask, hash, name, patience, epoch })
     }
 
     pub fn mask(&self) -> u64 {
@@ -56,18 +78,49 @@ impl Worker {
     /// The policy's outcome for `event`, or a fail-closed deny if none comes in time.
     pub fn decide(&self, event: &Event) -> Outcome {
         let (reply, outcome) = mpsc::sync_channel(1);
-        let deadline = Instant::now() + self.patience;
-        let job = Job { event: event.clone(), deadline, reply };
-        let sent = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job);
-        let failure = match sent.map(|()| outcome.recv_timeout(self.patience)) {
-            Ok(Ok(outcome)) => return outcome,
-            Ok(Err(RecvTimeoutError::Timeout)) => format!(
-                "{}: policy time limit exceeded: no decision within {} ms (a handler blocked outside Lua?)",
-                self.name,
-                self.patience.as_millis()
-            ),
-            Ok(Err(RecvTimeoutError::Disconnected)) | Err(_) => format!("{}: the policy thread is gone", self.name),
-        };
-        Outcome { verdict: Verdict::Deny(libc::EPERM), handler: "error", logs: Vec::new(), error: Some(failure) }
+        let state = Arc::new(JobState::default());
+        let job = Job { event: event.clone(), state: Arc::clone(&state), reply };
+        let queued = Instant::now();
+        if self.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job).is_err() {
+            return self.fail("the policy thread is gone".into());
+        }
+        loop {
+            match outcome.recv_timeout(TICK) {
+                Ok(outcome) => return outcome,
+                Err(RecvTimeoutError::Disconnected) => return self.fail("the policy thread is gone".into()),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let started = state.started.load(Ordering::Relaxed);
+            let late = if started == 0 {
+                (queued.elapsed() > QUEUE_LIMIT).then(|| {
+                    format!("policy busy: the call waited {} ms for the policy thread", QUEUE_LIMIT.as_millis())
+                })
+            } else {
+                let running = Duration::from_nanos(nanos_since(self.epoch).saturating_sub(started - 1));
+                (running > self.patience).then(|| {
+                    format!(
+                        "policy time limit exceeded: no decision within {} ms (a handler blocked outside Lua?)",
+                        self.patience.as_millis()
+                    )
+                })
+            };
+            if let Some(why) = late {
+                state.abandoned.store(true, Ordering::Relaxed);
+                return self.fail(why);
+            }
+        }
     }
+
+    fn fail(&self, why: String) -> Outcome {
+        Outcome {
+            verdict: Verdict::Deny(libc::EPERM),
+            handler: "error",
+            logs: Vec::new(),
+            error: Some(format!("{}: {why}", self.name)),
+        }
+    }
+}
+
+fn nanos_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
 }
