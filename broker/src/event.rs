@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use hermes_wire::{Args, Layer, Op, SockAddr};
+use hermes_wire::{Args, Layer, Op, SockAddr, API_ARGS};
 use serde_json::{json, Map, Value as Json};
 
 use crate::resolve::{self, Viewer};
@@ -84,10 +84,66 @@ impl NetAddr {
 
 #[derive(Clone, Debug)]
 pub enum EventArgs {
-    Open { dirfd: i32, path: Vec<u8>, raw_path: Vec<u8>, flags: i32, mode: u32 },
-    Connect { fd: i32, addr: NetAddr },
-    Send { fd: i32, len: u64, flags: i32, addr: Option<NetAddr> },
-    Exec { path: Vec<u8>, raw_path: Vec<u8>, argv: Vec<Vec<u8>>, envp: Vec<Vec<u8>> },
+    Open {
+        dirfd: i32,
+        path: Vec<u8>,
+        raw_path: Vec<u8>,
+        flags: i32,
+        mode: u32,
+    },
+    Connect {
+        fd: i32,
+        addr: NetAddr,
+    },
+    Send {
+        fd: i32,
+        len: u64,
+        flags: i32,
+        addr: Option<NetAddr>,
+    },
+    Exec {
+        path: Vec<u8>,
+        raw_path: Vec<u8>,
+        argv: Vec<Vec<u8>>,
+        envp: Vec<Vec<u8>>,
+    },
+    /// A hooked library function (`--hook LIB:SYMBOL`).
+    Api {
+        lib: String,
+        symbol: String,
+        raw: [u64; API_ARGS],
+        args: Vec<ApiArg>,
+    },
+}
+
+/// One argument of a hooked library call, decoded by its declared kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiArg {
+    Int(i64),
+    Ptr(u64),
+    /// A C string or a buffer, copied out of the caller's memory (capped).
+    Bytes(Vec<u8>),
+}
+
+impl ApiArg {
+    /// Decode the declared arguments (`kinds`, see [`hermes_wire::Args::Api`]).
+    fn decode(
+        kinds: &[u8; API_ARGS],
+        raw: &[u64; API_ARGS],
+        data: &[&hermes_wire::serde_bytes::Bytes; API_ARGS],
+    ) -> Vec<Self> {
+        kinds
+            .iter()
+            .zip(raw)
+            .zip(data)
+            .take_while(|((k, _), _)| **k != b'-')
+            .map(|((k, r), d)| match k {
+                b's' | b'0'..=b'5' => ApiArg::Bytes(d.to_vec()),
+                b'p' => ApiArg::Ptr(*r),
+                _ => ApiArg::Int(*r as i64),
+            })
+            .collect()
+    }
 }
 
 /// The calling process, as far as the broker can tell.
@@ -160,6 +216,15 @@ impl Event {
                     envp: envp.iter().map(|e| e.to_vec()).collect(),
                 }
             }
+            Args::Api { symbol, kinds, raw, ref data } => {
+                let (lib, name) = symbol.split_once(':').unwrap_or(("", symbol));
+                EventArgs::Api {
+                    lib: lib.to_owned(),
+                    symbol: name.to_owned(),
+                    raw,
+                    args: ApiArg::decode(&kinds, &raw, data),
+                }
+            }
         };
         Event { func: func.to_owned(), op, pid, tid, layer, proc, args }
     }
@@ -193,6 +258,20 @@ impl Event {
                 m.insert("argv".into(), argv.iter().map(|a| bytes_json(a)).collect());
                 m.insert("envp".into(), envp.iter().map(|e| bytes_json(e)).collect());
             }
+            EventArgs::Api { lib, symbol, raw, args } => {
+                m.insert("lib".into(), json!(lib));
+                m.insert("symbol".into(), json!(symbol));
+                m.insert("raw".into(), json!(raw));
+                let decoded: Vec<Json> = args
+                    .iter()
+                    .map(|a| match a {
+                        ApiArg::Int(i) => json!(i),
+                        ApiArg::Ptr(p) => json!(format!("{p:#x}")),
+                        ApiArg::Bytes(b) => bytes_json(b),
+                    })
+                    .collect();
+                m.insert("args".into(), Json::Array(decoded));
+            }
         }
         Json::Object(m)
     }
@@ -210,6 +289,21 @@ impl Event {
             EventArgs::Exec { path, argv, .. } => {
                 let argv: Vec<String> = argv.iter().map(|a| format!("{:?}", lossy(a))).collect();
                 format!("{}({:?}, [{}])", self.func, lossy(path), argv.join(", "))
+            }
+            EventArgs::Api { raw, args, .. } if args.is_empty() => {
+                let raw: Vec<String> = raw.iter().map(|r| format!("{r:#x}")).collect();
+                format!("{}({}, …)", self.func, raw.join(", "))
+            }
+            EventArgs::Api { args, .. } => {
+                let args: Vec<String> = args
+                    .iter()
+                    .map(|a| match a {
+                        ApiArg::Int(i) => i.to_string(),
+                        ApiArg::Ptr(p) => format!("{p:#x}"),
+                        ApiArg::Bytes(b) => format!("{:?}", lossy(b)),
+                    })
+                    .collect();
+                format!("{}({})", self.func, args.join(", "))
             }
         }
     }

@@ -17,7 +17,7 @@ use hermes_wire::Op;
 use mlua::{Function, HookTriggers, Lua, MultiValue, Table, UserData, Value, VmState};
 
 use crate::errno;
-use crate::event::{Event, EventArgs, NetAddr};
+use crate::event::{ApiArg, Event, EventArgs, NetAddr};
 
 /// Errors loading a policy. Messages name the file and line, as Lua reports them.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ pub enum PolicyError {
     )]
     NoEntryPoint { path: String },
     /// An entry point name is bound to something that is not a function.
-    #[error("{path}: `{name}` must be a function, not a {found}")]
+    #[error("{path}: `{name}` must be a function, not {}", with_article(found))]
     NotAFunction { path: String, name: &'static str, found: String },
 }
 
@@ -106,6 +106,53 @@ pub struct Policy {
     deadline: Arc<AtomicU64>,
     epoch: Instant,
     logs: Arc<Mutex<Vec<String>>>,
+    hooks: Vec<ApiHook>,
+}
+
+/// A library function the policy asked to hook (`hermes.hook`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiHook {
+    /// `LIB:SYMBOL`.
+    pub symbol: String,
+    /// The wire's argument kinds (see `hermes_wire::Args::Api`), one byte per argument.
+    pub kinds: String,
+}
+
+impl ApiHook {
+    /// Parse `LIB:SYMBOL`, as `--hook` and `hermes.hook` take it.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        match spec.split_once(':') {
+            Some((lib, sym)) if !lib.is_empty() && !sym.is_empty() && !spec.contains([';', '=', ' ']) => {
+                Ok(ApiHook { symbol: spec.to_owned(), kinds: String::new() })
+            }
+            _ => Err(format!("'{spec}' is not LIB:SYMBOL (e.g. libz.so.1:deflate)")),
+        }
+    }
+
+    /// The preload's `HERMES_API` list: `LIB:SYMBOL=KINDS;…`.
+    pub fn env_list(hooks: &[ApiHook]) -> String {
+        hooks.iter().map(|h| format!("{}={}", h.symbol, h.kinds)).collect::<Vec<_>>().join(";")
+    }
+}
+
+/// Translate a signature (`{"cstr", "int", "buf:2"}`, 1-based) to wire kinds.
+fn api_kinds(sig: &[String]) -> Result<String, String> {
+    if sig.len() > hermes_wire::API_ARGS {
+        return Err(format!("at most {} arguments can be decoded", hermes_wire::API_ARGS));
+    }
+    sig.iter()
+        .map(|k| match k.as_str() {
+            "int" => Ok('i'),
+            "ptr" => Ok('p'),
+            "cstr" => Ok('s'),
+            other => match other.strip_prefix("buf:").and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) if (1..=sig.len()).contains(&n) && sig[n - 1] == "int" => Ok((b'0' + (n - 1) as u8) as char),
+                _ => Err(format!(
+                    "unknown argument kind '{other}' (int, ptr, cstr, or buf:N where argument N is an int length)"
+                )),
+            },
+        })
+        .collect()
 }
 
 #[derive(Default)]
@@ -136,7 +183,8 @@ impl Policy {
         let deadline = Arc::new(AtomicU64::new(NO_DEADLINE));
         let epoch = Instant::now();
         let logs = Arc::new(Mutex::new(Vec::new()));
-        install_api(&lua, dir, &logs).map_err(|e| PolicyError::Runtime(first_line(&e)))?;
+        let hooks = Arc::new(Mutex::new(Vec::new()));
+        install_api(&lua, dir, &logs, &hooks).map_err(|e| PolicyError::Runtime(first_line(&e)))?;
         install_time_limit(&lua, &deadline, epoch);
 
         let chunk = lua.load(source).set_name(format!("@{name}"));
@@ -147,6 +195,7 @@ impl Policy {
         deadline.store(NO_DEADLINE, Ordering::Relaxed);
         ran.map_err(|e| PolicyError::Runtime(lua_message(&e)))?;
 
+        let hooks = std::mem::take(&mut *hooks.lock().unwrap_or_else(|e| e.into_inner()));
         let handlers = Handlers::find(&lua, name)?;
         let mask = handlers.mask();
         if mask == 0 {
@@ -162,7 +211,13 @@ impl Policy {
             deadline,
             epoch,
             logs,
+            hooks,
         })
+    }
+
+    /// The library functions the policy hooks (`hermes.hook`), with their signatures.
+    pub fn hooks(&self) -> &[ApiHook] {
+        &self.hooks
     }
 
     /// The operations the policy subscribes to ([`Op::bit`]s).
@@ -296,7 +351,12 @@ const OPEN_FLAGS: &[(&str, i32)] = &[
 ];
 
 /// The `hermes` table: decision constructors, `log`, constants.
-fn install_api(lua: &Lua, dir: &Path, logs: &Arc<Mutex<Vec<String>>>) -> mlua::Result<()> {
+fn install_api(
+    lua: &Lua,
+    dir: &Path,
+    logs: &Arc<Mutex<Vec<String>>>,
+    hooks: &Arc<Mutex<Vec<ApiHook>>>,
+) -> mlua::Result<()> {
     let hermes = lua.create_table()?;
     let decision = |lua: &Lua, v: Verdict| lua.create_userdata(LuaDecision(v));
 
@@ -314,6 +374,19 @@ fn install_api(lua: &Lua, dir: &Path, logs: &Arc<Mutex<Vec<String>>>) -> mlua::R
             let text = text.join(" ");
             eprintln!("hermes: policy: {text}");
             logs.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+            Ok(())
+        })?,
+    )?;
+
+    let hooks = Arc::clone(hooks);
+    hermes.set(
+        "hook",
+        lua.create_function(move |_, (spec, sig): (String, Option<Vec<String>>)| {
+            let mut hook = ApiHook::parse(&spec).map_err(mlua::Error::runtime)?;
+            hook.kinds = api_kinds(&sig.unwrap_or_default()).map_err(mlua::Error::runtime)?;
+            let mut hooks = hooks.lock().unwrap_or_else(|e| e.into_inner());
+            hooks.retain(|h| h.symbol != hook.symbol);
+            hooks.push(hook);
             Ok(())
         })?,
     )?;
@@ -393,9 +466,10 @@ fn to_verdict(v: Value) -> Result<Option<Verdict>, String> {
             "BLOCK" | "DENY" => Ok(Some(Verdict::Deny(libc::EPERM))),
             other => Err(format!("returned unknown decision \"{other}\" (expected \"ALLOW\" or \"BLOCK\")")),
         },
-        other => {
-            Err(format!("returned a {} (expected a hermes decision such as hermes.allow(), or nil)", other.type_name()))
-        }
+        other => Err(format!(
+            "returned {} (expected a hermes decision such as hermes.allow(), or nil)",
+            with_article(other.type_name())
+        )),
     }
 }
 
@@ -491,6 +565,20 @@ fn event_table(lua: &Lua, ev: &Event) -> mlua::Result<Table> {
             t.set("argv", list(argv)?)?;
             t.set("envp", list(envp)?)?;
         }
+        EventArgs::Api { lib, symbol, raw, args } => {
+            t.set("lib", lib.as_str())?;
+            t.set("symbol", symbol.as_str())?;
+            t.set("raw", lua.create_sequence_from(raw.iter().map(|r| *r as i64))?)?;
+            let decoded = lua.create_table()?;
+            for (i, a) in args.iter().enumerate() {
+                match a {
+                    ApiArg::Int(v) => decoded.set(i + 1, *v)?,
+                    ApiArg::Ptr(p) => decoded.set(i + 1, *p as i64)?,
+                    ApiArg::Bytes(b) => decoded.set(i + 1, lua.create_string(b)?)?,
+                }
+            }
+            t.set("args", decoded)?;
+        }
     }
     Ok(t)
 }
@@ -500,7 +588,18 @@ fn lua_message(e: &mlua::Error) -> String {
     match e {
         mlua::Error::SyntaxError { message, .. } => message.clone(),
         mlua::Error::RuntimeError(m) => first_line_of(m),
-        mlua::Error::CallbackError { cause, .. } => lua_message(cause),
+        // An error raised by a `hermes.*` function: name the policy line that called it.
+        mlua::Error::CallbackError { cause, traceback } => {
+            let place = traceback
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.starts_with("[C]") && l.contains(": in "))
+                .and_then(|l| l.split(": in ").next());
+            match place {
+                Some(place) => format!("{place}: {}", lua_message(cause)),
+                None => lua_message(cause),
+            }
+        }
         other => first_line(other),
     }
 }
@@ -511,6 +610,12 @@ fn first_line(e: &dyn std::fmt::Display) -> String {
 
 fn first_line_of(s: &str) -> String {
     s.lines().next().unwrap_or_default().to_owned()
+}
+
+/// "an integer", "a table": Lua type names with their article.
+fn with_article(word: &str) -> String {
+    let article = if word.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+    format!("{article} {word}")
 }
 
 /// FNV-1a, 64 bit: a stable content hash with no dependency.
@@ -554,7 +659,7 @@ mod tests {
         let err = policy("x = 1\n").err().expect("must fail");
         assert!(matches!(err, PolicyError::NoEntryPoint { .. }), "{err}");
         let err = policy("on_open = 5\n").err().expect("must fail");
-        assert!(err.to_string().contains("`on_open` must be a function, not a integer"), "{err}");
+        assert!(err.to_string().contains("`on_open` must be a function, not an integer"), "{err}");
         let err = policy("while true do end\nfunction on_call() end").err().expect("must fail");
         assert!(err.to_string().contains("time limit"), "{err}");
     }
@@ -564,8 +669,8 @@ mod tests {
         assert_eq!(policy("function on_open() end").unwrap().mask(), Op::Open.bit());
         let p = policy("function on_connect() end function on_exec() end").unwrap();
         assert_eq!(p.mask(), Op::Connect.bit() | Op::Exec.bit());
-        assert_eq!(policy("function on_syscall() end").unwrap().mask(), 0b11111);
-        assert_eq!(policy("function on_call() end").unwrap().mask(), 0b11111);
+        assert_eq!(policy("function on_syscall() end").unwrap().mask(), 0b111111);
+        assert_eq!(policy("function on_call() end").unwrap().mask(), 0b111111);
     }
 
     #[test]
@@ -614,7 +719,7 @@ mod tests {
             ("/loop", "time limit"),
             ("/errno", "unknown errno name 'EBOGUS'"),
             ("/maybe", "\"MAYBE\""),
-            ("/num", "returned a integer"),
+            ("/num", "returned an integer"),
             ("/fopen", "does not apply to openat"),
         ] {
             let o = p.decide(&open_event(path.as_bytes(), 0));
@@ -654,6 +759,34 @@ mod tests {
             unix.as_deref(),
         );
         assert_eq!(to.display(), "127.0.0.1:80");
+    }
+
+    #[test]
+    fn hooks_declare_signatures() {
+        let p = policy(
+            r#"
+            hermes.hook("libc.so.6:write", {"int", "buf:3", "int"})
+            hermes.hook("libz.so.1:deflate")
+            function on_api(ev) end
+            "#,
+        )
+        .unwrap();
+        assert_eq!(ApiHook::env_list(p.hooks()), "libc.so.6:write=i2i;libz.so.1:deflate=");
+        assert_eq!(p.mask(), Op::Api.bit());
+        for (bad, needle) in [
+            (r#"hermes.hook("nocolon")"#, "not LIB:SYMBOL"),
+            (r#"hermes.hook("l:s", {"float"})"#, "unknown argument kind 'float'"),
+            (r#"hermes.hook("l:s", {"buf:1"})"#, "unknown argument kind 'buf:1'"),
+        ] {
+            let err = policy(&format!(
+                "{bad}
+function on_api() end"
+            ))
+            .err()
+            .expect("must fail")
+            .to_string();
+            assert!(err.contains(needle) && err.contains("test.lua:1"), "{err}");
+        }
     }
 
     #[test]

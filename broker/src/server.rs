@@ -14,10 +14,13 @@ use hermes_wire::{self as wire, Args, ClientMsg, Decision, Layer, Reply, Welcome
 
 use crate::event::{Event, EventArgs, NetAddr, ProcInfo};
 use crate::policy::{self, Policy, Verdict};
-use crate::worker::Worker;
 use crate::trace::{CallResult, Record, Sink};
+use crate::worker::Worker;
 
 type ClientFrame<'a> = ClientMsg<'a, Vec<&'a [u8]>>;
+
+/// Calls in flight per connection whose results are still awaited.
+const MAX_PENDING: usize = 256;
 
 /// Why a connection was dropped.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,11 @@ impl Broker {
 
     pub fn mask(&self) -> u64 {
         self.policy.mask()
+    }
+
+    /// The library functions the policy hooks.
+    pub fn hooks(&self) -> &[crate::policy::ApiHook] {
+        self.policy.hooks()
     }
 
     /// Start the policy thread and serve connections on a background thread; returns
@@ -135,8 +143,10 @@ struct Connection<'s> {
     peer_pid: i32,
     layer: Layer,
     proc: Option<(i32, ProcInfo)>,
-    /// An allowed call waiting for its `Done`.
-    pending: Option<(u32, Record)>,
+    /// Allowed calls waiting for their `Done`, oldest first. More than one when calls
+    /// nest (a hooked library function that opens a file) or, for the tracer's single
+    /// connection, when several tracees have calls in flight.
+    pending: Vec<(u32, Record)>,
     buf: Vec<u8>,
 }
 
@@ -154,14 +164,16 @@ impl<'s> Connection<'s> {
             peer_pid: cred.pid,
             layer: Layer::Preload,
             proc: None,
-            pending: None,
+            pending: Vec::new(),
             buf: Vec::new(),
         })
     }
 
     fn run(mut self) -> Result<(), ConnError> {
         let result = self.exchange();
-        self.flush_pending(None);
+        for (_, record) in std::mem::take(&mut self.pending) {
+            self.shared.sink.emit(&record);
+        }
         result
     }
 
@@ -180,7 +192,6 @@ impl<'s> Connection<'s> {
             let buf = std::mem::take(&mut self.buf);
             let handled = match wire::decode::<ClientFrame>(&buf) {
                 Ok(ClientMsg::Call(call)) => {
-                    self.flush_pending(None);
                     let started = Instant::now();
                     let mut record = self.decide(call.func, call.pid, call.tid, &call.args);
                     let mut cpath = Vec::new();
@@ -188,7 +199,12 @@ impl<'s> Connection<'s> {
                     let sent = self.send(&Reply { seq: call.seq, decision });
                     record.latency = started.elapsed();
                     if record.implied_result().is_none() && self.shared.sink.wants_results() {
-                        self.pending = Some((call.seq, record));
+                        if self.pending.len() >= MAX_PENDING {
+                            // A client that never reports: keep the trace flowing.
+                            let (_, oldest) = self.pending.remove(0);
+                            self.shared.sink.emit(&oldest);
+                        }
+                        self.pending.push((call.seq, record));
                     } else {
                         self.shared.sink.emit(&record);
                     }
@@ -200,8 +216,10 @@ impl<'s> Connection<'s> {
                         errno: done.errno,
                         duration: Duration::from_nanos(done.duration_ns),
                     };
-                    if matches!(&self.pending, Some((seq, _)) if *seq == done.seq) {
-                        self.flush_pending(Some(result));
+                    if let Some(at) = self.pending.iter().position(|(seq, _)| *seq == done.seq) {
+                        let (_, mut record) = self.pending.remove(at);
+                        record.result = Some(result);
+                        self.shared.sink.emit(&record);
                     }
                     Ok(())
                 }
@@ -248,14 +266,6 @@ impl<'s> Connection<'s> {
             policy_hash: Arc::clone(self.shared.policy.hash()),
             latency: Duration::ZERO,
             result: None,
-        }
-    }
-
-    /// Write the pending record, with the call's result if it arrived.
-    fn flush_pending(&mut self, result: Option<CallResult>) {
-        if let Some((_, mut record)) = self.pending.take() {
-            record.result = result;
-            self.shared.sink.emit(&record);
         }
     }
 

@@ -1,7 +1,8 @@
 //! The broker process. `hermes launch` starts `hermes broker …`; it loads the policy,
 //! binds the socket, then forks so that it is not the launcher's child (the launcher
 //! reaps every process of the target's tree, and must not wait for the broker), and
-//! reports on stdout: `ready MASK` or `error MESSAGE`. It serves until its stdin (the
+//! reports on stdout: `ready MASK HOOKS` (HOOKS: the policy's `hermes.hook` list as
+//! `LIB:SYMBOL=KINDS;…`, or `-`) or `error MESSAGE`. It serves until its stdin (the
 //! launcher's lifeline) closes, drains the connections, and exits; stdout closes last,
 //! which tells the launcher the trace is complete.
 
@@ -48,6 +49,10 @@ pub fn run(args: &BrokerArgs) -> ExitCode {
     // ^C (meant for the target) away from the broker.
     unsafe { libc::setsid() };
     let mask = broker.mask();
+    let hooks = match policy::ApiHook::env_list(broker.hooks()) {
+        list if list.is_empty() => "-".to_owned(),
+        list => list,
+    };
     let handle = match broker.spawn() {
         Ok(h) => h,
         Err(e) => {
@@ -56,7 +61,7 @@ pub fn run(args: &BrokerArgs) -> ExitCode {
         }
     };
     let mut out = std::io::stdout().lock();
-    if writeln!(out, "ready {mask}").and_then(|()| out.flush()).is_err() {
+    if writeln!(out, "ready {mask} {hooks}").and_then(|()| out.flush()).is_err() {
         return ExitCode::from(2);
     }
     // Serve until the launcher goes away.

@@ -45,6 +45,13 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
 
     let mut cmd = Command::new(&exe);
     cmd.arg0(prog).args(prog_args).env("HERMES_SOCK", &socket).env("HERMES_MASK", broker.mask.to_string());
+    let api = api_hooks(&args.hook, &broker.hooks)?;
+    if !api.is_empty() {
+        if traced {
+            return Err(Refusal(2, "--hook needs the preload; it cannot hook a statically linked program".into()));
+        }
+        cmd.env("HERMES_API", api);
+    }
     if let Some(preload) = &preload {
         let mut ld_preload = preload.as_os_str().to_owned();
         if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
@@ -127,6 +134,8 @@ struct BrokerProc {
     lifeline: Option<ChildStdin>,
     out: BufReader<ChildStdout>,
     mask: u64,
+    /// The policy's `hermes.hook` list (`LIB:SYMBOL=KINDS;…`).
+    hooks: String,
 }
 
 impl BrokerProc {
@@ -155,9 +164,11 @@ impl BrokerProc {
         let mut line = String::new();
         let _ = out.read_line(&mut line);
         let line = line.trim_end();
-        if let Some(mask) = line.strip_prefix("ready ") {
+        if let Some(ready) = line.strip_prefix("ready ") {
+            let (mask, hooks) = ready.split_once(' ').unwrap_or((ready, "-"));
             let mask = mask.parse().map_err(|_| Refusal(2, format!("broker said {line:?}")))?;
-            Ok(BrokerProc { lifeline, out, mask })
+            let hooks = if hooks == "-" { String::new() } else { hooks.to_owned() };
+            Ok(BrokerProc { lifeline, out, mask, hooks })
         } else if let Some(msg) = line.strip_prefix("error ") {
             Err(Refusal(2, msg.to_owned()))
         } else {
@@ -189,6 +200,21 @@ impl BrokerProc {
         }
         eprintln!("hermes: the broker did not finish within 5 s; the trace may be incomplete");
     }
+}
+
+/// The preload's `HERMES_API` list: `--hook` specs, with the signatures the policy
+/// declared (`hermes.hook`) for them and for its own hooks.
+fn api_hooks(cli: &[String], from_policy: &str) -> Result<String, Refusal> {
+    let mut hooks: Vec<hermes_broker::policy::ApiHook> = Vec::new();
+    for spec in cli {
+        hooks.push(hermes_broker::policy::ApiHook::parse(spec).map_err(|e| Refusal(2, format!("--hook: {e}")))?);
+    }
+    for entry in from_policy.split(';').filter(|e| !e.is_empty()) {
+        let (symbol, kinds) = entry.split_once('=').unwrap_or((entry, ""));
+        hooks.retain(|h| h.symbol != symbol);
+        hooks.push(hermes_broker::policy::ApiHook { symbol: symbol.to_owned(), kinds: kinds.to_owned() });
+    }
+    Ok(hermes_broker::policy::ApiHook::env_list(&hooks))
 }
 
 /// Find the program as execvp would; 127/126 errors as a shell gives them.

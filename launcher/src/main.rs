@@ -19,6 +19,9 @@ Examples:
   # Block outbound connections except to loopback, keep a JSON Lines trace
   hermes launch --policy policies/firewall.lua --trace run.jsonl -- ./client
 
+  # Library-level tracing: every deflate() call, its arguments, result and duration
+  hermes launch -v --hook libz.so.1:deflate -- python3 -c 'import zlib; zlib.compress(b\"a\"*100000)'
+
   # Validate a policy before deploying it
   hermes check policies/readonly_home.lua
 
@@ -61,6 +64,12 @@ pub struct LaunchArgs {
     /// Time limit for one policy handler call; past it the call is denied (EPERM)
     #[arg(long, value_name = "MS", default_value_t = 100)]
     policy_timeout: u64,
+    /// Trace (and let the policy decide) every call of an exported library function,
+    /// also in libraries loaded later with dlopen; repeatable. The policy sees
+    /// `ev.op == "api"` (handler `on_api`) and may declare how to decode the arguments
+    /// with `hermes.hook("LIB:SYMBOL", {"cstr", "int", "buf:2", …})`.
+    #[arg(long, value_name = "LIB:SYMBOL")]
+    hook: Vec<String>,
     /// Path of libhermes_preload.so (default: next to the hermes binary)
     #[arg(long, value_name = "LIB", env = "HERMES_PRELOAD")]
     preload: Option<PathBuf>,

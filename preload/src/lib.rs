@@ -9,6 +9,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod api;
 mod config;
 mod fds;
 mod hooks;
@@ -21,6 +22,7 @@ use core::sync::atomic::Ordering::Relaxed;
 extern "C" fn init() {
     config::init();
     hooks::install(config::inline_hooks());
+    api::init();
     mediate::PROCESS_PID.store(sys::getpid(), Relaxed);
     mediate::READY.store(true, Relaxed);
 }

@@ -183,22 +183,20 @@ impl Session {
 
     /// The real call ran and returned `ret`; tell the broker if it asked.
     pub fn done(self, ret: i64) {
-        if self.start != 0 && self.fd >= 0 {
-            let errno = sys::errno();
-            let duration_ns = sys::monotonic_ns().saturating_sub(self.start);
-            let msg: ClientMsg<'_, ()> =
-                ClientMsg::Done(Done { seq: self.seq, ret, errno: if ret < 0 { errno } else { 0 }, duration_ns });
-            let _ = send(self.fd, &msg);
-            sys::set_errno(errno);
-        }
-        self.release();
+        self.detach().done(ret);
+    }
+
+    /// Release the guard but keep what reporting the result needs: for calls whose
+    /// real function runs unguarded (library hooks: what it calls is mediated on its
+    /// own).
+    pub fn detach(self) -> Pending {
+        let Session { fd, seq, one_shot, start, _guard } = self;
+        Pending { fd, seq, one_shot, start }
     }
 
     /// The call will not run (denied, emulated): nothing to report.
     pub fn release(self) {
-        if self.one_shot && self.fd >= 0 {
-            sys::close(self.fd);
-        }
+        self.detach().release();
     }
 
     /// The exchange failed: the connection is in an unknown state (a late reply may
@@ -214,6 +212,37 @@ impl Session {
     }
 }
 
+/// A call that ran with its result still to report. Plain data: a library hook keeps
+/// it on its side stack between the call and its return.
+#[derive(Clone, Copy)]
+pub struct Pending {
+    fd: i32,
+    seq: u32,
+    one_shot: bool,
+    start: u64,
+}
+
+impl Pending {
+    /// Tell the broker the result, if it asked (raw syscalls only: no guard needed).
+    pub fn done(self, ret: i64) {
+        if self.start != 0 && self.fd >= 0 {
+            let errno = sys::errno();
+            let duration_ns = sys::monotonic_ns().saturating_sub(self.start);
+            let msg: ClientMsg<'_, ()> =
+                ClientMsg::Done(Done { seq: self.seq, ret, errno: if ret < 0 { errno } else { 0 }, duration_ns });
+            let _ = send(self.fd, &msg);
+            sys::set_errno(errno);
+        }
+        self.release();
+    }
+
+    fn release(self) {
+        if self.one_shot && self.fd >= 0 {
+            sys::close(self.fd);
+        }
+    }
+}
+
 /// Postcard encodes `Args<L>` the same whatever the borrow; re-borrow to satisfy the
 /// message's lifetimes.
 fn clone_args<'a, L: Serialize>(args: &'a Args<'a, L>) -> Args<'a, &'a L> {
@@ -225,6 +254,7 @@ fn clone_args<'a, L: Serialize>(args: &'a Args<'a, L>) -> Args<'a, &'a L> {
         Args::Exec { dirfd, path, search_path, flags, ref argv, ref envp } => {
             Args::Exec { dirfd, path, search_path, flags, argv, envp }
         }
+        Args::Api { symbol, kinds, raw, data } => Args::Api { symbol, kinds, raw, data },
     }
 }
 

@@ -216,3 +216,27 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// Copy `buf.len()` bytes from our own address `addr` without trusting it: a bad
+/// pointer gives a short (or zero) count instead of a fault. Returns the count.
+pub fn read_own_memory(addr: usize, buf: &mut [u8]) -> usize {
+    if buf.is_empty() || addr == 0 {
+        return 0;
+    }
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: `local` describes our live buffer; the kernel checks `remote` and
+    // reports EFAULT (or a short count) for unreadable memory.
+    let n = unsafe {
+        syscall6(
+            libc::SYS_process_vm_readv,
+            getpid() as usize,
+            &local as *const libc::iovec as usize,
+            1,
+            &remote as *const libc::iovec as usize,
+            1,
+            0,
+        )
+    };
+    usize::try_from(n).unwrap_or(0)
+}

@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 mod sockaddr;
+pub use serde_bytes;
 pub use sockaddr::{SockAddr, SOCKADDR_MAX};
 
 /// Bump when a message changes shape; the broker refuses other versions.
@@ -35,10 +36,12 @@ pub enum Op {
     SendTo = 2,
     SendMsg = 3,
     Exec = 4,
+    /// A call to a library function hooked with `--hook LIB:SYMBOL` or `hermes.hook`.
+    Api = 5,
 }
 
 impl Op {
-    pub const ALL: [Op; 5] = [Op::Open, Op::Connect, Op::SendTo, Op::SendMsg, Op::Exec];
+    pub const ALL: [Op; 6] = [Op::Open, Op::Connect, Op::SendTo, Op::SendMsg, Op::Exec, Op::Api];
 
     /// The operation's bit in a subscription mask.
     pub const fn bit(self) -> u64 {
@@ -53,6 +56,7 @@ impl Op {
             Op::SendTo => "sendto",
             Op::SendMsg => "sendmsg",
             Op::Exec => "exec",
+            Op::Api => "api",
         }
     }
 
@@ -64,6 +68,7 @@ impl Op {
             Op::SendTo => "on_sendto",
             Op::SendMsg => "on_sendmsg",
             Op::Exec => "on_exec",
+            Op::Api => "on_api",
         }
     }
 }
@@ -170,7 +175,25 @@ pub enum Args<'a, L> {
         argv: L,
         envp: L,
     },
+    /// A hooked library function: its first six integer arguments as passed, and
+    /// for the arguments its signature declares as strings or buffers, their bytes.
+    Api {
+        /// `LIB:SYMBOL` as the hook was declared.
+        symbol: &'a str,
+        /// Per argument: `i` integer, `p` pointer, `s` C string, `0`..`5` buffer whose
+        /// length is that argument; `-` past the declared arguments.
+        kinds: [u8; API_ARGS],
+        raw: [u64; API_ARGS],
+        #[serde(borrow)]
+        data: [&'a serde_bytes::Bytes; API_ARGS],
+    },
 }
+
+/// Integer argument registers a library hook sees (rdi, rsi, rdx, rcx, r8, r9).
+pub const API_ARGS: usize = 6;
+
+/// Longest string or buffer copied out of a hooked call's arguments.
+pub const API_DATA_MAX: usize = 4096;
 
 impl<L> Args<'_, L> {
     pub fn op(&self) -> Op {
@@ -180,6 +203,7 @@ impl<L> Args<'_, L> {
             Args::SendTo { .. } => Op::SendTo,
             Args::SendMsg { .. } => Op::SendMsg,
             Args::Exec { .. } => Op::Exec,
+            Args::Api { .. } => Op::Api,
         }
     }
 }
@@ -380,18 +404,22 @@ mod tests {
                 func: "execve",
                 pid: 1,
                 tid: 1,
-                args: Args::Exec { dirfd: -100, path: b"/bin/sh", search_path: true, flags: 0, argv: Iter(argv), envp: Iter(&[]) },
+                args: Args::Exec {
+                    dirfd: -100,
+                    path: b"/bin/sh",
+                    search_path: true,
+                    flags: 0,
+                    argv: Iter(argv),
+                    envp: Iter(&[]),
+                },
             }),
             &mut buf,
         )
         .unwrap()
         .to_vec();
         for round in 0..20_000 {
-            let mut body: Vec<u8> = if round % 2 == 0 {
-                (0..next() % 64).map(|_| next() as u8).collect()
-            } else {
-                valid[4..].to_vec()
-            };
+            let mut body: Vec<u8> =
+                if round % 2 == 0 { (0..next() % 64).map(|_| next() as u8).collect() } else { valid[4..].to_vec() };
             if !body.is_empty() {
                 for _ in 0..1 + next() % 4 {
                     let at = (next() as usize) % body.len();

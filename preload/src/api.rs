@@ -1,0 +1,446 @@
+//! Library-level API tracing: `hermes launch --hook LIB:SYMBOL`. Any exported
+//! function of any library, including libraries loaded later with dlopen, is patched
+//! inline to jump to a per-hook stub, which enters the common assembly entry below
+//! with the hook's index. We do not know the function's signature, so the entry saves
+//! every argument register, asks the policy, restores them and *tail-jumps* to the
+//! original: the stack, stack-passed arguments included, is exactly as the caller
+//! left it. To see the return, the return address is swapped for a thunk that
+//! reports the result and jumps back (the return addresses wait on a per-thread side
+//! stack, frida-gum's Interceptor model).
+//!
+//! Limits: C++ exceptions unwinding through a traced call cannot find the thunk's
+//! unwind information, so such calls are not traced past their entry (the swap is
+//! skipped when the side stack is full, never unsafely); `dlopen` is hooked only when
+//! a `--hook` library is not loaded yet, and then a library that dlopens a name found
+//! through its own RUNPATH is resolved against the preload's instead.
+
+use core::arch::global_asm;
+use core::cell::Cell;
+use core::ffi::{c_char, c_int, c_void};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::ffi::CString;
+use std::sync::{Mutex, OnceLock};
+
+use hermes_wire::{serde_bytes::Bytes, Args, Op, API_ARGS};
+
+use crate::mediate::{Pending, Token, Verdict, REPLY_BUF};
+use crate::sys;
+
+/// The preload's list of library hooks, from the launcher: `LIB:SYMBOL=KINDS;…`.
+pub const ENV_API: &str = "HERMES_API";
+
+/// Copied argument bytes per call, all strings and buffers together.
+const DATA_MAX: usize = 1024;
+/// Nested traced calls per thread whose return we can see.
+const DEPTH: usize = 32;
+
+struct ApiHook {
+    /// `LIB:SYMBOL`, as declared.
+    spec: String,
+    lib: CString,
+    symbol: CString,
+    kinds: [u8; API_ARGS],
+    /// What the stub's tail jump goes to: the trampoline, once installed.
+    original: AtomicUsize,
+    installed: AtomicBool,
+}
+
+static HOOKS: OnceLock<Vec<ApiHook>> = OnceLock::new();
+/// Serialises installs (constructor, dlopen from any thread).
+static INSTALL: Mutex<()> = Mutex::new(());
+/// The original dlopen, when we had to hook it.
+static DLOPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Register state saved by the entry stub; the offsets are the assembly's.
+#[repr(C)]
+struct Ctx {
+    /// rdi, rsi, rdx, rcx, r8, r9: the integer arguments.
+    args: [u64; API_ARGS],
+    rax: u64,
+    /// The hook's index (from the per-hook stub).
+    index: u64,
+    xmm: [[u8; 16]; 8],
+    /// For action 1: the value to return.
+    ret: u64,
+    /// For action 0: where to jump (the original).
+    target: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Ctx>() == 208);
+
+#[derive(Clone, Copy)]
+struct Frame {
+    /// The caller's return address, and the stack pointer just after returning to it.
+    ret: usize,
+    sp: usize,
+    call: Pending,
+}
+
+thread_local! {
+    static FRAMES: Cell<[Option<Frame>; DEPTH]> = const { Cell::new([None; DEPTH]) };
+    static DEPTH_NOW: Cell<usize> = const { Cell::new(0) };
+}
+
+// The common entry and the return thunk. Entry: r11 = hook index, [rsp] = the
+// caller's return address, arguments in registers (and on the stack past it).
+global_asm!(
+    ".pushsection .text.hermes_api,\"ax\",@progbits",
+    ".p2align 4",
+    ".hidden hermes_api_entry",
+    ".globl hermes_api_entry",
+    "hermes_api_entry:",
+    "push rbp",
+    "mov rbp, rsp",
+    "sub rsp, 208",
+    "mov [rsp], rdi",
+    "mov [rsp + 8], rsi",
+    "mov [rsp + 16], rdx",
+    "mov [rsp + 24], rcx",
+    "mov [rsp + 32], r8",
+    "mov [rsp + 40], r9",
+    "mov [rsp + 48], rax",
+    "mov [rsp + 56], r11",
+    "movdqu [rsp + 64], xmm0",
+    "movdqu [rsp + 80], xmm1",
+    "movdqu [rsp + 96], xmm2",
+    "movdqu [rsp + 112], xmm3",
+    "movdqu [rsp + 128], xmm4",
+    "movdqu [rsp + 144], xmm5",
+    "movdqu [rsp + 160], xmm6",
+    "movdqu [rsp + 176], xmm7",
+    "mov rdi, rsp",
+    "lea rsi, [rbp + 8]",
+    "call {enter}",
+    "test eax, eax",
+    "jnz 2f",
+    "mov rdi, [rsp]",
+    "mov rsi, [rsp + 8]",
+    "mov rdx, [rsp + 16]",
+    "mov rcx, [rsp + 24]",
+    "mov r8, [rsp + 32]",
+    "mov r9, [rsp + 40]",
+    "mov rax, [rsp + 48]",
+    "movdqu xmm0, [rsp + 64]",
+    "movdqu xmm1, [rsp + 80]",
+    "movdqu xmm2, [rsp + 96]",
+    "movdqu xmm3, [rsp + 112]",
+    "movdqu xmm4, [rsp + 128]",
+    "movdqu xmm5, [rsp + 144]",
+    "movdqu xmm6, [rsp + 160]",
+    "movdqu xmm7, [rsp + 176]",
+    "mov r11, [rsp + 200]",
+    "mov rsp, rbp",
+    "pop rbp",
+    "jmp r11",
+    "2:",
+    "mov rax, [rsp + 192]",
+    "mov rsp, rbp",
+    "pop rbp",
+    "ret",
+    "",
+    ".p2align 4",
+    ".hidden hermes_api_return",
+    ".globl hermes_api_return",
+    "hermes_api_return:",
+    "sub rsp, 48",
+    "mov [rsp], rax",
+    "mov [rsp + 8], rdx",
+    "movdqu [rsp + 16], xmm0",
+    "movdqu [rsp + 32], xmm1",
+    "mov rdi, rax",
+    "lea rsi, [rsp + 48]",
+    "call {leave}",
+    "mov r11, rax",
+    "mov rax, [rsp]",
+    "mov rdx, [rsp + 8]",
+    "movdqu xmm0, [rsp + 16]",
+    "movdqu xmm1, [rsp + 32]",
+    "add rsp, 48",
+    "jmp r11",
+    ".popsection",
+    enter = sym on_enter,
+    leave = sym on_leave,
+);
+
+extern "C" {
+    fn hermes_api_entry();
+    fn hermes_api_return();
+}
+
+/// Read the hook list and install what is already loaded. Constructor only.
+pub fn init() {
+    let Some(list) = std::env::var_os(ENV_API) else { return };
+    let Some(list) = list.to_str().map(str::to_owned) else { return };
+    let hooks: Vec<ApiHook> = list.split(';').filter(|e| !e.is_empty()).filter_map(parse).collect();
+    if hooks.is_empty() || HOOKS.set(hooks).is_err() {
+        return;
+    }
+    install_pending();
+    let pending = HOOKS.get().is_some_and(|h| h.iter().any(|h| !h.installed.load(Relaxed)));
+    if pending {
+        hook_dlopen();
+    }
+}
+
+fn parse(entry: &str) -> Option<ApiHook> {
+    let (spec, kinds_text) = entry.split_once('=').unwrap_or((entry, ""));
+    let (lib, symbol) = spec.split_once(':')?;
+    let mut kinds = [b'-'; API_ARGS];
+    for (k, b) in kinds.iter_mut().zip(kinds_text.bytes()) {
+        *k = b;
+    }
+    Some(ApiHook {
+        spec: spec.to_owned(),
+        lib: CString::new(lib).ok()?,
+        symbol: CString::new(symbol).ok()?,
+        kinds,
+        original: AtomicUsize::new(0),
+        installed: AtomicBool::new(false),
+    })
+}
+
+/// Patch every hook whose library is loaded now.
+fn install_pending() {
+    let Some(hooks) = HOOKS.get() else { return };
+    let _serial = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    for (index, hook) in hooks.iter().enumerate() {
+        if hook.installed.load(Relaxed) {
+            continue;
+        }
+        let Some(target) = lookup(hook) else { continue };
+        match install(index, hook, target) {
+            Ok(()) => hook.installed.store(true, Relaxed),
+            Err(e) => {
+                // Reported once; a later dlopen does not retry a refused function.
+                hook.installed.store(true, Relaxed);
+                let msg = format!("hermes-preload: --hook {}: {e}\n", hook.spec);
+                sys::warn(&[msg.as_bytes()]);
+            }
+        }
+    }
+}
+
+/// The function's address, if its library is loaded (without loading it).
+fn lookup(hook: &ApiHook) -> Option<usize> {
+    let open = match DLOPEN.load(Relaxed) {
+        0 => libc::dlopen as unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void,
+        // SAFETY: DLOPEN holds dlopen's trampoline, of dlopen's type.
+        addr => unsafe {
+            core::mem::transmute::<usize, unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void>(addr)
+        },
+    };
+    // SAFETY: RTLD_NOLOAD only looks the library up; the handle is closed below.
+    let handle = unsafe { open(hook.lib.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+    if handle.is_null() {
+        return None;
+    }
+    // SAFETY: a live handle and a NUL-terminated name.
+    let addr = unsafe { libc::dlsym(handle, hook.symbol.as_ptr()) } as usize;
+    // SAFETY: balances the reference NOLOAD took; the library stays loaded.
+    unsafe { libc::dlclose(handle) };
+    (addr != 0).then_some(addr)
+}
+
+fn install(index: usize, hook: &ApiHook, target: usize) -> Result<(), String> {
+    let stub = stub(index).ok_or("no memory for its entry stub")?;
+    // SAFETY: `target` is an exported function of a loaded library (dlsym); the stub
+    // preserves every argument register and the stack, so any signature is served.
+    let mut patch =
+        unsafe { hermes_trampolines::Hook::new(target as *const u8, stub as *const u8) }.map_err(|e| e.to_string())?;
+    hook.original.store(patch.original() as usize, Relaxed);
+    // SAFETY: as above.
+    unsafe { patch.enable() }.map_err(|e| e.to_string())
+}
+
+/// A per-hook stub: `mov r11, index; jmp [rip]; .quad hermes_api_entry`.
+fn stub(index: usize) -> Option<usize> {
+    static PAGE: Mutex<(usize, usize)> = Mutex::new((0, 0));
+    const SIZE: usize = 32;
+    let mut page = PAGE.lock().unwrap_or_else(|e| e.into_inner());
+    if page.0 == 0 || page.1 + SIZE > 4096 {
+        let mut fresh = sys::Mapping::new(4096)?;
+        // The stubs live as long as the process: the mapping is leaked on purpose.
+        let at = fresh.bytes().as_mut_ptr() as usize;
+        core::mem::forget(fresh);
+        *page = (at, 0);
+    }
+    let at = page.0 + page.1;
+    let mut code = [0xccu8; SIZE];
+    code[..2].copy_from_slice(&[0x49, 0xbb]);
+    code[2..10].copy_from_slice(&(index as u64).to_le_bytes());
+    code[10..16].copy_from_slice(&[0xff, 0x25, 0, 0, 0, 0]);
+    code[16..24].copy_from_slice(&(hermes_api_entry as *const () as u64).to_le_bytes());
+    // SAFETY: [at, at + SIZE) is inside our own page, which is made writable for the
+    // copy and executable after; nothing runs this stub before `install` patches.
+    unsafe {
+        let base = page.0 as *mut c_void;
+        libc::mprotect(base, 4096, libc::PROT_READ | libc::PROT_WRITE);
+        core::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, SIZE);
+        if libc::mprotect(base, 4096, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+            return None;
+        }
+    }
+    page.1 += SIZE;
+    Some(at)
+}
+
+/// Hook dlopen so libraries loaded later get their hooks.
+fn hook_dlopen() {
+    // SAFETY: a NUL-terminated literal.
+    let target = unsafe { libc::dlsym(libc::RTLD_NEXT, c"dlopen".as_ptr()) } as usize;
+    if target == 0 {
+        return;
+    }
+    // SAFETY: dlopen's address, and a detour of dlopen's type.
+    let hooked = unsafe { hermes_trampolines::Hook::new(target as *const u8, dlopen_detour as *const u8) };
+    match hooked {
+        Ok(mut h) => {
+            DLOPEN.store(h.original() as usize, Relaxed);
+            // SAFETY: as above.
+            if let Err(e) = unsafe { h.enable() } {
+                DLOPEN.store(0, Relaxed);
+                sys::warn(&[format!(
+                    "hermes-preload: cannot hook dlopen ({e}); --hook libraries loaded later are not traced\n"
+                )
+                .as_bytes()]);
+            }
+        }
+        Err(e) => sys::warn(&[format!(
+            "hermes-preload: cannot hook dlopen ({e}); --hook libraries loaded later are not traced\n"
+        )
+        .as_bytes()]),
+    }
+}
+
+extern "C" fn dlopen_detour(file: *const c_char, mode: c_int) -> *mut c_void {
+    // SAFETY: DLOPEN holds the trampoline of dlopen (set before the patch).
+    let original = unsafe {
+        core::mem::transmute::<usize, unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void>(DLOPEN.load(Relaxed))
+    };
+    // SAFETY: our caller's arguments, passed on unchanged.
+    let handle = unsafe { original(file, mode) };
+    if !handle.is_null() && mode & libc::RTLD_NOLOAD == 0 {
+        let errno = sys::errno();
+        install_pending();
+        sys::set_errno(errno);
+    }
+    handle
+}
+
+/// Called by the entry stub. Returns 0 to run the original (jump to `ctx.target`),
+/// 1 to return `ctx.ret` at once.
+extern "C" fn on_enter(ctx: &mut Ctx, ret_slot: &mut usize) -> u32 {
+    let Some(hook) = HOOKS.get().and_then(|h| h.get(ctx.index as usize)) else { return abort_call(ctx) };
+    ctx.target = hook.original.load(Relaxed) as u64;
+    let Some(token) = Token::begin(Op::Api) else { return 0 };
+    let errno = sys::errno();
+    let mut data = [0u8; DATA_MAX];
+    let mut slices: [&[u8]; API_ARGS] = [&[]; API_ARGS];
+    copy_args(hook, &ctx.args, &mut data, &mut slices);
+    let data_refs: [&Bytes; API_ARGS] = slices.map(Bytes::new);
+    let args: Args<'_, ()> = Args::Api { symbol: &hook.spec, kinds: hook.kinds, raw: ctx.args, data: data_refs };
+    let mut reply = [0u8; REPLY_BUF];
+    let (verdict, session) = token.ask(hook.symbol.to_str().unwrap_or("?"), args, &mut reply);
+    sys::set_errno(errno);
+    match verdict {
+        Verdict::Allow => {
+            let call = session.detach();
+            if !push_frame(Frame { ret: *ret_slot, sp: ret_slot as *mut usize as usize + 8, call }) {
+                call.done(0);
+                return 0;
+            }
+            *ret_slot = hermes_api_return as *const () as usize;
+            0
+        }
+        Verdict::Deny(e) => {
+            session.release();
+            sys::set_errno(e);
+            ctx.ret = u64::MAX; // -1
+            1
+        }
+        Verdict::Emulate(v) => {
+            session.release();
+            ctx.ret = v as u64;
+            1
+        }
+        Verdict::Kill => sys::kill_self(),
+        Verdict::Redirect(_) | Verdict::RedirectAddr(_) => {
+            session.release();
+            sys::set_errno(libc::EPERM);
+            ctx.ret = u64::MAX;
+            1
+        }
+    }
+}
+
+fn abort_call(ctx: &mut Ctx) -> u32 {
+    sys::set_errno(libc::EPERM);
+    ctx.ret = u64::MAX;
+    1
+}
+
+/// Called by the return thunk with the function's result and the stack pointer the
+/// caller expects; returns the caller's return address.
+extern "C" fn on_leave(ret: u64, sp: usize) -> usize {
+    let errno = sys::errno();
+    // Frames above this one were skipped by longjmp: drop them, unreported.
+    loop {
+        let Some(frame) = pop_frame() else {
+            // Cannot happen: the thunk is only installed with a frame. Fail loudly.
+            sys::warn(&[b"hermes-preload: API return without a frame\n"]);
+            sys::kill_self()
+        };
+        if frame.sp == sp {
+            frame.call.done(ret as i64);
+            sys::set_errno(errno);
+            return frame.ret;
+        }
+    }
+}
+
+fn push_frame(frame: Frame) -> bool {
+    let depth = DEPTH_NOW.with(Cell::get);
+    if depth >= DEPTH {
+        return false;
+    }
+    FRAMES.with(|f| {
+        let mut frames = f.get();
+        frames[depth] = Some(frame);
+        f.set(frames);
+    });
+    DEPTH_NOW.with(|d| d.set(depth + 1));
+    true
+}
+
+fn pop_frame() -> Option<Frame> {
+    let depth = DEPTH_NOW.with(Cell::get).checked_sub(1)?;
+    DEPTH_NOW.with(|d| d.set(depth));
+    FRAMES.with(|f| {
+        let mut frames = f.get();
+        let frame = frames[depth].take();
+        f.set(frames);
+        frame
+    })
+}
+
+/// Copy the declared string and buffer arguments out of the caller's memory, with
+/// process_vm_readv so a bad pointer yields nothing instead of a crash.
+fn copy_args<'d>(hook: &ApiHook, raw: &[u64; API_ARGS], data: &'d mut [u8; DATA_MAX], out: &mut [&'d [u8]; API_ARGS]) {
+    let mut rest: &'d mut [u8] = data;
+    for (i, kind) in hook.kinds.iter().enumerate() {
+        let want = match kind {
+            b's' => rest.len(),
+            b'0'..=b'5' => (raw[(kind - b'0') as usize] as usize).min(rest.len()),
+            _ => continue,
+        };
+        let got = sys::read_own_memory(raw[i] as usize, &mut rest[..want]);
+        // A string uses its bytes up to the NUL; the rest of the buffer stays free.
+        let (len, used) = match (kind, rest[..got].iter().position(|&b| b == 0)) {
+            (b's', Some(nul)) => (nul, nul + 1),
+            _ => (got, got),
+        };
+        let (mine, tail) = core::mem::take(&mut rest).split_at_mut(used);
+        out[i] = &mine[..len];
+        rest = tail;
+    }
+}
