@@ -2,19 +2,21 @@
 -- LuaLS definitions for HERMES policies (see docs/lua-api.md).
 -- Add this directory to "workspace.library" in .luarc.json for completion.
 
----@alias hermes.Op "open"|"connect"|"sendto"|"sendmsg"|"exec"
+---@alias hermes.Op "open"|"connect"|"sendto"|"sendmsg"|"exec"|"api"
 ---@alias hermes.Family "inet"|"inet6"|"unix"|"other"
 ---@alias hermes.Layer "preload"|"ptrace"
+---Argument kinds for `hermes.hook`; "buf:N" is a buffer whose length is argument N (1-based, declared "int").
+---@alias hermes.ArgKind "int"|"ptr"|"cstr"|string
 
 ---A mediated call. Fields beyond the common ones depend on `op`.
 ---@class hermes.Event
----@field name string C function called, e.g. "openat", "fopen", "execvp"
+---@field name string C function called, e.g. "openat", "fopen", "execvp"; ptrace layer: the syscall; api: the symbol
 ---@field op hermes.Op operation
 ---@field pid integer process id
 ---@field tid integer thread id
 ---@field ppid integer parent process id
 ---@field exe string absolute path of the calling process's executable
----@field layer hermes.Layer hooking layer
+---@field layer hermes.Layer hooking layer: "preload" (LD_PRELOAD hooks) or "ptrace" (static programs)
 ---@field path? string open: absolute, resolved path the kernel would open; exec: resolved program path
 ---@field raw_path? string open/exec: path exactly as the program passed it
 ---@field dirfd? integer open: directory fd, -100 = AT_FDCWD
@@ -28,6 +30,10 @@
 ---@field len? integer sendto/sendmsg: bytes to send
 ---@field argv? string[] exec: arguments
 ---@field envp? string[] exec: environment, "NAME=value"
+---@field lib? string api: the library as hooked, e.g. "libz.so.1"
+---@field symbol? string api: the symbol, e.g. "deflate"
+---@field raw? integer[] api: the six integer argument registers rdi, rsi, rdx, rcx, r8, r9
+---@field args? (integer|string)[] api: arguments decoded by the declared signature (ints, pointers as integers, cstr/buf as strings); empty without one
 
 ---An opaque decision built by `hermes.allow`, `deny`, `redirect`, `emulate`, `kill`.
 ---@class hermes.Decision
@@ -59,18 +65,19 @@ hermes = {}
 ---@return hermes.Decision
 function hermes.allow() end
 
----Do not run the call; fail it with `errno` (default EPERM).
+---Do not run the call; fail it with `errno` (default EPERM). api: the function returns -1 with errno set.
 ---An unknown errno name raises an error (the call fails closed).
 ---@param errno? string|integer name like "EACCES", or a number
 ---@return hermes.Decision
 function hermes.deny(errno) end
 
 ---Redirect the call: a string path for open/exec, a table for connect/sendto/sendmsg.
+---Refused for api calls (the call fails closed).
 ---@param target string|hermes.AddrTarget
 ---@return hermes.Decision
 function hermes.redirect(target) end
 
----Do not run the call; return `retval` to the program.
+---Do not run the call; return `retval` to the program (api: the hooked function returns it).
 ---Refused for fopen/freopen and posix_spawn/posix_spawnp.
 ---@param retval integer
 ---@return hermes.Decision
@@ -84,6 +91,16 @@ function hermes.kill() end
 ---@param msg string
 function hermes.log(msg) end
 
+---Hook a library function (also without `--hook`, also in libraries dlopened later)
+---and declare how to decode its arguments. Call at the top level of the policy.
+---Kinds: "int", "ptr", "cstr" (NUL-terminated string), "buf:N" (buffer whose length is
+---argument N, 1-based, itself declared "int"); at most 6. Strings and buffers are copied
+---up to 1024 bytes in total per call; a bad pointer gives an empty string.
+---Not available for statically linked programs.
+---@param spec string "LIB:SYMBOL", e.g. "libz.so.1:deflate"
+---@param signature? hermes.ArgKind[] e.g. {"cstr", "int", "buf:2"}
+function hermes.hook(spec, signature) end
+
 -- Entry points: define any of these as globals in the policy.
 
 ---Called for every mediated call, after the per-operation handler returned nil.
@@ -91,7 +108,8 @@ function hermes.log(msg) end
 ---@return hermes.Decision|nil
 function on_call(ev) end
 
----Called for opens (open, openat, creat, fopen, freopen, __open_2, … and 64-bit variants).
+---Called for opens (open, openat, creat, fopen, freopen, __open_2, __open_nocancel, … and 64-bit
+---variants; ptrace layer: open, openat, openat2, creat).
 ---@param ev hermes.Event
 ---@return hermes.Decision|nil
 function on_open(ev) end
@@ -111,10 +129,16 @@ function on_sendto(ev) end
 ---@return hermes.Decision|nil
 function on_sendmsg(ev) end
 
----Called for execve, execv, execvp, execvpe, execveat, fexecve, posix_spawn, posix_spawnp.
+---Called for execve, execv, execvp, execvpe, execveat, fexecve, posix_spawn, posix_spawnp
+---(with inline hooks, posix_spawn(p) and system() are decided in the child as execve).
 ---@param ev hermes.Event
 ---@return hermes.Decision|nil
 function on_exec(ev) end
+
+---Called for hooked library functions (`--hook LIB:SYMBOL` or `hermes.hook`): ev.op == "api".
+---@param ev hermes.Event
+---@return hermes.Decision|nil
+function on_api(ev) end
 
 ---Legacy entry point, tried after on_call. "BLOCK" denies with EPERM.
 ---@param name string C function name
