@@ -207,17 +207,14 @@ hooks! {
         |real| { fds::program_takes(low.max(0) as u32, u32::MAX); real(low) };
 }
 
-/// Resolve every original and patch the `Inline` entries, in the constructor, while
-/// the process is single-threaded and dlsym is safe to call. A refused patch is
-/// reported and that entry stays on symbol interposition.
+/// Resolve every original and (with `inline`) patch the `Inline` entries, in the
+/// constructor, while the process is single-threaded and dlsym is safe to call. A
+/// refused patch is reported and that entry stays on symbol interposition.
 pub fn install(inline: bool) {
     for hook in HOOKS {
         hook.real.resolve();
     }
-    if !inline {
-        return;
-    }
-    for hook in HOOKS.iter().filter(|h| h.patch == Patch::Inline) {
+    for hook in HOOKS.iter().filter(|h| inline && h.patch == Patch::Inline) {
         let target = hook.real.resolve();
         // Aliases (open and open64 are one function in glibc) are patched once.
         if target == 0 || HOOKS.iter().any(|h| h.real.is_patched() && h.real.resolve() == target) {
@@ -226,6 +223,13 @@ pub fn install(inline: bool) {
         if let Err(e) = patch(hook, target) {
             let msg = format!("hermes-preload: {}: {e}; using symbol interposition for it\n", hook.name);
             sys::warn(&[msg.as_bytes()]);
+        }
+    }
+    // In strict mode the syscalls we mediate are made with the run's cookie, so the
+    // seccomp filter lets them through instead of stopping them a second time.
+    for hook in HOOKS.iter().filter(|h| h.patch == Patch::Inline) {
+        if let Some(cookie_call) = crate::strict::replacement(hook.name) {
+            hook.real.patched(cookie_call);
         }
     }
     // Entries whose target is patched code call the trampoline, not the patch.
@@ -356,8 +360,9 @@ fn path_call<R: CResult>(
     mode: mode_t,
     real: impl FnOnce(*const c_char) -> R,
 ) -> R {
-    let Some(raw) = cstr(path) else { return real(path) };
+    // The subscription test comes first: an unwatched call costs a flag test.
     let Some(token) = Token::begin(Op::Open) else { return real(path) };
+    let Some(raw) = cstr(path) else { return real(path) };
     // The mode argument is only read (and only passed) with O_CREAT or O_TMPFILE.
     let mode = if flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE { mode } else { 0 };
     let mut reply = [0u8; REPLY_BUF];
@@ -403,8 +408,8 @@ fn sock_call<'a, R: CResult>(
     args: impl FnOnce(SockAddr<'a>) -> Args<'a, ()>,
     real: impl FnOnce(*const sockaddr, socklen_t) -> R,
 ) -> R {
-    let Some(parsed) = sockaddr_bytes(addr, len).and_then(SockAddr::from_raw) else { return real(addr, len) };
     let Some(token) = Token::begin(Op::Connect) else { return real(addr, len) };
+    let Some(parsed) = sockaddr_bytes(addr, len).and_then(SockAddr::from_raw) else { return real(addr, len) };
     let mut reply = [0u8; REPLY_BUF];
     let (verdict, session) = token.ask(func, args(parsed), &mut reply);
     apply_addr(verdict, session, addr, len, real)
@@ -511,8 +516,8 @@ fn exec_call(
     real: impl FnOnce(*const c_char, *const *const c_char) -> c_int,
 ) -> c_int {
     let exec = |p: *const c_char| with_hermes_env(envp, |env| real(p, env));
-    let Some(raw) = cstr(path) else { return exec(path) };
     let Some(token) = Token::begin(Op::Exec) else { return exec(path) };
+    let Some(raw) = cstr(path) else { return exec(path) };
     let mut reply = [0u8; REPLY_BUF];
     let args = Args::Exec { dirfd, path: raw, search_path, flags, argv: CStrList(argv), envp: CStrList(envp) };
     let (verdict, session) = token.ask(func, args, &mut reply);
@@ -537,8 +542,8 @@ fn spawn_call(
     if execve::REAL.is_patched() {
         return spawn(path).0;
     }
-    let Some(raw) = cstr(path) else { return spawn(path).0 };
     let Some(token) = Token::begin(Op::Exec) else { return spawn(path).0 };
+    let Some(raw) = cstr(path) else { return spawn(path).0 };
     let mut reply = [0u8; REPLY_BUF];
     let args =
         Args::Exec { dirfd: AT_FDCWD, path: raw, search_path, flags: 0, argv: CStrList(argv), envp: CStrList(envp) };

@@ -14,6 +14,7 @@ mod config;
 mod fds;
 mod hooks;
 mod mediate;
+mod strict;
 mod sys;
 
 use core::sync::atomic::Ordering::Relaxed;
@@ -21,6 +22,7 @@ use core::sync::atomic::Ordering::Relaxed;
 /// Runs when the dynamic loader maps the library, before the program's main.
 extern "C" fn init() {
     config::init();
+    strict::init();
     hooks::install(config::inline_hooks());
     api::init();
     mediate::PROCESS_PID.store(sys::getpid(), Relaxed);
