@@ -33,8 +33,13 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
     let exe = find_program(prog)?;
     // A static binary never runs the dynamic loader, so the preload cannot enter it:
     // it runs under the seccomp+ptrace fallback instead.
-    let traced = is_static_elf(&exe);
-    let preload = if traced { None } else { Some(find_preload(args.preload.as_deref())?) };
+    let is_static = is_static_elf(&exe);
+    // --strict adds the fallback to a dynamic program, beside the preload.
+    let traced = is_static || args.strict;
+    let preload = if is_static { None } else { Some(find_preload(args.preload.as_deref())?) };
+    // The preload marks the syscalls it already mediated with this cookie, which the
+    // filter lets through; everything else it makes stops in the tracer.
+    let cookie = (traced && preload.is_some()).then(random_cookie);
     let socket = format!("hermes-{}-{}", std::process::id(), nanos());
     let mut broker = BrokerProc::start(args, &socket)?;
 
@@ -47,7 +52,7 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
     cmd.arg0(prog).args(prog_args).env("HERMES_SOCK", &socket).env("HERMES_MASK", broker.mask.to_string());
     let api = api_hooks(&args.hook, &broker.hooks)?;
     if !api.is_empty() {
-        if traced {
+        if is_static {
             return Err(Refusal(2, "--hook needs the preload; it cannot hook a statically linked program".into()));
         }
         cmd.env("HERMES_API", api);
@@ -60,7 +65,10 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
         }
         cmd.env("LD_PRELOAD", ld_preload).env("HERMES_PRELOAD_LIB", preload);
     }
-    let ran = if traced { crate::tracer::run(&cmd, prog, &socket) } else { cmd.spawn().map(reap_tree) };
+    if let Some(cookie) = cookie {
+        cmd.env("HERMES_COOKIE", format!("{cookie:016x}"));
+    }
+    let ran = if traced { crate::tracer::run(&cmd, prog, &socket, cookie) } else { cmd.spawn().map(reap_tree) };
     let status = match ran {
         Ok(status) => status,
         Err(e) => {
@@ -278,6 +286,19 @@ fn find_preload(given: Option<&Path>) -> Result<PathBuf, Refusal> {
         return Err(Refusal(2, format!("{}: LD_PRELOAD paths cannot contain ':' or spaces", abs.display())));
     }
     Ok(PathBuf::from(OsString::from_vec(abs.into_os_string().into_vec())))
+}
+
+/// A fresh 64-bit cookie from the kernel's random pool (never 0, which means "off").
+fn random_cookie() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom fills the live 8-byte buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let cookie = u64::from_ne_bytes(bytes);
+    if n == 8 && cookie != 0 {
+        cookie
+    } else {
+        (nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)) | 1
+    }
 }
 
 fn nanos() -> u128 {

@@ -22,6 +22,9 @@ Examples:
   # Library-level tracing: every deflate() call, its arguments, result and duration
   hermes launch -v --hook libz.so.1:deflate -- python3 -c 'import zlib; zlib.compress(b\"a\"*100000)'
 
+  # Strict mode: raw syscalls and libc paths the hooks miss are mediated too
+  hermes launch --strict --policy policies/firewall.lua -- ./client
+
   # Validate a policy before deploying it
   hermes check policies/readonly_home.lua
 
@@ -70,6 +73,12 @@ pub struct LaunchArgs {
     /// with `hermes.hook("LIB:SYMBOL", {"cstr", "int", "buf:2", …})`.
     #[arg(long, value_name = "LIB:SYMBOL")]
     hook: Vec<String>,
+    /// Add the seccomp+ptrace fallback to a dynamic program too, so raw syscall
+    /// instructions, dlsym(RTLD_NEXT) tricks and libc paths the hooks miss are mediated
+    /// (calls the preload already mediated are not stopped twice). Static programs
+    /// always run under the fallback.
+    #[arg(long)]
+    strict: bool,
     /// Path of libhermes_preload.so (default: next to the hermes binary)
     #[arg(long, value_name = "LIB", env = "HERMES_PRELOAD")]
     preload: Option<PathBuf>,

@@ -73,6 +73,8 @@ pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 /// Offsets in `struct seccomp_data`.
 const DATA_NR: u32 = 0;
 const DATA_ARCH: u32 = 4;
+/// `args[5]`, after nr, arch, instruction_pointer and args[0..5].
+const DATA_ARGS5: u32 = 16 + 5 * 8;
 
 /// Why a filter cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -101,12 +103,14 @@ fn jump(code: u32, k: u32, jt: usize, jf: usize) -> Result<libc::sock_filter, Fi
 }
 
 impl Filter {
-    /// The fallback's filter, generated from [`MEDIATED`].
-    pub fn new() -> Result<Self, FilterError> {
-        Self::build(MEDIATED.iter().map(|s| s.nr as u32))
+    /// The fallback's filter, generated from [`MEDIATED`]. With a `cookie` (strict
+    /// mode), a mediated syscall whose sixth argument register holds it is allowed:
+    /// the preload makes the calls it already mediated that way.
+    pub fn new(cookie: Option<u64>) -> Result<Self, FilterError> {
+        Self::build(MEDIATED.iter().map(|s| s.nr as u32), cookie)
     }
 
-    fn build(trace: impl ExactSizeIterator<Item = u32>) -> Result<Self, FilterError> {
+    fn build(trace: impl ExactSizeIterator<Item = u32>, cookie: Option<u64>) -> Result<Self, FilterError> {
         use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
         let ret = |action: u32| stmt(BPF_RET | BPF_K, action);
         let n = trace.len();
@@ -129,6 +133,15 @@ impl Filter {
             prog.push(jump(BPF_JMP | BPF_JEQ | BPF_K, nr, n - i, 0)?);
         }
         prog.push(ret(libc::SECCOMP_RET_ALLOW));
+        if let Some(cookie) = cookie {
+            // args[5] is 64 bits; classic BPF compares its two halves.
+            let (lo, hi) = (cookie as u32, (cookie >> 32) as u32);
+            prog.push(stmt(BPF_LD | BPF_W | BPF_ABS, DATA_ARGS5));
+            prog.push(jump(BPF_JMP | BPF_JEQ | BPF_K, lo, 0, 3)?);
+            prog.push(stmt(BPF_LD | BPF_W | BPF_ABS, DATA_ARGS5 + 4));
+            prog.push(jump(BPF_JMP | BPF_JEQ | BPF_K, hi, 0, 1)?);
+            prog.push(ret(libc::SECCOMP_RET_ALLOW));
+        }
         prog.push(ret(libc::SECCOMP_RET_TRACE));
         if prog.len() > libc::BPF_MAXINSNS as usize {
             return Err(FilterError::TooLong(prog.len()));
@@ -185,13 +198,17 @@ mod tests {
 
     #[test]
     fn the_kernel_limit_is_checked() {
-        assert!(matches!(Filter::build(0..5000u32), Err(FilterError::TooLong(_) | FilterError::JumpTooFar(_))));
-        assert!(Filter::build(0..200u32).is_ok());
+        assert!(matches!(Filter::build(0..5000u32, None), Err(FilterError::TooLong(_) | FilterError::JumpTooFar(_))));
+        assert!(Filter::build(0..200u32, Some(7)).is_ok());
     }
 
     /// Run `f` in a fork child under the filter with no tracer; return its wait status.
     fn under_filter(f: fn() -> i32) -> i32 {
-        let filter = Filter::new().expect("filter");
+        under_filter_with(None, f)
+    }
+
+    fn under_filter_with(cookie: Option<u64>, f: fn() -> i32) -> i32 {
+        let filter = Filter::new(cookie).expect("filter");
         // SAFETY: the child only makes async-signal-safe calls (prctl, the filter's
         // syscall, raw syscalls) and leaves with _exit.
         let pid = unsafe { libc::fork() };
@@ -228,6 +245,26 @@ mod tests {
             let pid = unsafe { libc::syscall(libc::SYS_getpid) };
             match (open, pid > 0) {
                 (libc::ENOSYS, true) => 0,
+                _ => 1,
+            }
+        });
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+    }
+
+    const COOKIE: u64 = 0x1234_5678_9abc_def0;
+
+    /// Strict mode: only a syscall carrying the whole cookie in r9 passes untraced.
+    #[test]
+    fn the_cookie_exempts_a_call_and_only_the_exact_cookie_does() {
+        let status = under_filter_with(Some(COOKIE), || {
+            let open = |r9: u64| {
+                // SAFETY: a raw openat of "/" with an extra (ignored) sixth argument.
+                let rc = unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, c"/".as_ptr(), 0, 0, 0, r9) };
+                errno_of(rc)
+            };
+            let results = [open(COOKIE), open(0), open(COOKIE & 0xffff_ffff), open(COOKIE ^ (1 << 40))];
+            match results {
+                [0, libc::ENOSYS, libc::ENOSYS, libc::ENOSYS] => 0,
                 _ => 1,
             }
         });

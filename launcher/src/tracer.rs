@@ -33,8 +33,11 @@ use ptrace::{Event, Regs, Restart, Resumed, Stop, Stopped, Tid};
 /// the fallback, asking the broker at abstract socket `socket`. Returns the target's
 /// exit status (128+N for signal N) once every process of its tree is gone. An error
 /// means the target never ran; exec's own errno comes back as is.
-pub fn run(cmd: &Command, arg0: &OsStr, socket: &str) -> io::Result<u8> {
-    let filter = Filter::new().map_err(io::Error::other)?;
+///
+/// With `cookie` (strict mode: a dynamic target that also has the preload), the
+/// syscalls carrying it are the preload's own, already mediated, and not stopped.
+pub fn run(cmd: &Command, arg0: &OsStr, socket: &str, cookie: Option<u64>) -> io::Result<u8> {
+    let filter = Filter::new(cookie).map_err(io::Error::other)?;
     let client = Client::connect(socket);
     let child = spawn(cmd, arg0, &filter)?;
     crate::launch::forward_signals(child.pid);

@@ -54,9 +54,25 @@ pub fn close(fd: i32) {
 /// Write all of `buf`, retrying on EINTR and short writes.
 pub fn write_all(fd: i32, mut buf: &[u8]) -> Result<(), i32> {
     while !buf.is_empty() {
-        // SAFETY: `buf` is a live slice of `buf.len()` readable bytes.
+        let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        // sendmsg, not write: MSG_NOSIGNAL (no SIGPIPE for the program if the broker
+        // is gone), and r9 free for the strict-mode cookie (our own I/O is not the
+        // program's: the tracer must not stop it).
+        // SAFETY: `msg` points at `iov`, which describes the live `buf`.
         let n = unsafe {
-            syscall6(libc::SYS_sendto, fd as usize, buf.as_ptr() as usize, buf.len(), libc::MSG_NOSIGNAL as usize, 0, 0)
+            syscall6(
+                libc::SYS_sendmsg,
+                fd as usize,
+                &msg as *const libc::msghdr as usize,
+                libc::MSG_NOSIGNAL as usize,
+                0,
+                0,
+                crate::strict::COOKIE.load(core::sync::atomic::Ordering::Relaxed) as usize,
+            )
         };
         match n {
             n if n > 0 => buf = &buf[n as usize..],
@@ -100,8 +116,10 @@ pub fn connect_abstract(name: &[u8]) -> Result<i32, i32> {
     addr[3..3 + len].copy_from_slice(&name[..len]);
     let addrlen = 3 + len;
     loop {
-        // SAFETY: `addr` is a live buffer of at least `addrlen` bytes.
-        let rc = unsafe { syscall3(libc::SYS_connect, fd as usize, addr.as_ptr() as usize, addrlen) };
+        let cookie = crate::strict::COOKIE.load(core::sync::atomic::Ordering::Relaxed) as usize;
+        // SAFETY: `addr` is a live buffer of at least `addrlen` bytes; r9 (the cookie)
+        // is ignored by connect.
+        let rc = unsafe { syscall6(libc::SYS_connect, fd as usize, addr.as_ptr() as usize, addrlen, 0, 0, cookie) };
         match rc {
             0 => return Ok(fd),
             rc if rc == -(libc::EINTR as isize) => continue,
