@@ -68,6 +68,11 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
     if let Some(cookie) = cookie {
         cmd.env("HERMES_COOKIE", format!("{cookie:016x}"));
     }
+    // A dynamic program may exec a static one: the preload then execs
+    // `hermes exec-traced` in its place, which needs to find this binary.
+    if let Ok(me) = std::env::current_exe() {
+        cmd.env("HERMES_BIN", me);
+    }
     let ran = if traced { crate::tracer::run(&cmd, prog, &socket, cookie) } else { cmd.spawn().map(reap_tree) };
     let status = match ran {
         Ok(status) => status,
@@ -82,6 +87,27 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
     }
     broker.stop();
     Ok(ExitCode::from(status))
+}
+
+/// `hermes exec-traced --arg0 A -- PROG ARGS…`: run a static program that a mediated
+/// dynamic program exec'd, under the ptrace fallback, asking the run's broker (found in
+/// the inherited environment). This process took the exec'ing process's place, so its
+/// exit status is the program's.
+pub fn exec_traced(arg0: &OsStr, command: &[OsString]) -> ExitCode {
+    let Some((prog, args)) = command.split_first() else { return ExitCode::from(2) };
+    let Some(socket) = std::env::var_os("HERMES_SOCK").and_then(|s| s.into_string().ok()) else {
+        eprintln!("hermes exec-traced: HERMES_SOCK is not set (this command is run by the preload)");
+        return ExitCode::from(126);
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(args);
+    match crate::tracer::run(&cmd, arg0, &socket, None) {
+        Ok(status) => ExitCode::from(status),
+        Err(e) => {
+            eprintln!("hermes exec-traced: cannot run {}: {e}", Path::new(prog).display());
+            ExitCode::from(if e.kind() == std::io::ErrorKind::PermissionDenied { 126 } else { 127 })
+        }
+    }
 }
 
 /// The target's pid, for the signal forwarder.

@@ -51,6 +51,16 @@ enum Command {
     /// Internal: the broker process `launch` starts
     #[command(hide = true)]
     Broker(broker_proc::BrokerArgs),
+    /// Internal: what the preload execs instead of a static program, so the run's
+    /// broker keeps mediating it under the ptrace fallback
+    #[command(hide = true)]
+    ExecTraced {
+        /// argv[0] for the program
+        #[arg(long)]
+        arg0: std::ffi::OsString,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Args)]
@@ -99,6 +109,7 @@ fn main() -> ExitCode {
         Command::Launch(args) => launch::run(&args),
         Command::Check { policy } => check(&policy),
         Command::Broker(args) => broker_proc::run(&args),
+        Command::ExecTraced { arg0, command } => launch::exec_traced(&arg0, &command),
     }
 }
 

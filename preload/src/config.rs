@@ -12,6 +12,10 @@ use crate::{mediate, sys};
 pub const ENV_SOCK: &str = "HERMES_SOCK";
 pub const ENV_MASK: &str = "HERMES_MASK";
 pub const ENV_LIB: &str = "HERMES_PRELOAD_LIB";
+/// The `hermes` binary, which runs a static program a target execs (`exec-traced`).
+pub const ENV_BIN: &str = "HERMES_BIN";
+/// Variables every exec'd child gets again, when the launcher set them.
+const PROPAGATED: &[&str] = &[ENV_SOCK, ENV_MASK, ENV_LIB, ENV_BIN, "HERMES_API", "HERMES_INLINE", "HERMES_COOKIE"];
 /// `HERMES_INLINE=0` keeps libc unpatched (symbol interposition only).
 pub const ENV_INLINE: &str = "HERMES_INLINE";
 
@@ -19,7 +23,11 @@ pub struct Config {
     socket: Vec<u8>,
     lib: Vec<u8>,
     /// `NAME=value` strings added to every exec'd child's environment.
-    inject: [CString; 3],
+    inject: Vec<CString>,
+    /// `hermes` itself, as a C string, when known.
+    bin: Option<CString>,
+    /// This process is the `hermes` binary (exec-traced): stay out of its way.
+    inert: bool,
     ld_preload: CString,
 }
 
@@ -34,6 +42,14 @@ pub fn get() -> &'static Config {
 impl Config {
     pub fn socket(&self) -> &[u8] {
         &self.socket
+    }
+
+    pub fn bin(&self) -> Option<&CString> {
+        self.bin.as_ref()
+    }
+
+    pub fn inert(&self) -> bool {
+        self.inert
     }
 }
 
@@ -66,9 +82,13 @@ pub fn init() {
     let kv = |k: &str, v: &[u8]| {
         CString::new([k.as_bytes(), b"=", v].concat()).unwrap_or_else(|_| fatal(b"NUL in HERMES environment"))
     };
-    let inject = [kv(ENV_SOCK, &socket), kv(ENV_MASK, mask.to_string().as_bytes()), kv(ENV_LIB, &lib)];
+    let inject: Vec<CString> = PROPAGATED.iter().filter_map(|k| env(k).map(|v| kv(k, &v))).collect();
     let ld_preload = kv("LD_PRELOAD", &lib);
-    let _ = CONFIG.set(Config { socket, lib, inject, ld_preload });
+    let bin = env(ENV_BIN);
+    let me = std::fs::read_link("/proc/self/exe").ok().map(|p| p.into_os_string().into_encoded_bytes());
+    let inert = bin.is_some() && me == bin;
+    let bin = bin.and_then(|b| CString::new(b).ok());
+    let _ = CONFIG.set(Config { socket, lib, inject, bin, inert, ld_preload });
 
     // SAFETY: registering process-wide handlers from the single-threaded constructor;
     // both callbacks are `extern "C"` functions that live as long as the library.
@@ -104,22 +124,23 @@ pub fn with_hermes_env<R>(envp: *const *const c_char, f: impl FnOnce(*const *con
     let count = count_list(envp);
     let mut stack = [core::ptr::null::<c_char>(); MAX_STACK_ENV];
     let mut mapped;
-    let slots: &mut [*const c_char] = if count + 5 <= MAX_STACK_ENV {
+    let cfg = get();
+    let room = count + cfg.inject.len() + 2;
+    let slots: &mut [*const c_char] = if room <= MAX_STACK_ENV {
         &mut stack
     } else {
-        let bytes = (count + 5) * core::mem::size_of::<*const c_char>();
+        let bytes = room * core::mem::size_of::<*const c_char>();
         match sys::Mapping::new(bytes) {
             Some(m) => {
                 mapped = m;
                 let raw = mapped.bytes();
                 // SAFETY: the mapping is page-aligned and `bytes` long; pointers are
                 // plain data, and zeroed memory is a valid (null) pointer.
-                unsafe { core::slice::from_raw_parts_mut(raw.as_mut_ptr().cast(), count + 5) }
+                unsafe { core::slice::from_raw_parts_mut(raw.as_mut_ptr().cast(), room) }
             }
             None => return f(envp),
         }
     };
-    let cfg = get();
     let mut merged = [0u8; 4096];
     let mut n = 0;
     let mut saw_preload = false;

@@ -22,7 +22,7 @@ use serde::ser::{Serialize, SerializeSeq, Serializer};
 
 use crate::config::{count_list, with_hermes_env};
 use crate::mediate::{Session, Token, Verdict, REPLY_BUF};
-use crate::{fds, sys};
+use crate::{fds, static_exec, sys};
 
 extern "C" {
     static environ: *const *const c_char;
@@ -177,9 +177,9 @@ hooks! {
         |real| sendmsg_call(fd, msg, flags, |m| real(fd, m, flags));
 
     execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Inline,
-        |real| exec_call("execve", AT_FDCWD, path, false, 0, argv, envp, |p, env| real(p, argv, env));
+        |real| exec_call("execve", AT_FDCWD, path, false, 0, argv, envp, |p, env| static_exec::execve(p, argv, env, real));
     execv(path: *const c_char, argv: *const *const c_char) -> c_int, Symbol,
-        |_real| exec_call("execv", AT_FDCWD, path, false, 0, argv, unsafe { environ }, |p, env| unsafe { execve::get()(p, argv, env) });
+        |_real| exec_call("execv", AT_FDCWD, path, false, 0, argv, unsafe { environ }, |p, env| static_exec::execve(p, argv, env, |p, a, e| unsafe { execve::get()(p, a, e) }));
     execvp(file: *const c_char, argv: *const *const c_char) -> c_int, Symbol,
         |_real| exec_call("execvp", AT_FDCWD, file, true, 0, argv, unsafe { environ }, |p, env| unsafe { execvpe::get()(p, argv, env) });
     execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Symbol,

@@ -14,6 +14,7 @@ mod config;
 mod fds;
 mod hooks;
 mod mediate;
+mod static_exec;
 mod strict;
 mod sys;
 
@@ -22,6 +23,11 @@ use core::sync::atomic::Ordering::Relaxed;
 /// Runs when the dynamic loader maps the library, before the program's main.
 extern "C" fn init() {
     config::init();
+    if config::get().inert() {
+        // `hermes exec-traced`: HERMES's own process, whose tracer mediates the
+        // program it runs. Every hook passes straight through.
+        return;
+    }
     strict::init();
     hooks::install(config::inline_hooks());
     api::init();

@@ -258,3 +258,9 @@ pub fn read_own_memory(addr: usize, buf: &mut [u8]) -> usize {
     };
     usize::try_from(n).unwrap_or(0)
 }
+
+/// pread(2) into `buf`; the count read, or a negative errno.
+pub fn pread(fd: i32, buf: &mut [u8], offset: u64) -> isize {
+    // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes.
+    unsafe { syscall6(libc::SYS_pread64, fd as usize, buf.as_mut_ptr() as usize, buf.len(), offset as usize, 0, 0) }
+}
