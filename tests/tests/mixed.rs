@@ -43,5 +43,8 @@ fn a_denied_static_exec_is_denied_before_anything_runs() {
     let stat = c_program("static_calls").display().to_string();
     let policy = "function on_exec(ev) if ev.path:match('static_calls') then return hermes.deny('EACCES') end end\n";
     let run = launch(policy, c_program("calls"), &[&format!("execve:{stat}:pid")]).run();
-    run.check(run.stdout.contains("= ERR EACCES") && !run.stdout.lines().any(|l| l.starts_with("pid = ")), "denied, never ran");
+    run.check(
+        run.stdout.contains("= ERR EACCES") && !run.stdout.lines().any(|l| l.starts_with("pid = ")),
+        "denied, never ran",
+    );
 }

@@ -57,7 +57,10 @@ fn each_open_function_is_allowed_denied_and_redirected() {
     let redirected = run.trace.iter().filter(|r| r["decision"] == "redirect").count();
     run.check(denied == 7 && redirected == 7, "7 denials and 7 redirects in the trace");
     let fopen = run.calls("fopen");
-    run.check(fopen.iter().any(|r| r["args"]["path"] == format!("{d}/secret") && r["errno"] == "EACCES"), "fopen denial traced");
+    run.check(
+        fopen.iter().any(|r| r["args"]["path"] == format!("{d}/secret") && r["errno"] == "EACCES"),
+        "fopen denial traced",
+    );
 }
 
 #[test]
@@ -69,7 +72,12 @@ function on_open(ev)
   if ev.write and not ev.path:find("/allowed", 1, true) then return hermes.deny("EROFS") end
 end
 "#;
-    let steps = [format!("creat:{d}/created"), format!("write:{d}/written"), format!("write:{d}/allowed"), format!("open:{d}/allowed")];
+    let steps = [
+        format!("creat:{d}/created"),
+        format!("write:{d}/written"),
+        format!("write:{d}/allowed"),
+        format!("open:{d}/allowed"),
+    ];
     let args: Vec<&str> = steps.iter().map(String::as_str).collect();
     let run = launch(src, c_program("calls"), &args).run();
     run.check(run.stdout.contains(&format!("creat:{d}/created = ERR EROFS")), "creat is a write");
