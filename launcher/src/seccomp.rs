@@ -5,8 +5,13 @@
 //! to the tracer (`SECCOMP_RET_TRACE`); the tracer decodes them from the same entries.
 //! Around them the filter closes the doors a program could use to walk past it:
 //! another architecture's entry (`int 0x80` from 64-bit code) kills the process, x32
-//! syscall numbers fail with ENOSYS, and io_uring (whose operations never pass
-//! through seccomp) fails with EPERM.
+//! syscall numbers fail with ENOSYS, io_uring (whose operations never pass through
+//! seccomp) fails with EPERM, and so does a seccomp filter of the program's own that
+//! asks for a user-notification listener: SECCOMP_RET_USER_NOTIF outranks our
+//! SECCOMP_RET_TRACE, and a listener that answers "continue" would run the call
+//! without the tracer ever seeing it. A clone with CLONE_UNTRACED (a child the tracer
+//! would not follow, nor take down with it) fails with EPERM; clone3, whose flags
+//! seccomp cannot read, fails with ENOSYS, and libc falls back to clone.
 
 use hermes_wire::Op;
 
@@ -73,6 +78,15 @@ pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 /// Offsets in `struct seccomp_data`.
 const DATA_NR: u32 = 0;
 const DATA_ARCH: u32 = 4;
+/// The low 32 bits of argument `i` (x86_64 is little-endian).
+const fn data_arg_low(i: u32) -> u32 {
+    16 + 8 * i
+}
+
+/// Syscalls that fail with EPERM under the filter, whatever the policy: io_uring runs
+/// opens and connects without syscalls seccomp could see (a ring fd inherited from
+/// outside is as much a door as a new one).
+const REFUSED: [i64; 3] = [libc::SYS_io_uring_setup, libc::SYS_io_uring_enter, libc::SYS_io_uring_register];
 /// `args[5]`, after nr, arch, instruction_pointer and args[0..5].
 const DATA_ARGS5: u32 = 16 + 5 * 8;
 
@@ -111,7 +125,7 @@ impl Filter {
     }
 
     fn build(trace: impl ExactSizeIterator<Item = u32>, cookie: Option<u64>) -> Result<Self, FilterError> {
-        use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+        use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
         let ret = |action: u32| stmt(BPF_RET | BPF_K, action);
         let n = trace.len();
         let mut prog = vec![
@@ -124,10 +138,30 @@ impl Filter {
             // x32 numbers alias the x86_64 calls under other numbers.
             jump(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1)?,
             ret(libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
-            // io_uring runs opens and connects without syscalls seccomp could see.
-            jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_io_uring_setup as u32, 0, 1)?,
-            ret(libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
         ];
+        for nr in REFUSED {
+            prog.push(jump(BPF_JMP | BPF_JEQ | BPF_K, nr as u32, 0, 1)?);
+            prog.push(ret(libc::SECCOMP_RET_ERRNO | libc::EPERM as u32));
+        }
+        prog.extend([
+            // seccomp(SECCOMP_SET_MODE_FILTER, flags with NEW_LISTENER, …): a listener
+            // could answer our traced calls with "continue", unseen. (The kernel reads
+            // flags as an unsigned int: the low word is all of it.)
+            jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_seccomp as u32, 0, 3)?,
+            stmt(BPF_LD | BPF_W | BPF_ABS, data_arg_low(1)),
+            jump(BPF_JMP | BPF_JSET | BPF_K, libc::SECCOMP_FILTER_FLAG_NEW_LISTENER as u32, 0, 1)?,
+            ret(libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+            stmt(BPF_LD | BPF_W | BPF_ABS, DATA_NR),
+            // clone(flags with CLONE_UNTRACED, …): a child outside the tracer's reach.
+            jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_clone as u32, 0, 3)?,
+            stmt(BPF_LD | BPF_W | BPF_ABS, data_arg_low(0)),
+            jump(BPF_JMP | BPF_JSET | BPF_K, libc::CLONE_UNTRACED as u32, 0, 1)?,
+            ret(libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+            stmt(BPF_LD | BPF_W | BPF_ABS, DATA_NR),
+            // clone3 keeps its flags in memory: "not implemented" makes libc use clone.
+            jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_clone3 as u32, 0, 1)?,
+            ret(libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        ]);
         for (i, nr) in trace.enumerate() {
             // Past the remaining comparisons and the ALLOW, onto the TRACE.
             prog.push(jump(BPF_JMP | BPF_JEQ | BPF_K, nr, n - i, 0)?);
@@ -275,10 +309,65 @@ mod tests {
     fn io_uring_gets_eperm_and_x32_numbers_enosys() {
         let status = under_filter(|| {
             // SAFETY: invalid arguments on purpose; the filter answers before the kernel reads them.
-            let uring = errno_of(unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, std::ptr::null_mut::<u8>()) });
+            let uring = REFUSED.map(|nr| errno_of(unsafe { libc::syscall(nr, -1, 0, 0, 0, 0, 0) }));
             let x32 = errno_of(unsafe { libc::syscall((X32_SYSCALL_BIT as i64) | libc::SYS_getpid) });
             match (uring, x32) {
-                (libc::EPERM, libc::ENOSYS) => 0,
+                ([libc::EPERM, libc::EPERM, libc::EPERM], libc::ENOSYS) => 0,
+                _ => 1,
+            }
+        });
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+    }
+
+    /// A filter of the program's own may stack on ours, but not with a listener: its
+    /// SECCOMP_RET_USER_NOTIF would outrank our SECCOMP_RET_TRACE.
+    #[test]
+    fn a_user_notification_listener_is_refused_and_plain_filters_are_not() {
+        let status = under_filter(|| {
+            let allow = [stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW)];
+            let fprog = libc::sock_fprog { len: 1, filter: allow.as_ptr().cast_mut() };
+            let install = |flags: libc::c_ulong| {
+                // SAFETY: a one-instruction filter that allows everything, read by the kernel.
+                let rc = unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &fprog) };
+                if rc > 0 {
+                    // SAFETY: closing the listener fd the kernel just gave us.
+                    unsafe { libc::close(rc as i32) };
+                }
+                errno_of(rc)
+            };
+            let flags = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER;
+            match [install(flags), install(flags | (1 << 32)), install(0)] {
+                [libc::EPERM, libc::EPERM, 0] => 0,
+                _ => 1,
+            }
+        });
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+    }
+
+    /// Every child stays traced: clone with CLONE_UNTRACED is refused, clone3 is "not
+    /// implemented" (libc falls back to clone), a plain fork-like clone works.
+    #[test]
+    fn untraced_children_are_refused() {
+        let status = under_filter(|| {
+            let clone = |flags: libc::c_ulong| {
+                // SAFETY: a fork-like clone (no new stack, no shared memory); the child
+                // leaves at once with _exit, the parent reaps it.
+                let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) };
+                if rc == 0 {
+                    // SAFETY: the child leaves without touching the parent's state.
+                    unsafe { libc::_exit(0) };
+                }
+                if rc > 0 {
+                    // SAFETY: reaping our own child.
+                    unsafe { libc::waitpid(rc as i32, std::ptr::null_mut(), 0) };
+                }
+                errno_of(rc)
+            };
+            let sigchld = libc::SIGCHLD as libc::c_ulong;
+            // SAFETY: clone3 with no arguments; the filter answers before the kernel reads them.
+            let clone3 = errno_of(unsafe { libc::syscall(libc::SYS_clone3, 0, 0) });
+            match [clone(sigchld | libc::CLONE_UNTRACED as libc::c_ulong), clone3, clone(sigchld)] {
+                [libc::EPERM, libc::ENOSYS, 0] => 0,
                 _ => 1,
             }
         });
