@@ -6,7 +6,8 @@
  *
  * steps: libc (open(3)), raw (syscall(SYS_openat)), asm (an inline `syscall`
  * instruction), direct (libc's own open, looked up in libc.so.6's handle the way a
- * library's dlsym(RTLD_NEXT) would find it), uring (io_uring_setup).
+ * library's dlsym(RTLD_NEXT) would find it), uring (io_uring_setup), and last, only
+ * with a second argument "int80", getpid through the i386 entry (int $0x80).
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -26,7 +27,7 @@ static void report(const char *step, long rc) {
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    if (argc != 2) return 2;
+    if (argc != 2 && argc != 3) return 2;
     const char *path = argv[1];
     report("libc", open(path, O_RDONLY));
     report("raw", syscall(SYS_openat, AT_FDCWD, path, O_RDONLY));
@@ -43,5 +44,10 @@ int main(int argc, char **argv) {
     report("direct", direct_open ? direct_open(path, O_RDONLY) : -1);
     long uring = syscall(SYS_io_uring_setup, 1, NULL);
     printf("uring = ERR %d\n", uring < 0 ? errno : 0);
+    if (argc == 3) {
+        long pid;
+        __asm__ volatile("int $0x80" : "=a"(pid) : "0"(20L) : "memory");
+        printf("int80 = OK %ld\n", pid);
+    }
     return 0;
 }

@@ -67,6 +67,18 @@ fn strict_mode_covers_libc_paths_the_hooks_miss() {
 }
 
 #[test]
+fn strict_mode_kills_a_process_using_the_i386_entry() {
+    let dir = Scratch::new();
+    let secret = dir.write("secret", "secret\n").display().to_string();
+    let plain = launch(POLICY, c_program("bypass"), &[&secret, "int80"]).run();
+    plain.check(plain.code == 0 && plain.stdout.contains("int80 = OK"), "without the filter, int 0x80 runs");
+    let strict = launch(POLICY, c_program("bypass"), &[&secret, "int80"]).launch_option("--strict").run();
+    // Another architecture's syscall table: the filter cannot reason about it.
+    strict.check(strict.code == 128 + libc::SIGSYS, "killed by SIGSYS under --strict");
+    strict.check(!strict.stdout.contains("int80 = OK"), "the call never ran");
+}
+
+#[test]
 fn strict_mode_keeps_exit_status_and_children() {
     let dir = Scratch::new();
     let secret = dir.write("secret", "secret\n").display().to_string();
