@@ -2,6 +2,7 @@
 //! connection. Each connection is a typed exchange: `Hello` → `Welcome`, then any
 //! number of `Call` → `Reply`, with one-way `Done`s reporting results.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
@@ -21,6 +22,8 @@ type ClientFrame<'a> = ClientMsg<'a, Vec<&'a [u8]>>;
 
 /// Calls in flight per connection whose results are still awaited.
 const MAX_PENDING: usize = 256;
+/// Processes whose /proc details a connection keeps.
+const MAX_PROCS: usize = 4096;
 
 /// Why a connection was dropped.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +145,8 @@ struct Connection<'s> {
     stream: UnixStream,
     peer_pid: i32,
     layer: Layer,
-    proc: Option<(i32, ProcInfo)>,
+    /// What was read of each (pid, image) seen on this connection.
+    procs: HashMap<(i32, u32), ProcInfo>,
     /// Allowed calls waiting for their `Done`, oldest first. More than one when calls
     /// nest (a hooked library function that opens a file) or, for the tracer's single
     /// connection, when several tracees have calls in flight.
@@ -163,7 +167,7 @@ impl<'s> Connection<'s> {
             stream,
             peer_pid: cred.pid,
             layer: Layer::Preload,
-            proc: None,
+            procs: HashMap::new(),
             pending: Vec::new(),
             buf: Vec::new(),
         })
@@ -193,7 +197,7 @@ impl<'s> Connection<'s> {
             let handled = match wire::decode::<ClientFrame>(&buf) {
                 Ok(ClientMsg::Call(call)) => {
                     let started = Instant::now();
-                    let mut record = self.decide(call.func, call.pid, call.tid, &call.args);
+                    let mut record = self.decide(call.func, call.pid, call.tid, call.image, &call.args);
                     let mut cpath = Vec::new();
                     let decision = wire_decision(&record, &mut cpath);
                     let sent = self.send(&Reply { seq: call.seq, decision });
@@ -231,16 +235,20 @@ impl<'s> Connection<'s> {
         }
     }
 
-    fn decide(&mut self, func: &str, pid: i32, tid: i32, args: &Args<Vec<&[u8]>>) -> Record {
+    fn decide(&mut self, func: &str, pid: i32, tid: i32, image: u32, args: &Args<Vec<&[u8]>>) -> Record {
         // The kernel's word on who is calling beats the message's, for the preload.
         let pid = if self.layer == Layer::Preload { self.peer_pid } else { pid };
         // A preload connection lives in one process image (it is close-on-exec); the
-        // tracer's single connection sees processes exec, so it reads /proc each time.
-        let proc = match &self.proc {
-            Some((p, info)) if *p == pid && self.layer == Layer::Preload => info.clone(),
-            _ => {
+        // tracer's single connection sees many, numbered by `image`.
+        let key = (pid, if self.layer == Layer::Preload { 0 } else { image });
+        let proc = match self.procs.get(&key) {
+            Some(info) => info.clone(),
+            None => {
                 let info = ProcInfo::read(pid);
-                self.proc = Some((pid, info.clone()));
+                if self.procs.len() >= MAX_PROCS {
+                    self.procs.clear();
+                }
+                self.procs.insert(key, info.clone());
                 info
             }
         };

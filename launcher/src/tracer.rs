@@ -46,6 +46,8 @@ pub fn run(cmd: &Command, arg0: &OsStr, socket: &str, cookie: Option<u64>) -> io
         target: child.pid,
         exec_errors: Some(child.exec_errors),
         threads: HashMap::new(),
+        images: HashMap::new(),
+        last_image: 0,
         status: None,
         launch_failed: None,
     }
@@ -214,6 +216,10 @@ struct Tracer {
     /// program's, and the pipe tells why it failed if it does.
     exec_errors: Option<OwnedFd>,
     threads: HashMap<Tid, Thread>,
+    /// Per process: the number of its current program image, unique in this run (the
+    /// broker caches what it reads of a process per image). Assigned on first use.
+    images: HashMap<Tid, u32>,
+    last_image: u32,
     /// The target's exit code, once it is gone.
     status: Option<u8>,
     /// The target died before its exec: exec's errno.
@@ -268,6 +274,7 @@ impl Tracer {
 
     fn gone(&mut self, tid: Tid, code: u8) {
         self.threads.remove(&tid);
+        self.images.remove(&tid);
         if tid != self.target {
             return;
         }
@@ -296,6 +303,8 @@ impl Tracer {
         match event {
             Event::Fork(child) | Event::Vfork(child) | Event::Clone(child) => {
                 self.threads.entry(child).or_default();
+                // A fresh id: whatever was known under it belonged to a dead process.
+                self.images.remove(&child);
             }
             Event::Exec { former } => {
                 let tid = st.tid();
@@ -308,10 +317,21 @@ impl Tracer {
                 if tid == self.target {
                     self.exec_errors = None;
                 }
+                // A new program image (after exec the leader's tid is the pid).
+                self.images.remove(&tid);
             }
             Event::Other(_) => {}
         }
         self.resume(st, 0)
+    }
+
+    fn image(&mut self, pid: Tid) -> u32 {
+        if let Some(&image) = self.images.get(&pid) {
+            return image;
+        }
+        self.last_image += 1;
+        self.images.insert(pid, self.last_image);
+        self.last_image
     }
 
     fn tgid(&mut self, tid: Tid) -> Tid {
@@ -337,7 +357,8 @@ impl Tracer {
         };
         let Some(args) = request.wire() else { return st.cont(0) };
         let pid = self.tgid(tid);
-        let (seq, verdict) = self.client.ask(sys.name, pid, tid, args);
+        let image = self.image(pid);
+        let (seq, verdict) = self.client.ask(sys.name, pid, tid, image, args);
         let report = self.client.wants_results().then_some(seq);
         let target = Target::of(sys.shape);
         match verdict {

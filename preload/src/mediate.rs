@@ -152,7 +152,7 @@ impl Session {
         for attempt in 0..2 {
             self.fd = if self.one_shot { connect(pid, tid)? } else { thread_conn(pid, tid)? };
             self.seq = if self.one_shot { 1 } else { next_seq() };
-            let call = ClientMsg::Call(Call { seq: self.seq, func, pid, tid, args: clone_args(args) });
+            let call = ClientMsg::Call(Call { seq: self.seq, func, pid, tid, image: 0, args: clone_args(args) });
             match send(self.fd, &call).and_then(|()| recv_frame(self.fd, &mut reply[..]).map(<[u8]>::len)) {
                 Ok(n) => {
                     len = n;

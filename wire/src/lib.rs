@@ -16,7 +16,7 @@ pub use serde_bytes;
 pub use sockaddr::{SockAddr, SOCKADDR_MAX};
 
 /// Bump when a message changes shape; the broker refuses other versions.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest frame body either side accepts. exec requests carry argv and envp, which
 /// the kernel caps at a quarter of the stack limit (2 MiB by default).
@@ -130,6 +130,10 @@ pub struct Call<'a, L> {
     pub func: &'a str,
     pub pid: i32,
     pub tid: i32,
+    /// Which program image of `pid` made the call: the client counts the process's
+    /// execs, so the broker may cache what it learns of a process (exe, parent) per
+    /// image. The preload, whose connections do not outlive an exec, sends 0.
+    pub image: u32,
     #[serde(borrow)]
     pub args: Args<'a, L>,
 }
@@ -336,6 +340,7 @@ mod tests {
             func: "execve",
             pid: 10,
             tid: 11,
+            image: 0,
             args: Args::Exec {
                 dirfd: -100,
                 path: b"/bin/echo",
@@ -404,6 +409,7 @@ mod tests {
                 func: "execve",
                 pid: 1,
                 tid: 1,
+                image: 0,
                 args: Args::Exec {
                     dirfd: -100,
                     path: b"/bin/sh",

@@ -98,10 +98,11 @@ impl Client {
 
     /// Ask about one call. Returns the call's sequence number (for [`Client::done`])
     /// and the verdict; anything but a valid answer is a deny with EPERM.
-    pub fn ask(&mut self, func: &str, pid: i32, tid: i32, args: Args<'_, List<'_>>) -> (u32, Verdict) {
+    /// `image` counts `pid`'s execs (see [`Call::image`]).
+    pub fn ask(&mut self, func: &str, pid: i32, tid: i32, image: u32, args: Args<'_, List<'_>>) -> (u32, Verdict) {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        match self.exchange(Call { seq, func, pid, tid, args }) {
+        match self.exchange(Call { seq, func, pid, tid, image, args }) {
             Ok(verdict) => (seq, verdict),
             Err(e) => {
                 self.stream = None;
