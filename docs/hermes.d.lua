@@ -34,6 +34,7 @@
 ---@field symbol? string api: the symbol, e.g. "deflate"
 ---@field raw? integer[] api: the six integer argument registers rdi, rsi, rdx, rcx, r8, r9
 ---@field args? (integer|string)[] api: arguments decoded by the declared signature (ints, pointers as integers, cstr/buf as strings); empty without one
+---@field backtrace? string[] api, when asked for: return addresses as "FILE+0xOFFSET", innermost first
 
 ---An opaque decision built by `hermes.allow`, `deny`, `redirect`, `emulate`, `kill`.
 ---@class hermes.Decision
@@ -99,7 +100,8 @@ function hermes.log(msg) end
 ---Not available for statically linked programs.
 ---@param spec string "LIB:SYMBOL", e.g. "libz.so.1:deflate"
 ---@param signature? hermes.ArgKind[] e.g. {"cstr", "int", "buf:2"}
-function hermes.hook(spec, signature) end
+---@param options? {backtrace?: boolean} backtrace: send `ev.backtrace` with each call
+function hermes.hook(spec, signature, options) end
 
 -- Entry points: define any of these as globals in the policy.
 

@@ -113,6 +113,8 @@ pub enum EventArgs {
         symbol: String,
         raw: [u64; API_ARGS],
         args: Vec<ApiArg>,
+        /// The calling thread's return addresses as `FILE+OFFSET`, when asked for.
+        backtrace: Vec<String>,
     },
 }
 
@@ -216,13 +218,15 @@ impl Event {
                     envp: envp.iter().map(|e| e.to_vec()).collect(),
                 }
             }
-            Args::Api { symbol, kinds, raw, ref data } => {
+            Args::Api { symbol, kinds, raw, ref data, backtrace } => {
                 let (lib, name) = symbol.split_once(':').unwrap_or(("", symbol));
+                let frames = backtrace.map(|b| b.into_iter().take_while(|&ip| ip != 0).collect::<Vec<_>>());
                 EventArgs::Api {
                     lib: lib.to_owned(),
                     symbol: name.to_owned(),
                     raw,
                     args: ApiArg::decode(&kinds, &raw, data),
+                    backtrace: frames.map(|f| symbolize(pid, &f)).unwrap_or_default(),
                 }
             }
         };
@@ -258,7 +262,10 @@ impl Event {
                 m.insert("argv".into(), argv.iter().map(|a| bytes_json(a)).collect());
                 m.insert("envp".into(), envp.iter().map(|e| bytes_json(e)).collect());
             }
-            EventArgs::Api { lib, symbol, raw, args } => {
+            EventArgs::Api { lib, symbol, raw, args, backtrace } => {
+                if !backtrace.is_empty() {
+                    m.insert("backtrace".into(), json!(backtrace));
+                }
                 m.insert("lib".into(), json!(lib));
                 m.insert("symbol".into(), json!(symbol));
                 m.insert("raw".into(), json!(raw));
@@ -322,6 +329,34 @@ fn addr_json(m: &mut Map<String, Json>, addr: &NetAddr) {
     if let Some(port) = addr.port() {
         m.insert("port".into(), json!(port));
     }
+}
+
+/// Name each return address by the file mapped there: `/usr/lib/x86_64-linux-gnu/libz.so.1+0x2f10`
+/// (the offset is the file offset, what `addr2line -e FILE` takes for a shared object).
+fn symbolize(pid: i32, frames: &[u64]) -> Vec<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let regions: Vec<(u64, u64, u64, &str)> = maps
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (range, _perms, offset) = (f.next()?, f.next()?, f.next()?);
+            let path = f.nth(2).unwrap_or("");
+            let (lo, hi) = range.split_once('-')?;
+            Some((
+                u64::from_str_radix(lo, 16).ok()?,
+                u64::from_str_radix(hi, 16).ok()?,
+                u64::from_str_radix(offset, 16).ok()?,
+                path,
+            ))
+        })
+        .collect();
+    frames
+        .iter()
+        .map(|&ip| match regions.iter().find(|(lo, hi, _, _)| (*lo..*hi).contains(&ip)) {
+            Some((lo, _, off, path)) if !path.is_empty() => format!("{path}+{:#x}", ip - lo + off),
+            _ => format!("{ip:#x}"),
+        })
+        .collect()
 }
 
 /// Bytes as a JSON string when they are UTF-8, else as `{"hex": "…"}` so nothing is lost.

@@ -116,6 +116,8 @@ pub struct ApiHook {
     pub symbol: String,
     /// The wire's argument kinds (see `hermes_wire::Args::Api`), one byte per argument.
     pub kinds: String,
+    /// Send the calling thread's backtrace with each call.
+    pub backtrace: bool,
 }
 
 impl ApiHook {
@@ -123,15 +125,31 @@ impl ApiHook {
     pub fn parse(spec: &str) -> Result<Self, String> {
         match spec.split_once(':') {
             Some((lib, sym)) if !lib.is_empty() && !sym.is_empty() && !spec.contains([';', '=', ' ']) => {
-                Ok(ApiHook { symbol: spec.to_owned(), kinds: String::new() })
+                Ok(ApiHook { symbol: spec.to_owned(), kinds: String::new(), backtrace: false })
             }
             _ => Err(format!("'{spec}' is not LIB:SYMBOL (e.g. libz.so.1:deflate)")),
         }
     }
 
-    /// The preload's `HERMES_API` list: `LIB:SYMBOL=KINDS;…`.
+    /// The preload's `HERMES_API` list: `LIB:SYMBOL=KINDS[+bt];…`.
     pub fn env_list(hooks: &[ApiHook]) -> String {
-        hooks.iter().map(|h| format!("{}={}", h.symbol, h.kinds)).collect::<Vec<_>>().join(";")
+        let entry = |h: &ApiHook| format!("{}={}{}", h.symbol, h.kinds, if h.backtrace { "+bt" } else { "" });
+        hooks.iter().map(entry).collect::<Vec<_>>().join(";")
+    }
+
+    /// Read back an [`ApiHook::env_list`].
+    pub fn from_env_list(list: &str) -> Vec<ApiHook> {
+        list.split(';')
+            .filter(|e| !e.is_empty())
+            .map(|entry| {
+                let (symbol, kinds) = entry.split_once('=').unwrap_or((entry, ""));
+                let (kinds, backtrace) = match kinds.strip_suffix("+bt") {
+                    Some(k) => (k, true),
+                    None => (kinds, false),
+                };
+                ApiHook { symbol: symbol.to_owned(), kinds: kinds.to_owned(), backtrace }
+            })
+            .collect()
     }
 }
 
@@ -381,9 +399,13 @@ fn install_api(
     let hooks = Arc::clone(hooks);
     hermes.set(
         "hook",
-        lua.create_function(move |_, (spec, sig): (String, Option<Vec<String>>)| {
+        lua.create_function(move |_, (spec, sig, opts): (String, Option<Vec<String>>, Option<Table>)| {
             let mut hook = ApiHook::parse(&spec).map_err(mlua::Error::runtime)?;
             hook.kinds = api_kinds(&sig.unwrap_or_default()).map_err(mlua::Error::runtime)?;
+            hook.backtrace = match &opts {
+                Some(o) => o.get::<Option<bool>>("backtrace")?.unwrap_or(false),
+                None => false,
+            };
             let mut hooks = hooks.lock().unwrap_or_else(|e| e.into_inner());
             hooks.retain(|h| h.symbol != hook.symbol);
             hooks.push(hook);
@@ -565,7 +587,10 @@ fn event_table(lua: &Lua, ev: &Event) -> mlua::Result<Table> {
             t.set("argv", list(argv)?)?;
             t.set("envp", list(envp)?)?;
         }
-        EventArgs::Api { lib, symbol, raw, args } => {
+        EventArgs::Api { lib, symbol, raw, args, backtrace } => {
+            if !backtrace.is_empty() {
+                t.set("backtrace", lua.create_sequence_from(backtrace.iter().map(String::as_str))?)?;
+            }
             t.set("lib", lib.as_str())?;
             t.set("symbol", symbol.as_str())?;
             t.set("raw", lua.create_sequence_from(raw.iter().map(|r| *r as i64))?)?;
@@ -766,12 +791,14 @@ mod tests {
         let p = policy(
             r#"
             hermes.hook("libc.so.6:write", {"int", "buf:3", "int"})
-            hermes.hook("libz.so.1:deflate")
+            hermes.hook("libz.so.1:deflate", nil, {backtrace = true})
             function on_api(ev) end
             "#,
         )
         .unwrap();
-        assert_eq!(ApiHook::env_list(p.hooks()), "libc.so.6:write=i2i;libz.so.1:deflate=");
+        let list = ApiHook::env_list(p.hooks());
+        assert_eq!(list, "libc.so.6:write=i2i;libz.so.1:deflate=+bt");
+        assert_eq!(ApiHook::from_env_list(&list), p.hooks());
         assert_eq!(p.mask(), Op::Api.bit());
         for (bad, needle) in [
             (r#"hermes.hook("nocolon")"#, "not LIB:SYMBOL"),

@@ -50,7 +50,7 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
 
     let mut cmd = Command::new(&exe);
     cmd.arg0(prog).args(prog_args).env("HERMES_SOCK", &socket).env("HERMES_MASK", broker.mask.to_string());
-    let api = api_hooks(&args.hook, &broker.hooks)?;
+    let api = api_hooks(&args.hook, args.backtrace, &broker.hooks)?;
     if !api.is_empty() {
         if is_static {
             return Err(Refusal(2, "--hook needs the preload; it cannot hook a statically linked program".into()));
@@ -238,17 +238,21 @@ impl BrokerProc {
 
 /// The preload's `HERMES_API` list: `--hook` specs, with the signatures the policy
 /// declared (`hermes.hook`) for them and for its own hooks.
-fn api_hooks(cli: &[String], from_policy: &str) -> Result<String, Refusal> {
-    let mut hooks: Vec<hermes_broker::policy::ApiHook> = Vec::new();
+fn api_hooks(cli: &[String], backtrace: bool, from_policy: &str) -> Result<String, Refusal> {
+    use hermes_broker::policy::ApiHook;
+    let mut hooks: Vec<ApiHook> = Vec::new();
     for spec in cli {
-        hooks.push(hermes_broker::policy::ApiHook::parse(spec).map_err(|e| Refusal(2, format!("--hook: {e}")))?);
+        let mut hook = ApiHook::parse(spec).map_err(|e| Refusal(2, format!("--hook: {e}")))?;
+        hook.backtrace = backtrace;
+        hooks.push(hook);
     }
-    for entry in from_policy.split(';').filter(|e| !e.is_empty()) {
-        let (symbol, kinds) = entry.split_once('=').unwrap_or((entry, ""));
-        hooks.retain(|h| h.symbol != symbol);
-        hooks.push(hermes_broker::policy::ApiHook { symbol: symbol.to_owned(), kinds: kinds.to_owned() });
+    for mut declared in ApiHook::from_env_list(from_policy) {
+        if let Some(at) = hooks.iter().position(|h| h.symbol == declared.symbol) {
+            declared.backtrace |= hooks.remove(at).backtrace;
+        }
+        hooks.push(declared);
     }
-    Ok(hermes_broker::policy::ApiHook::env_list(&hooks))
+    Ok(ApiHook::env_list(&hooks))
 }
 
 /// Find the program as execvp would; 127/126 errors as a shell gives them.

@@ -83,6 +83,9 @@ pub struct LaunchArgs {
     /// with `hermes.hook("LIB:SYMBOL", {"cstr", "int", "buf:2", …})`.
     #[arg(long, value_name = "LIB:SYMBOL")]
     hook: Vec<String>,
+    /// With --hook: send each call's backtrace (return addresses as FILE+OFFSET)
+    #[arg(long, requires = "hook")]
+    backtrace: bool,
     /// Add the seccomp+ptrace fallback to a dynamic program too, so raw syscall
     /// instructions, dlsym(RTLD_NEXT) tricks and libc paths the hooks miss are mediated
     /// (calls the preload already mediated are not stopped twice). Static programs

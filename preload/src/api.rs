@@ -21,7 +21,7 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::ffi::CString;
 use std::sync::{Mutex, OnceLock};
 
-use hermes_wire::{serde_bytes::Bytes, Args, Op, API_ARGS};
+use hermes_wire::{serde_bytes::Bytes, Args, Op, API_ARGS, BACKTRACE_MAX};
 
 use crate::mediate::{Pending, Token, Verdict, REPLY_BUF};
 use crate::sys;
@@ -40,6 +40,8 @@ struct ApiHook {
     lib: CString,
     symbol: CString,
     kinds: [u8; API_ARGS],
+    /// Send the caller's backtrace with each call.
+    backtrace: bool,
     /// What the stub's tail jump goes to: the trampoline, once installed.
     original: AtomicUsize,
     installed: AtomicBool,
@@ -89,8 +91,14 @@ global_asm!(
     ".hidden hermes_api_entry",
     ".globl hermes_api_entry",
     "hermes_api_entry:",
+    // Unwind information, so a backtrace taken in `on_enter` walks on to the caller:
+    // at entry the return address is at [rsp], as in any function.
+    ".cfi_startproc",
     "push rbp",
+    ".cfi_def_cfa_offset 16",
+    ".cfi_offset rbp, -16",
     "mov rbp, rsp",
+    ".cfi_def_cfa_register rbp",
     "sub rsp, 208",
     "mov [rsp], rdi",
     "mov [rsp + 8], rsi",
@@ -137,6 +145,7 @@ global_asm!(
     "mov rsp, rbp",
     "pop rbp",
     "ret",
+    ".cfi_endproc",
     "",
     ".p2align 4",
     ".hidden hermes_api_return",
@@ -184,6 +193,10 @@ pub fn init() {
 
 fn parse(entry: &str) -> Option<ApiHook> {
     let (spec, kinds_text) = entry.split_once('=').unwrap_or((entry, ""));
+    let (kinds_text, backtrace) = match kinds_text.strip_suffix("+bt") {
+        Some(k) => (k, true),
+        None => (kinds_text, false),
+    };
     let (lib, symbol) = spec.split_once(':')?;
     let mut kinds = [b'-'; API_ARGS];
     for (k, b) in kinds.iter_mut().zip(kinds_text.bytes()) {
@@ -194,6 +207,7 @@ fn parse(entry: &str) -> Option<ApiHook> {
         lib: CString::new(lib).ok()?,
         symbol: CString::new(symbol).ok()?,
         kinds,
+        backtrace,
         original: AtomicUsize::new(0),
         installed: AtomicBool::new(false),
     })
@@ -338,7 +352,9 @@ extern "C" fn on_enter(ctx: &mut Ctx, ret_slot: &mut usize) -> u32 {
     let mut slices: [&[u8]; API_ARGS] = [&[]; API_ARGS];
     copy_args(hook, &ctx.args, &mut data, &mut slices);
     let data_refs: [&Bytes; API_ARGS] = slices.map(Bytes::new);
-    let args: Args<'_, ()> = Args::Api { symbol: &hook.spec, kinds: hook.kinds, raw: ctx.args, data: data_refs };
+    let backtrace = hook.backtrace.then(caller_backtrace);
+    let args: Args<'_, ()> =
+        Args::Api { symbol: &hook.spec, kinds: hook.kinds, raw: ctx.args, data: data_refs, backtrace };
     let mut reply = [0u8; REPLY_BUF];
     let (verdict, session) = token.ask(hook.symbol.to_str().unwrap_or("?"), args, &mut reply);
     sys::set_errno(errno);
@@ -443,4 +459,50 @@ fn copy_args<'d>(hook: &ApiHook, raw: &[u64; API_ARGS], data: &'d mut [u8; DATA_
         out[i] = &mine[..len];
         rest = tail;
     }
+}
+
+extern "C" {
+    fn _Unwind_Backtrace(trace: extern "C" fn(ctx: *mut c_void, arg: *mut c_void) -> c_int, arg: *mut c_void) -> c_int;
+    fn _Unwind_GetIP(ctx: *mut c_void) -> usize;
+}
+
+/// `_URC_NO_REASON`: go on; `_URC_END_OF_STACK`: stop.
+const URC_NO_REASON: c_int = 0;
+const URC_END_OF_STACK: c_int = 5;
+
+struct Walk {
+    frames: [u64; BACKTRACE_MAX],
+    len: usize,
+    /// Frames of our own (this function, `on_enter`, the entry stub) still to skip.
+    past_entry: bool,
+}
+
+extern "C" fn walk_frame(ctx: *mut c_void, arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `Walk` that `caller_backtrace` passed, alive for the walk;
+    // `ctx` is the unwinder's context for this frame.
+    let (walk, ip) = unsafe { (&mut *arg.cast::<Walk>(), _Unwind_GetIP(ctx) as u64) };
+    let entry = hermes_api_entry as *const () as u64;
+    let thunk = hermes_api_return as *const () as u64;
+    if !walk.past_entry {
+        // The entry stub ends where the return thunk begins.
+        walk.past_entry = (entry..thunk).contains(&ip);
+        return URC_NO_REASON;
+    }
+    walk.frames[walk.len] = ip;
+    walk.len += 1;
+    if walk.len == BACKTRACE_MAX {
+        URC_END_OF_STACK
+    } else {
+        URC_NO_REASON
+    }
+}
+
+/// Return addresses of the hooked function's caller and its callers, innermost first.
+/// The walk uses libgcc's unwinder, which finds frames through `.eh_frame` (glibc's
+/// `_dl_find_object`, no lock or allocation on this glibc).
+fn caller_backtrace() -> [u64; BACKTRACE_MAX] {
+    let mut walk = Walk { frames: [0; BACKTRACE_MAX], len: 0, past_entry: false };
+    // SAFETY: the callback only writes into `walk`, which outlives the call.
+    unsafe { _Unwind_Backtrace(walk_frame, (&mut walk as *mut Walk).cast()) };
+    walk.frames
 }

@@ -254,7 +254,7 @@ fn clone_args<'a, L: Serialize>(args: &'a Args<'a, L>) -> Args<'a, &'a L> {
         Args::Exec { dirfd, path, search_path, flags, ref argv, ref envp } => {
             Args::Exec { dirfd, path, search_path, flags, argv, envp }
         }
-        Args::Api { symbol, kinds, raw, data } => Args::Api { symbol, kinds, raw, data },
+        Args::Api { symbol, kinds, raw, data, backtrace } => Args::Api { symbol, kinds, raw, data, backtrace },
     }
 }
 

@@ -72,3 +72,27 @@ fn bad_hook_specs_are_refused_before_the_target_runs() {
         .run();
     run.check(run.code == 2 && run.stderr.contains("not LIB:SYMBOL") && run.stdout.is_empty(), "refused");
 }
+
+#[test]
+fn a_hook_can_send_the_callers_backtrace() {
+    let policy = "hermes.hook('libc.so.6:puts', {'cstr'}, {backtrace = true})\nfunction on_api(ev) end\n";
+    let run = launch(policy, c_program("api_target"), &["puts", "traced"]).run();
+    let call = run.calls("api").into_iter().find(|c| c["args"]["args"][0] == "traced").cloned().unwrap_or_default();
+    let frames: Vec<&str> =
+        call["args"]["backtrace"].as_array().map(|a| a.iter().filter_map(|f| f.as_str()).collect()).unwrap_or_default();
+    // Innermost first: main() in api_target called puts, and libc's start code called main.
+    run.check(frames.first().is_some_and(|f| f.contains("/api_target-") && f.contains("+0x")), "the caller: main");
+    run.check(frames.iter().any(|f| f.contains("libc.so.6+0x")), "then libc's start code");
+    // Without the option, no backtrace.
+    let plain = launch(PUTS_POLICY, c_program("api_target"), &["puts", "x"]).run();
+    plain.check(plain.calls("api").iter().all(|c| c["args"]["backtrace"].is_null()), "only when asked");
+    // --backtrace does the same for --hook'ed functions.
+    let cli = launch("function on_api(ev) end\n", c_program("api_target"), &["puts", "y"])
+        .launch_option("--hook=libc.so.6:puts")
+        .launch_option("--backtrace")
+        .run();
+    cli.check(
+        cli.calls("api").iter().all(|c| c["args"]["backtrace"].as_array().is_some_and(|a| !a.is_empty())),
+        "--backtrace",
+    );
+}

@@ -190,8 +190,14 @@ pub enum Args<'a, L> {
         raw: [u64; API_ARGS],
         #[serde(borrow)]
         data: [&'a serde_bytes::Bytes; API_ARGS],
+        /// Return addresses of the calling thread, innermost first, when the hook
+        /// asked for a backtrace.
+        backtrace: Option<[u64; BACKTRACE_MAX]>,
     },
 }
+
+/// Frames a library hook's backtrace holds (unused slots are 0).
+pub const BACKTRACE_MAX: usize = 16;
 
 /// Integer argument registers a library hook sees (rdi, rsi, rdx, rcx, r8, r9).
 pub const API_ARGS: usize = 6;
