@@ -92,6 +92,9 @@ impl Layer {
 }
 
 /// Messages from a mediation layer to the broker.
+// Built on the stack once per call; boxing the large variant would need the allocator
+// the preload may not use.
+#[allow(clippy::large_enum_variant)]
 #[derive(Serialize, Deserialize, Debug)]
 pub enum ClientMsg<'a, L> {
     /// First message on every connection; answered by [`Welcome`].
@@ -140,6 +143,7 @@ pub struct Call<'a, L> {
 
 /// Decoded arguments, one variant per [`Op`]. `L` is a list of byte strings: the
 /// preload serialises C `char **` arrays in place, the broker decodes `Vec<&[u8]>`.
+#[allow(clippy::large_enum_variant)] // as for ClientMsg: built on the stack, never boxed
 #[derive(Serialize, Deserialize, Debug)]
 pub enum Args<'a, L> {
     Open {
