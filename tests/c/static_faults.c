@@ -316,18 +316,29 @@ static void stopwait(const char *step, const char *dir) {
  * it, see it continue (WCONTINUED), and reap its exit: job control, as a shell does. */
 static void stopchild(const char *step) {
     fflush(stdout);
+    /* The child exits only after the parent has seen it continue: an exit before the
+     * parent's WCONTINUED wait would be reported instead of the continue. */
+    int gate[2];
+    if (pipe(gate) != 0) {
+        printf("%s = ERR %s\n", step, errname(errno));
+        return;
+    }
     pid_t child = fork();
     if (child == 0) {
+        close(gate[1]);
         raise(SIGSTOP);
+        char byte;
+        while (read(gate[0], &byte, 1) < 0 && errno == EINTR) {
+        }
         _exit(5);
     }
+    close(gate[0]);
     int status, stopped = 0, continued = 0;
     if (waitpid(child, &status, WUNTRACED) == child && WIFSTOPPED(status)) stopped = WSTOPSIG(status);
     kill(child, SIGCONT);
-    if (waitpid(child, &status, WCONTINUED) == child && WIFCONTINUED(status)) {
-        continued = 1;
-        waitpid(child, &status, 0);
-    }
+    if (waitpid(child, &status, WCONTINUED) == child && WIFCONTINUED(status)) continued = 1;
+    close(gate[1]);
+    if (continued) waitpid(child, &status, 0);
     printf("%s = OK stopped=%s continued=%d exit=%d\n", step, stopped ? sigabbrev_np(stopped) : "no", continued,
            WIFEXITED(status) ? WEXITSTATUS(status) : -1);
 }
