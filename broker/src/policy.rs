@@ -107,6 +107,54 @@ pub struct Policy {
     epoch: Instant,
     logs: Arc<Mutex<Vec<String>>>,
     hooks: Vec<ApiHook>,
+    doors: Doors,
+}
+
+/// Settings for the seccomp filter of the ptrace layer, from the policy's top level:
+/// `hermes.io_uring = "allow"` (default "deny": io_uring's operations bypass
+/// seccomp, so the filter refuses it) and `hermes.foreign_arch = "enosys"` (default
+/// "kill": a syscall through another architecture's entry, `int 0x80`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Doors {
+    pub io_uring: bool,
+    pub foreign_enosys: bool,
+}
+
+impl Doors {
+    fn read(lua: &Lua, path: &str) -> Result<Self, PolicyError> {
+        let hermes: Table = lua.globals().get("hermes").map_err(|e| PolicyError::Runtime(lua_message(&e)))?;
+        let setting = |key: &str, default: &str, other: &str| -> Result<bool, PolicyError> {
+            match hermes.get::<Option<String>>(key) {
+                Ok(None) => Ok(false),
+                Ok(Some(v)) if v == default => Ok(false),
+                Ok(Some(v)) if v == other => Ok(true),
+                Ok(Some(v)) => Err(PolicyError::Runtime(format!(
+                    "{path}: hermes.{key} must be \"{default}\" or \"{other}\", not \"{v}\""
+                ))),
+                Err(_) => Err(PolicyError::Runtime(format!("{path}: hermes.{key} must be a string"))),
+            }
+        };
+        Ok(Doors {
+            io_uring: setting("io_uring", "deny", "allow")?,
+            foreign_enosys: setting("foreign_arch", "kill", "enosys")?,
+        })
+    }
+
+    /// `io_uring=allow,foreign_arch=enosys`, or `-` for the defaults.
+    pub fn to_text(self) -> String {
+        let mut items = Vec::new();
+        if self.io_uring {
+            items.push("io_uring=allow");
+        }
+        if self.foreign_enosys {
+            items.push("foreign_arch=enosys");
+        }
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(",")
+        }
+    }
 }
 
 /// A library function the policy asked to hook (`hermes.hook`).
@@ -214,6 +262,7 @@ impl Policy {
         ran.map_err(|e| PolicyError::Runtime(lua_message(&e)))?;
 
         let hooks = std::mem::take(&mut *hooks.lock().unwrap_or_else(|e| e.into_inner()));
+        let doors = Doors::read(&lua, name)?;
         let handlers = Handlers::find(&lua, name)?;
         let mask = handlers.mask();
         if mask == 0 {
@@ -230,7 +279,13 @@ impl Policy {
             epoch,
             logs,
             hooks,
+            doors,
         })
+    }
+
+    /// What the policy decided about the doors the seccomp filter closes.
+    pub fn doors(&self) -> Doors {
+        self.doors
     }
 
     /// The library functions the policy hooks (`hermes.hook`), with their signatures.
@@ -814,6 +869,15 @@ function on_api() end"
             .to_string();
             assert!(err.contains(needle) && err.contains("test.lua:1"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_filter_doors_are_policy_settings() {
+        let p = policy("hermes.io_uring = 'allow'\nhermes.foreign_arch = 'enosys'\nfunction on_open() end").unwrap();
+        assert_eq!(p.doors().to_text(), "io_uring=allow,foreign_arch=enosys");
+        assert_eq!(policy("function on_open() end").unwrap().doors().to_text(), "-");
+        let err = policy("hermes.io_uring = 'sometimes'\nfunction on_open() end").err().expect("must fail").to_string();
+        assert!(err.contains("hermes.io_uring must be \"deny\" or \"allow\""), "{err}");
     }
 
     #[test]

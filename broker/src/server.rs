@@ -68,6 +68,11 @@ impl Broker {
         self.policy.mask()
     }
 
+    /// The policy's settings for the seccomp filter.
+    pub fn doors(&self) -> crate::policy::Doors {
+        self.policy.doors()
+    }
+
     /// The library functions the policy hooks.
     pub fn hooks(&self) -> &[crate::policy::ApiHook] {
         self.policy.hooks()

@@ -1,8 +1,9 @@
 //! The broker process. `hermes launch` starts `hermes broker …`; it loads the policy,
 //! binds the socket, then forks so that it is not the launcher's child (the launcher
 //! reaps every process of the target's tree, and must not wait for the broker), and
-//! reports on stdout: `ready MASK HOOKS` (HOOKS: the policy's `hermes.hook` list as
-//! `LIB:SYMBOL=KINDS;…`, or `-`) or `error MESSAGE`. It serves until its stdin (the
+//! reports on stdout: `ready MASK HOOKS DOORS` (HOOKS: the policy's `hermes.hook` list
+//! as `LIB:SYMBOL=KINDS;…`, or `-`; DOORS: its seccomp settings, or `-`) or
+//! `error MESSAGE`. It serves until its stdin (the
 //! launcher's lifeline) closes, drains the connections, and exits; stdout closes last,
 //! which tells the launcher the trace is complete.
 
@@ -53,6 +54,7 @@ pub fn run(args: &BrokerArgs) -> ExitCode {
         list if list.is_empty() => "-".to_owned(),
         list => list,
     };
+    let doors = broker.doors().to_text();
     let handle = match broker.spawn() {
         Ok(h) => h,
         Err(e) => {
@@ -61,7 +63,7 @@ pub fn run(args: &BrokerArgs) -> ExitCode {
         }
     };
     let mut out = std::io::stdout().lock();
-    if writeln!(out, "ready {mask} {hooks}").and_then(|()| out.flush()).is_err() {
+    if writeln!(out, "ready {mask} {hooks} {doors}").and_then(|()| out.flush()).is_err() {
         return ExitCode::from(2);
     }
     // Serve until the launcher goes away.

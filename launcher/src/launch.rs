@@ -11,6 +11,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
+use crate::seccomp::Doors;
 use crate::LaunchArgs;
 
 const PRELOAD_NAME: &str = "libhermes_preload.so";
@@ -73,7 +74,10 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
     if let Ok(me) = std::env::current_exe() {
         cmd.env("HERMES_BIN", me);
     }
-    let ran = if traced { crate::tracer::run(&cmd, prog, &socket, cookie) } else { cmd.spawn().map(reap_tree) };
+    // For the fallback here and for `hermes exec-traced` further down the tree.
+    cmd.env("HERMES_DOORS", &broker.doors);
+    let doors = Doors::parse(&broker.doors);
+    let ran = if traced { crate::tracer::run(&cmd, prog, &socket, cookie, doors) } else { cmd.spawn().map(reap_tree) };
     let status = match ran {
         Ok(status) => status,
         Err(e) => {
@@ -101,7 +105,8 @@ pub fn exec_traced(arg0: &OsStr, command: &[OsString]) -> ExitCode {
     };
     let mut cmd = Command::new(prog);
     cmd.args(args);
-    match crate::tracer::run(&cmd, arg0, &socket, None) {
+    let doors = Doors::parse(&std::env::var("HERMES_DOORS").unwrap_or_default());
+    match crate::tracer::run(&cmd, arg0, &socket, None, doors) {
         Ok(status) => ExitCode::from(status),
         Err(e) => {
             eprintln!("hermes exec-traced: cannot run {}: {e}", Path::new(prog).display());
@@ -170,6 +175,8 @@ struct BrokerProc {
     mask: u64,
     /// The policy's `hermes.hook` list (`LIB:SYMBOL=KINDS;…`).
     hooks: String,
+    /// The policy's seccomp settings (`io_uring=allow,…` or `-`).
+    doors: String,
 }
 
 impl BrokerProc {
@@ -199,10 +206,12 @@ impl BrokerProc {
         let _ = out.read_line(&mut line);
         let line = line.trim_end();
         if let Some(ready) = line.strip_prefix("ready ") {
-            let (mask, hooks) = ready.split_once(' ').unwrap_or((ready, "-"));
-            let mask = mask.parse().map_err(|_| Refusal(2, format!("broker said {line:?}")))?;
-            let hooks = if hooks == "-" { String::new() } else { hooks.to_owned() };
-            Ok(BrokerProc { lifeline, out, mask, hooks })
+            let mut fields = ready.split(' ');
+            let mask = fields.next().and_then(|m| m.parse().ok());
+            let mask = mask.ok_or_else(|| Refusal(2, format!("broker said {line:?}")))?;
+            let hooks = fields.next().filter(|h| *h != "-").unwrap_or_default().to_owned();
+            let doors = fields.next().unwrap_or("-").to_owned();
+            Ok(BrokerProc { lifeline, out, mask, hooks, doors })
         } else if let Some(msg) = line.strip_prefix("error ") {
             Err(Refusal(2, msg.to_owned()))
         } else {

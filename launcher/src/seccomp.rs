@@ -83,9 +83,9 @@ const fn data_arg_low(i: u32) -> u32 {
     16 + 8 * i
 }
 
-/// Syscalls that fail with EPERM under the filter, whatever the policy: io_uring runs
-/// opens and connects without syscalls seccomp could see (a ring fd inherited from
-/// outside is as much a door as a new one).
+/// Syscalls that fail with EPERM under the filter unless the policy lets io_uring
+/// through: io_uring runs opens and connects without syscalls seccomp could see (a
+/// ring fd inherited from outside is as much a door as a new one).
 const REFUSED: [i64; 3] = [libc::SYS_io_uring_setup, libc::SYS_io_uring_enter, libc::SYS_io_uring_register];
 /// `args[5]`, after nr, arch, instruction_pointer and args[0..5].
 const DATA_ARGS5: u32 = 16 + 5 * 8;
@@ -99,6 +99,31 @@ pub enum FilterError {
     /// A conditional jump does not fit the 8-bit offset of classic BPF.
     #[error("seccomp filter jump of {0} instructions does not fit in 8 bits")]
     JumpTooFar(usize),
+}
+
+/// What the policy may decide about the doors the filter closes (see
+/// `hermes.io_uring` and `hermes.foreign_arch` in docs/lua-api.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Doors {
+    /// Let io_uring through (its operations are then not mediated).
+    pub io_uring: bool,
+    /// Another architecture's syscall entry fails with ENOSYS instead of killing.
+    pub foreign_enosys: bool,
+}
+
+impl Doors {
+    /// Parse the broker's `io_uring=allow,foreign_arch=enosys` (or `-`).
+    pub fn parse(text: &str) -> Self {
+        let mut doors = Doors::default();
+        for item in text.split(',') {
+            match item {
+                "io_uring=allow" => doors.io_uring = true,
+                "foreign_arch=enosys" => doors.foreign_enosys = true,
+                _ => {}
+            }
+        }
+        doors
+    }
 }
 
 /// A compiled filter, ready to install (also in a fork child: installing allocates
@@ -120,26 +145,35 @@ impl Filter {
     /// The fallback's filter, generated from [`MEDIATED`]. With a `cookie` (strict
     /// mode), a mediated syscall whose sixth argument register holds it is allowed:
     /// the preload makes the calls it already mediated that way.
-    pub fn new(cookie: Option<u64>) -> Result<Self, FilterError> {
-        Self::build(MEDIATED.iter().map(|s| s.nr as u32), cookie)
+    pub fn new(cookie: Option<u64>, doors: Doors) -> Result<Self, FilterError> {
+        Self::build(MEDIATED.iter().map(|s| s.nr as u32), cookie, doors)
     }
 
-    fn build(trace: impl ExactSizeIterator<Item = u32>, cookie: Option<u64>) -> Result<Self, FilterError> {
+    fn build(
+        trace: impl ExactSizeIterator<Item = u32>,
+        cookie: Option<u64>,
+        doors: Doors,
+    ) -> Result<Self, FilterError> {
         use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
         let ret = |action: u32| stmt(BPF_RET | BPF_K, action);
         let n = trace.len();
         let mut prog = vec![
             // Another architecture's syscall table (int 0x80 is i386): its numbers
-            // mean other calls, so nothing below would hold. Kill the process.
+            // mean other calls, so nothing below would hold. Kill the process, or
+            // (if the policy says so) fail the call.
             stmt(BPF_LD | BPF_W | BPF_ABS, DATA_ARCH),
             jump(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0)?,
-            ret(libc::SECCOMP_RET_KILL_PROCESS),
+            ret(if doors.foreign_enosys {
+                libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32
+            } else {
+                libc::SECCOMP_RET_KILL_PROCESS
+            }),
             stmt(BPF_LD | BPF_W | BPF_ABS, DATA_NR),
             // x32 numbers alias the x86_64 calls under other numbers.
             jump(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1)?,
             ret(libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
         ];
-        for nr in REFUSED {
+        for nr in REFUSED.into_iter().filter(|_| !doors.io_uring) {
             prog.push(jump(BPF_JMP | BPF_JEQ | BPF_K, nr as u32, 0, 1)?);
             prog.push(ret(libc::SECCOMP_RET_ERRNO | libc::EPERM as u32));
         }
@@ -232,8 +266,11 @@ mod tests {
 
     #[test]
     fn the_kernel_limit_is_checked() {
-        assert!(matches!(Filter::build(0..5000u32, None), Err(FilterError::TooLong(_) | FilterError::JumpTooFar(_))));
-        assert!(Filter::build(0..200u32, Some(7)).is_ok());
+        assert!(matches!(
+            Filter::build(0..5000u32, None, Doors::default()),
+            Err(FilterError::TooLong(_) | FilterError::JumpTooFar(_))
+        ));
+        assert!(Filter::build(0..200u32, Some(7), Doors::default()).is_ok());
     }
 
     /// Run `f` in a fork child under the filter with no tracer; return its wait status.
@@ -242,7 +279,7 @@ mod tests {
     }
 
     fn under_filter_with(cookie: Option<u64>, f: fn() -> i32) -> i32 {
-        let filter = Filter::new(cookie).expect("filter");
+        let filter = Filter::new(cookie, Doors::default()).expect("filter");
         // SAFETY: the child only makes async-signal-safe calls (prctl, the filter's
         // syscall, raw syscalls) and leaves with _exit.
         let pid = unsafe { libc::fork() };

@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use hermes_wire::Op;
 
-use crate::seccomp::{self, Filter};
+use crate::seccomp::{self, Doors, Filter};
 use client::{Client, Verdict};
 use decode::{Request, Target};
 use ptrace::{Event, Regs, Restart, Resumed, Stop, Stopped, Tid};
@@ -36,8 +36,8 @@ use ptrace::{Event, Regs, Restart, Resumed, Stop, Stopped, Tid};
 ///
 /// With `cookie` (strict mode: a dynamic target that also has the preload), the
 /// syscalls carrying it are the preload's own, already mediated, and not stopped.
-pub fn run(cmd: &Command, arg0: &OsStr, socket: &str, cookie: Option<u64>) -> io::Result<u8> {
-    let filter = Filter::new(cookie).map_err(io::Error::other)?;
+pub fn run(cmd: &Command, arg0: &OsStr, socket: &str, cookie: Option<u64>, doors: Doors) -> io::Result<u8> {
+    let filter = Filter::new(cookie, doors).map_err(io::Error::other)?;
     let client = Client::connect(socket);
     let child = spawn(cmd, arg0, &filter)?;
     crate::launch::forward_signals(child.pid);

@@ -15,7 +15,8 @@ pub const ENV_LIB: &str = "HERMES_PRELOAD_LIB";
 /// The `hermes` binary, which runs a static program a target execs (`exec-traced`).
 pub const ENV_BIN: &str = "HERMES_BIN";
 /// Variables every exec'd child gets again, when the launcher set them.
-const PROPAGATED: &[&str] = &[ENV_SOCK, ENV_MASK, ENV_LIB, ENV_BIN, "HERMES_API", "HERMES_INLINE", "HERMES_COOKIE"];
+const PROPAGATED: &[&str] =
+    &[ENV_SOCK, ENV_MASK, ENV_LIB, ENV_BIN, "HERMES_API", "HERMES_INLINE", "HERMES_COOKIE", "HERMES_DOORS"];
 /// `HERMES_INLINE=0` keeps libc unpatched (symbol interposition only).
 pub const ENV_INLINE: &str = "HERMES_INLINE";
 

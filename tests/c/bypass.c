@@ -1,6 +1,7 @@
 // gcc: -D_GNU_SOURCE -ldl
 /* bypass: ways a dynamic program can reach the kernel around libc's hooked
- * functions. Each step opens PATH and prints "STEP = OK" or "STEP = ERR <errno>".
+ * functions. Each step opens PATH and prints "STEP = OK <first line>" or
+ * "STEP = ERR <errno>".
  *
  *   bypass PATH
  *
@@ -13,16 +14,21 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+/* "STEP = OK <first line of the file>" or "STEP = ERR <errno>". */
 static void report(const char *step, long rc) {
-    if (rc < 0)
+    if (rc < 0) {
         printf("%s = ERR %d\n", step, errno);
-    else {
-        printf("%s = OK\n", step);
-        close((int)rc);
+        return;
     }
+    char line[128] = {0};
+    ssize_t n = read((int)rc, line, sizeof line - 1);
+    line[n > 0 ? strcspn(line, "\n") : 0] = 0;
+    printf("%s = OK %s\n", step, line);
+    close((int)rc);
 }
 
 int main(int argc, char **argv) {

@@ -569,3 +569,27 @@ fn raw_syscalls_under_both_policies() {
         }
     }
 }
+
+/// The policy may open the two doors the filter closes by default: io_uring (whose
+/// operations are then not mediated) and another architecture's entry (then ENOSYS
+/// instead of a kill).
+#[test]
+fn a_policy_can_allow_io_uring_and_answer_foreign_syscalls_with_enosys() {
+    let dir = scratch();
+    let prog = static_faults();
+    let secret = dir.join("secret").display().to_string();
+    let (uring, int80, last) = (format!("uringopen:{secret}"), format!("int80open:{secret}"), format!("open:{secret}"));
+    let src = "hermes.io_uring = 'allow'\nhermes.foreign_arch = 'enosys'\nfunction on_open(ev) end\n";
+    let run = launch(src, &prog, &[&int80, &uring, &last]).timeout(TIMEOUT).run();
+    no_tracer_trouble(&run);
+    run.check(result(&run.stdout, &int80) == "ERR ENOSYS", "int 0x80: ENOSYS, the process lives on");
+    let uring_disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|s| s.trim() != "0");
+    if uring_disabled {
+        eprintln!("io_uring is disabled in this kernel: only the ENOSYS half is checked");
+    } else {
+        run.check(result(&run.stdout, &uring) == "OK secret content", "io_uring allowed by the policy");
+    }
+    run.check(result(&run.stdout, &last) == "OK secret content", "and the plain open after");
+    let bad = launch("hermes.io_uring = 'maybe'\nfunction on_open(ev) end\n", &prog, &[&last]).timeout(TIMEOUT).run();
+    bad.check(bad.code == 2 && bad.stderr.contains("hermes.io_uring must be"), "a bad setting is refused at load");
+}

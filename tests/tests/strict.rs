@@ -29,7 +29,7 @@ fn strict_mode_mediates_what_the_preload_cannot_see() {
 
     let plain = launch(POLICY, c_program("bypass"), &[&secret]).run();
     plain.check(step(&plain, "libc") == deny, "the preload denies libc's open");
-    plain.check(step(&plain, "raw") == "OK" && step(&plain, "asm") == "OK", "raw syscalls get past the preload");
+    plain.check(step(&plain, "raw") == "OK secret" && step(&plain, "asm") == "OK secret", "raw syscalls get past");
 
     let strict = launch(POLICY, c_program("bypass"), &[&secret]).launch_option("--strict").run();
     for s in ["libc", "raw", "asm", "direct"] {
@@ -56,7 +56,7 @@ fn strict_mode_covers_libc_paths_the_hooks_miss() {
     // library's dlsym(RTLD_NEXT) finds it) is invisible to the preload; the tracer
     // still stops it.
     let plain = launch(POLICY, c_program("bypass"), &[&secret]).env("HERMES_INLINE", "0").run();
-    plain.check(step(&plain, "direct") == "OK", "symbol interposition alone misses it");
+    plain.check(step(&plain, "direct") == "OK secret", "symbol interposition alone misses it");
     let strict =
         launch(POLICY, c_program("bypass"), &[&secret]).env("HERMES_INLINE", "0").launch_option("--strict").run();
     strict.check(step(&strict, "direct") == deny, "--strict catches it");
@@ -64,6 +64,18 @@ fn strict_mode_covers_libc_paths_the_hooks_miss() {
         records_for(&strict, &secret).iter().any(|r| r["layer"] == "ptrace" && r["decision"] == "deny"),
         "decided by the tracer",
     );
+}
+
+#[test]
+fn strict_mode_redirects_raw_syscalls_too() {
+    let dir = Scratch::new();
+    let from = dir.write("from", "original\n").display().to_string();
+    dir.write("to", "redirected\n");
+    let policy = "function on_open(ev)\n  if ev.path:match('/from$') then return hermes.redirect((ev.path:gsub('/from$', '/to'))) end\nend\n";
+    let run = launch(policy, c_program("bypass"), &[&from]).launch_option("--strict").run();
+    for s in ["libc", "raw", "asm", "direct"] {
+        run.check(step(&run, s) == "OK redirected", &format!("{s}: redirected under --strict"));
+    }
 }
 
 #[test]
