@@ -16,6 +16,9 @@ use crate::policy::{Outcome, Policy, Verdict};
 
 /// How long a call may wait for the policy thread to start on it.
 const QUEUE_LIMIT: Duration = Duration::from_secs(4);
+/// How long a call may wait in all, queue and handler: under the 5 s a target waits
+/// for an answer, so the broker always answers first (with a fail-closed deny).
+const OVERALL_LIMIT: Duration = Duration::from_millis(4500);
 /// How often a waiting connection looks at the clock.
 const TICK: Duration = Duration::from_millis(10);
 
@@ -91,7 +94,9 @@ impl Worker {
                 Err(RecvTimeoutError::Timeout) => {}
             }
             let started = state.started.load(Ordering::Relaxed);
-            let late = if started == 0 {
+            let late = if queued.elapsed() > OVERALL_LIMIT {
+                Some(format!("no decision within {} ms", OVERALL_LIMIT.as_millis()))
+            } else if started == 0 {
                 (queued.elapsed() > QUEUE_LIMIT).then(|| {
                     format!("policy busy: the call waited {} ms for the policy thread", QUEUE_LIMIT.as_millis())
                 })

@@ -105,8 +105,12 @@ pub fn exec_traced(arg0: &OsStr, command: &[OsString]) -> ExitCode {
     };
     let mut cmd = Command::new(prog);
     cmd.args(args);
+    // Dynamic programs further down this tree load the preload: its own, already
+    // mediated, syscalls must carry a cookie this filter lets through.
+    let cookie = random_cookie();
+    cmd.env("HERMES_COOKIE", format!("{cookie:016x}"));
     let doors = Doors::parse(&std::env::var("HERMES_DOORS").unwrap_or_default());
-    match crate::tracer::run(&cmd, arg0, &socket, None, doors) {
+    match crate::tracer::run(&cmd, arg0, &socket, Some(cookie), doors) {
         Ok(status) => ExitCode::from(status),
         Err(e) => {
             eprintln!("hermes exec-traced: cannot run {}: {e}", Path::new(prog).display());
@@ -287,21 +291,9 @@ fn find_program(prog: &OsStr) -> Result<PathBuf, Refusal> {
 /// ELF without a PT_INTERP program header: the dynamic loader (and so the preload)
 /// never runs. Scripts and unreadable files count as dynamic.
 fn is_static_elf(path: &Path) -> bool {
-    let mut data = Vec::new();
+    use std::os::unix::fs::FileExt;
     let Ok(file) = std::fs::File::open(path) else { return false };
-    if file.take(64 * 1024).read_to_end(&mut data).is_err() {
-        return false;
-    }
-    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
-        return false;
-    }
-    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
-    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap_or_default()) as usize;
-    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
-    !(0..phnum).any(|i| {
-        let at = phoff + i * phentsize;
-        at + 4 <= data.len() && u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) == 3
-    })
+    hermes_wire::elf::is_static(|at, buf| file.read_exact_at(buf, at).is_ok())
 }
 
 fn find_preload(given: Option<&Path>) -> Result<PathBuf, Refusal> {

@@ -75,7 +75,8 @@ pub struct LaunchArgs {
     #[arg(short, long)]
     verbose: bool,
     /// Time limit for one policy handler call; past it the call is denied (EPERM)
-    #[arg(long, value_name = "MS", default_value_t = 100)]
+    /// (at most 3000: the target waits 5 s for a decision)
+    #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=3000))]
     policy_timeout: u64,
     /// Trace (and let the policy decide) every call of an exported library function,
     /// also in libraries loaded later with dlopen; repeatable. The policy sees

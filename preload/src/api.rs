@@ -42,6 +42,8 @@ struct ApiHook {
     kinds: [u8; API_ARGS],
     /// Send the caller's backtrace with each call.
     backtrace: bool,
+    /// This hook's entry stub (`mov r11, index; jmp hermes_api_entry`).
+    stub: usize,
     /// What the stub's tail jump goes to: the trampoline, once installed.
     original: AtomicUsize,
     installed: AtomicBool,
@@ -180,7 +182,16 @@ extern "C" {
 pub fn init() {
     let Some(list) = std::env::var_os(ENV_API) else { return };
     let Some(list) = list.to_str().map(str::to_owned) else { return };
-    let hooks: Vec<ApiHook> = list.split(';').filter(|e| !e.is_empty()).filter_map(parse).collect();
+    let mut hooks: Vec<ApiHook> = list.split(';').filter(|e| !e.is_empty()).filter_map(parse).collect();
+    // Every entry stub is written now, once: the page is never writable again while
+    // a stub on it may run.
+    let Some(stubs) = write_stubs(hooks.len()) else {
+        sys::warn(&[b"hermes-preload: no memory for --hook entry stubs; library hooks are off\n"]);
+        return;
+    };
+    for (hook, stub) in hooks.iter_mut().zip(stubs) {
+        hook.stub = stub;
+    }
     if hooks.is_empty() || HOOKS.set(hooks).is_err() {
         return;
     }
@@ -208,6 +219,7 @@ fn parse(entry: &str) -> Option<ApiHook> {
         symbol: CString::new(symbol).ok()?,
         kinds,
         backtrace,
+        stub: 0,
         original: AtomicUsize::new(0),
         installed: AtomicBool::new(false),
     })
@@ -216,13 +228,19 @@ fn parse(entry: &str) -> Option<ApiHook> {
 /// Patch every hook whose library is loaded now.
 fn install_pending() {
     let Some(hooks) = HOOKS.get() else { return };
-    let _serial = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    for (index, hook) in hooks.iter().enumerate() {
+    // From a dlopen the loader's lock may be held (a library constructor that
+    // dlopens): never wait here, the next dlopen tries again.
+    let _serial = match INSTALL.try_lock() {
+        Ok(guard) => guard,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    for hook in hooks {
         if hook.installed.load(Relaxed) {
             continue;
         }
         let Some(target) = lookup(hook) else { continue };
-        match install(index, hook, target) {
+        match install(hook, target) {
             Ok(()) => hook.installed.store(true, Relaxed),
             Err(e) => {
                 // Reported once; a later dlopen does not retry a refused function.
@@ -246,6 +264,9 @@ fn lookup(hook: &ApiHook) -> Option<usize> {
     // SAFETY: RTLD_NOLOAD only looks the library up; the handle is closed below.
     let handle = unsafe { open(hook.lib.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
     if handle.is_null() {
+        // Not loaded (yet). Clear the error: the program's own dlerror() must not see it.
+        // SAFETY: dlerror has no preconditions.
+        unsafe { libc::dlerror() };
         return None;
     }
     // SAFETY: a live handle and a NUL-terminated name.
@@ -255,8 +276,8 @@ fn lookup(hook: &ApiHook) -> Option<usize> {
     (addr != 0).then_some(addr)
 }
 
-fn install(index: usize, hook: &ApiHook, target: usize) -> Result<(), String> {
-    let stub = stub(index).ok_or("no memory for its entry stub")?;
+fn install(hook: &ApiHook, target: usize) -> Result<(), String> {
+    let stub = hook.stub;
     // SAFETY: `target` is an exported function of a loaded library (dlsym); the stub
     // preserves every argument register and the stack, so any signature is served.
     let mut patch =
@@ -266,36 +287,28 @@ fn install(index: usize, hook: &ApiHook, target: usize) -> Result<(), String> {
     unsafe { patch.enable() }.map_err(|e| e.to_string())
 }
 
-/// A per-hook stub: `mov r11, index; jmp [rip]; .quad hermes_api_entry`.
-fn stub(index: usize) -> Option<usize> {
-    static PAGE: Mutex<(usize, usize)> = Mutex::new((0, 0));
+/// The per-hook stubs, `mov r11, index; jmp [rip]; .quad hermes_api_entry`, in one
+/// mapping made executable once they are all written.
+fn write_stubs(count: usize) -> Option<Vec<usize>> {
     const SIZE: usize = 32;
-    let mut page = PAGE.lock().unwrap_or_else(|e| e.into_inner());
-    if page.0 == 0 || page.1 + SIZE > 4096 {
-        let mut fresh = sys::Mapping::new(4096)?;
-        // The stubs live as long as the process: the mapping is leaked on purpose.
-        let at = fresh.bytes().as_mut_ptr() as usize;
-        core::mem::forget(fresh);
-        *page = (at, 0);
+    let len = (count * SIZE).max(1).div_ceil(4096) * 4096;
+    let mut map = sys::Mapping::new(len)?;
+    let base = map.bytes().as_mut_ptr() as usize;
+    for (index, code) in map.bytes().chunks_exact_mut(SIZE).take(count).enumerate() {
+        code.fill(0xcc);
+        code[..2].copy_from_slice(&[0x49, 0xbb]);
+        code[2..10].copy_from_slice(&(index as u64).to_le_bytes());
+        code[10..16].copy_from_slice(&[0xff, 0x25, 0, 0, 0, 0]);
+        code[16..24].copy_from_slice(&(hermes_api_entry as *const () as u64).to_le_bytes());
     }
-    let at = page.0 + page.1;
-    let mut code = [0xccu8; SIZE];
-    code[..2].copy_from_slice(&[0x49, 0xbb]);
-    code[2..10].copy_from_slice(&(index as u64).to_le_bytes());
-    code[10..16].copy_from_slice(&[0xff, 0x25, 0, 0, 0, 0]);
-    code[16..24].copy_from_slice(&(hermes_api_entry as *const () as u64).to_le_bytes());
-    // SAFETY: [at, at + SIZE) is inside our own page, which is made writable for the
-    // copy and executable after; nothing runs this stub before `install` patches.
-    unsafe {
-        let base = page.0 as *mut c_void;
-        libc::mprotect(base, 4096, libc::PROT_READ | libc::PROT_WRITE);
-        core::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, SIZE);
-        if libc::mprotect(base, 4096, libc::PROT_READ | libc::PROT_EXEC) != 0 {
-            return None;
-        }
+    // SAFETY: our own mapping of `len` bytes; nothing runs these stubs before a hook
+    // is installed, after this.
+    if unsafe { libc::mprotect(base as *mut c_void, len, libc::PROT_READ | libc::PROT_EXEC) } != 0 {
+        return None;
     }
-    page.1 += SIZE;
-    Some(at)
+    // The stubs live as long as the process: the mapping is kept on purpose.
+    core::mem::forget(map);
+    Some((0..count).map(|i| base + i * SIZE).collect())
 }
 
 /// Hook dlopen so libraries loaded later get their hooks.
@@ -361,6 +374,12 @@ extern "C" fn on_enter(ctx: &mut Ctx, ret_slot: &mut usize) -> u32 {
     match verdict {
         Verdict::Allow => {
             let call = session.detach();
+            // The return is only watched when its result is reported: a C++
+            // exception unwinding through the thunk (no unwind info) would terminate.
+            if !call.reports() {
+                call.done(0);
+                return 0;
+            }
             if !push_frame(Frame { ret: *ret_slot, sp: ret_slot as *mut usize as usize + 8, call }) {
                 call.done(0);
                 return 0;
@@ -430,13 +449,16 @@ fn push_frame(frame: Frame) -> bool {
 
 fn pop_frame() -> Option<Frame> {
     let depth = DEPTH_NOW.with(Cell::get).checked_sub(1)?;
-    DEPTH_NOW.with(|d| d.set(depth));
-    FRAMES.with(|f| {
+    // Take the slot before giving it up: a signal handler's traced call in between
+    // pushes above it, not onto it.
+    let frame = FRAMES.with(|f| {
         let mut frames = f.get();
         let frame = frames[depth].take();
         f.set(frames);
         frame
-    })
+    });
+    DEPTH_NOW.with(|d| d.set(depth));
+    frame
 }
 
 /// Copy the declared string and buffer arguments out of the caller's memory, with

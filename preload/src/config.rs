@@ -35,6 +35,12 @@ pub struct Config {
 static CONFIG: OnceLock<Config> = OnceLock::new();
 static mut THREAD_KEY: libc::pthread_key_t = 0;
 
+/// The configuration, once the constructor has read it. An exec from another
+/// library's constructor, before ours, finds none.
+pub fn try_get() -> Option<&'static Config> {
+    CONFIG.get()
+}
+
 pub fn get() -> &'static Config {
     // Only reachable once READY is set, which happens after `init` stored the config.
     CONFIG.get().unwrap_or_else(|| fatal(b"configuration used before the constructor ran"))
@@ -125,7 +131,7 @@ pub fn with_hermes_env<R>(envp: *const *const c_char, f: impl FnOnce(*const *con
     let count = count_list(envp);
     let mut stack = [core::ptr::null::<c_char>(); MAX_STACK_ENV];
     let mut mapped;
-    let cfg = get();
+    let Some(cfg) = try_get() else { return f(envp) };
     let room = count + cfg.inject.len() + 2;
     let slots: &mut [*const c_char] = if room <= MAX_STACK_ENV {
         &mut stack

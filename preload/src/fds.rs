@@ -1,51 +1,67 @@
-//! Which descriptors are broker connections. Programs close or dup2 over descriptors
-//! they do not own (daemons closing everything, shells setting up redirections); the
-//! close/dup2/dup3/close_range/closefrom hooks clear the bits of ours they hit, and a
-//! connection whose bit is gone is abandoned (never written to) and made again.
+//! Which descriptors are broker connections, and whose. Programs close or dup2 over
+//! descriptors they do not own (daemons closing everything, shells setting up
+//! redirections); the close/dup2/dup3/close_range/closefrom hooks forget the ones of
+//! ours they hit, and a connection that is no longer ours is abandoned (never written
+//! to) and made again. Each slot holds the owning thread's tid, so a number the
+//! program freed and another thread's new connection then took is never mistaken
+//! for the first thread's.
+//!
+//! A vfork or posix_spawn child shares this memory but not the parent's descriptor
+//! table: what it closes is its own copy, so it must not touch the table.
 
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicI32, Ordering::Relaxed};
+
+use crate::{mediate, sys};
 
 const TRACKED: usize = 4096;
-static OURS: [AtomicU64; TRACKED / 64] = [const { AtomicU64::new(0) }; TRACKED / 64];
+/// Owner tid per descriptor number; 0: not a broker connection.
+static OWNER: [AtomicI32; TRACKED] = [const { AtomicI32::new(0) }; TRACKED];
 
-fn slot(fd: i32) -> Option<(&'static AtomicU64, u64)> {
-    let fd = usize::try_from(fd).ok().filter(|&fd| fd < TRACKED)?;
-    Some((&OURS[fd / 64], 1u64 << (fd % 64)))
+fn slot(fd: i32) -> Option<&'static AtomicI32> {
+    usize::try_from(fd).ok().and_then(|fd| OWNER.get(fd))
 }
 
-pub fn mark_ours(fd: i32) {
-    if let Some((word, bit)) = slot(fd) {
-        word.fetch_or(bit, Relaxed);
+pub fn mark_ours(fd: i32, tid: i32) {
+    if let Some(owner) = slot(fd) {
+        owner.store(tid, Relaxed);
     }
 }
 
-/// Forget `fd`; true when it was ours.
-pub fn unmark_ours(fd: i32) -> bool {
-    slot(fd).is_some_and(|(word, bit)| word.fetch_and(!bit, Relaxed) & bit != 0)
+/// Forget `fd` if it is still thread `tid`'s connection; true when it was.
+pub fn release(fd: i32, tid: i32) -> bool {
+    slot(fd).is_some_and(|owner| owner.compare_exchange(tid, 0, Relaxed, Relaxed).is_ok())
 }
 
-/// Whether `fd` is still a broker connection. Descriptors beyond the tracked range
-/// are trusted.
-pub fn is_ours(fd: i32) -> bool {
-    slot(fd).is_none_or(|(word, bit)| word.load(Relaxed) & bit != 0)
+/// Forget `fd`; true when it was a broker connection.
+pub fn unmark_ours(fd: i32) -> bool {
+    slot(fd).is_some_and(|owner| owner.swap(0, Relaxed) != 0)
+}
+
+/// Whether `fd` is still the connection thread `tid` made. Descriptors beyond the
+/// tracked range are trusted.
+pub fn is_ours(fd: i32, tid: i32) -> bool {
+    slot(fd).is_none_or(|owner| owner.load(Relaxed) == tid)
 }
 
 /// The program is about to close or replace `first..=last`.
 pub fn program_takes(first: u32, last: u32) {
     let last = last.min(TRACKED as u32 - 1);
+    if first > last || !(first..=last).any(|fd| OWNER[fd as usize].load(Relaxed) != 0) {
+        return;
+    }
+    if mediate::in_shared_memory_child() {
+        return; // its own descriptor table: our connections in the parent are intact
+    }
     for fd in first..=last {
         unmark_ours(fd as i32);
     }
 }
 
-/// Close every descriptor marked ours (in a fork child, where they are copies).
+/// Close every broker connection (in a fork child, where they are copies).
 pub fn close_all_ours() {
-    for (i, word) in OURS.iter().enumerate() {
-        let mut bits = word.swap(0, Relaxed);
-        while bits != 0 {
-            let b = bits.trailing_zeros() as usize;
-            crate::sys::close((i * 64 + b) as i32);
-            bits &= bits - 1;
+    for (fd, owner) in OWNER.iter().enumerate() {
+        if owner.swap(0, Relaxed) != 0 {
+            sys::close(fd as i32);
         }
     }
 }

@@ -35,11 +35,18 @@ pub struct Real {
     name: &'static str,
     target: AtomicUsize,
     original: AtomicUsize,
+    /// The target's code jumps to our hook (an inline patch is in place).
+    inline: core::sync::atomic::AtomicBool,
 }
 
 impl Real {
     pub const fn new(name: &'static str) -> Self {
-        Real { name, target: AtomicUsize::new(0), original: AtomicUsize::new(0) }
+        Real {
+            name,
+            target: AtomicUsize::new(0),
+            original: AtomicUsize::new(0),
+            inline: core::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Look the target up now (constructor) so hooks never call dlsym later.
@@ -61,6 +68,12 @@ impl Real {
     }
 
     /// Whether the target's own code jumps to our hook.
+    pub fn is_inline(&self) -> bool {
+        self.inline.load(Relaxed)
+    }
+
+    /// Whether the original is called through something else than the target (its
+    /// trampoline, or strict mode's cookie call).
     pub fn is_patched(&self) -> bool {
         let target = self.target.load(Relaxed);
         target != 0 && self.original.load(Relaxed) != target
@@ -227,7 +240,7 @@ pub fn install(inline: bool) {
     }
     // In strict mode the syscalls we mediate are made with the run's cookie, so the
     // seccomp filter lets them through instead of stopping them a second time.
-    for hook in HOOKS.iter().filter(|h| h.patch == Patch::Inline) {
+    for hook in HOOKS {
         if let Some(cookie_call) = crate::strict::replacement(hook.name) {
             hook.real.patched(cookie_call);
         }
@@ -252,6 +265,7 @@ fn patch(hook: &Hook, target: usize) -> Result<(), hermes_trampolines::HookError
         hook.real.patched(target);
         return Err(e);
     }
+    hook.real.inline.store(true, Relaxed);
     // The handle is not kept: the function stays patched for the life of the process.
     Ok(())
 }
@@ -539,7 +553,7 @@ fn spawn_call(
 ) -> c_int {
     let spawn = |p: *const c_char| SpawnResult(with_hermes_env(envp, |env| real(p, env)));
     // With execve patched, the exec inside the spawned child is mediated there.
-    if execve::REAL.is_patched() {
+    if execve::REAL.is_inline() {
         return spawn(path).0;
     }
     let Some(token) = Token::begin(Op::Exec) else { return spawn(path).0 };

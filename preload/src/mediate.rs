@@ -223,9 +223,16 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Tell the broker the result, if it asked (raw syscalls only: no guard needed).
+    /// Whether the broker wants this call's result.
+    pub fn reports(&self) -> bool {
+        self.start != 0 && self.fd >= 0
+    }
+
+    /// Tell the broker the result, if it asked. Guarded: the clock read below is a
+    /// libc call a library hook may be tracing.
     pub fn done(self, ret: i64) {
-        if self.start != 0 && self.fd >= 0 {
+        let _guard = Guard::take();
+        if self.reports() {
             let errno = sys::errno();
             let duration_ns = sys::monotonic_ns().saturating_sub(self.start);
             let msg: ClientMsg<'_, ()> =
@@ -269,7 +276,7 @@ fn next_seq() -> u32 {
 /// This thread's connection, made on first use.
 fn thread_conn(pid: i32, tid: i32) -> Result<i32, i32> {
     let (fd, seq) = CONN.with(Cell::get);
-    if fd >= 0 && fds::is_ours(fd) {
+    if fd >= 0 && fds::is_ours(fd, tid) {
         return Ok(fd);
     }
     if fd >= 0 {
@@ -277,7 +284,7 @@ fn thread_conn(pid: i32, tid: i32) -> Result<i32, i32> {
         CONN.with(|c| c.set((-1, seq)));
     }
     let fd = connect(pid, tid)?;
-    fds::mark_ours(fd);
+    fds::mark_ours(fd, tid);
     config::on_thread_exit_close(fd);
     CONN.with(|c| c.set((fd, seq)));
     Ok(fd)
@@ -285,10 +292,16 @@ fn thread_conn(pid: i32, tid: i32) -> Result<i32, i32> {
 
 fn drop_thread_conn() {
     let (fd, seq) = CONN.with(Cell::get);
-    if fd >= 0 && fds::unmark_ours(fd) {
+    if fd >= 0 && fds::release(fd, sys::gettid()) {
         sys::close(fd);
     }
     CONN.with(|c| c.set((-1, seq)));
+}
+
+/// Whether the caller shares this memory without having forked through libc: a vfork
+/// or posix_spawn child (or a raw clone).
+pub fn in_shared_memory_child() -> bool {
+    sys::getpid() != PROCESS_PID.load(Relaxed)
 }
 
 /// In a fork child: the inherited connections are the parent's; close our copies.
@@ -299,9 +312,9 @@ pub fn after_fork_child() {
     PROCESS_PID.store(sys::getpid(), Relaxed);
 }
 
-/// Thread exit: close the connection the thread made.
+/// Thread exit: close the connection the thread made, if it still is its own.
 pub fn close_thread_conn(fd: i32) {
-    if fds::unmark_ours(fd) {
+    if fds::release(fd, sys::gettid()) {
         sys::close(fd);
     }
 }

@@ -12,7 +12,6 @@ use core::sync::atomic::Ordering::Relaxed;
 use crate::{config, mediate, strict, sys};
 
 const MAX_STACK_ARGS: usize = 256;
-const PT_INTERP: u32 = 3;
 
 /// execve `path`, or `hermes exec-traced` for it when it is a static ELF.
 pub fn execve(
@@ -21,7 +20,7 @@ pub fn execve(
     envp: *const *const c_char,
     real: impl FnOnce(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
 ) -> c_int {
-    let cfg = config::get();
+    let Some(cfg) = config::try_get() else { return real(path, argv, envp) };
     // Under --strict the tracer already follows the exec; inert: we are hermes.
     let applies = mediate::READY.load(Relaxed) && strict::COOKIE.load(Relaxed) == 0 && !cfg.inert();
     let Some(bin) = cfg.bin().filter(|_| applies && is_static_elf(path)) else { return real(path, argv, envp) };
@@ -62,24 +61,5 @@ fn is_static_elf(path: *const c_char) -> bool {
 }
 
 fn static_elf_fd(fd: i32) -> bool {
-    let mut ehdr = [0u8; 64];
-    if sys::pread(fd, &mut ehdr, 0) != 64 || &ehdr[..4] != b"\x7fELF" || ehdr[4] != 2 {
-        return false;
-    }
-    let u16_at = |o: usize| u16::from_le_bytes([ehdr[o], ehdr[o + 1]]) as u64;
-    let phoff = u64::from_le_bytes([ehdr[32], ehdr[33], ehdr[34], ehdr[35], ehdr[36], ehdr[37], ehdr[38], ehdr[39]]);
-    let (phentsize, phnum) = (u16_at(54), u16_at(56));
-    if phentsize < 4 || phnum == 0 {
-        return false;
-    }
-    for i in 0..phnum.min(256) {
-        let mut p_type = [0u8; 4];
-        if sys::pread(fd, &mut p_type, phoff + i * phentsize) != 4 {
-            return false;
-        }
-        if u32::from_le_bytes(p_type) == PT_INTERP {
-            return false;
-        }
-    }
-    true
+    hermes_wire::elf::is_static(|at, buf| sys::pread(fd, buf, at) == buf.len() as isize)
 }

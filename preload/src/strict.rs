@@ -38,6 +38,10 @@ pub fn replacement(name: &str) -> Option<usize> {
         "sendmsg" => sendmsg as *const () as usize,
         "execve" => execve as *const () as usize,
         "execveat" => execveat as *const () as usize,
+        // glibc makes these two as raw syscalls of their own, not through a patched
+        // function: they need cookie versions as well.
+        "creat" | "creat64" => creat as *const () as usize,
+        "fexecve" => fexecve as *const () as usize,
         _ => return None,
     })
 }
@@ -101,4 +105,12 @@ extern "C" fn execveat(
     flags: c_int,
 ) -> c_int {
     call(libc::SYS_execveat, dirfd as usize, path as usize, argv as usize, envp as usize, flags as usize) as c_int
+}
+
+extern "C" fn creat(path: *const c_char, mode: mode_t) -> c_int {
+    open(path, libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC, mode)
+}
+
+extern "C" fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    execveat(fd, c"".as_ptr(), argv, envp, libc::AT_EMPTY_PATH)
 }

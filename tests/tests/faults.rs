@@ -204,14 +204,12 @@ fn a_handler_blocked_in_a_c_function_is_bounded_by_the_time_limit() {
 fn a_decision_slower_than_the_broker_timeout_does_not_break_later_calls() {
     let (dir, a, b) = two_files();
     let slow = dir.write("slow", "slow\n").display().to_string();
-    // Busy for 5.5 s, under a 10 s policy limit: only the preload's own 5 s reply
-    // timeout can end the wait.
-    let src = "function on_open(ev)\n  if ev.path:match(\"/slow$\") then\n    local t = os.clock()\n    \
-               while os.clock() - t < 5.5 do end\n  end\nend\n";
-    let run = launch(src, c_program("opens"), &["0", &a, &slow, &a, &b, &a])
-        .launch_option("--policy-timeout=10000")
-        .timeout(Duration::from_secs(40))
-        .run();
+    // The broker stops itself (SIGSTOP) for 6 s in the middle of a decision — a wedged
+    // broker, which no policy time limit can end: only the preload's own 5 s reply
+    // timeout can.
+    let src = "function on_open(ev)\n  if ev.path:match(\"/slow$\") then\n    \
+               os.execute(\"kill -STOP $PPID; (sleep 6; kill -CONT $PPID) &\")\n  end\nend\n";
+    let run = launch(src, c_program("opens"), &["0", &a, &slow, &a, &b, &a]).timeout(Duration::from_secs(40)).run();
     let got = opened(&run, &slow);
     run.check(got.first().map(|r| r.0) == Some("ERR EPERM"), "the call whose answer came too late fails closed");
     let a_results: Vec<&str> = opened(&run, &a).into_iter().map(|r| r.0).collect();

@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod elf;
 mod sockaddr;
 pub use serde_bytes;
 pub use sockaddr::{SockAddr, SOCKADDR_MAX};
