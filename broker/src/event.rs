@@ -182,6 +182,9 @@ pub struct Event {
     pub layer: Layer,
     pub proc: ProcInfo,
     pub args: EventArgs,
+    /// A relative path whose starting directory could not be read from /proc: what
+    /// the kernel would open is unknown, so the call is denied without asking.
+    pub unresolved: bool,
 }
 
 const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
@@ -192,10 +195,14 @@ impl Event {
     pub fn new(func: &str, pid: i32, tid: i32, layer: Layer, proc: ProcInfo, args: &Args<Vec<&[u8]>>) -> Self {
         let viewer = Viewer { pid, tid };
         let op = args.op();
+        let mut unresolved = false;
         let args = match *args {
             Args::Open { dirfd, path, flags, mode } => EventArgs::Open {
                 dirfd,
-                path: viewer.resolve(dirfd, path, flags & O_NOFOLLOW == 0),
+                path: viewer.resolve(dirfd, path, flags & O_NOFOLLOW == 0).unwrap_or_else(|| {
+                    unresolved = true;
+                    path.to_vec()
+                }),
                 raw_path: path.to_vec(),
                 flags,
                 mode,
@@ -212,7 +219,10 @@ impl Event {
                     })
                     .flatten();
                 EventArgs::Exec {
-                    path: viewer.resolve(dirfd, found.as_deref().unwrap_or(path), true),
+                    path: viewer.resolve(dirfd, found.as_deref().unwrap_or(path), true).unwrap_or_else(|| {
+                        unresolved = true;
+                        path.to_vec()
+                    }),
                     raw_path: path.to_vec(),
                     argv: argv.iter().map(|a| a.to_vec()).collect(),
                     envp: envp.iter().map(|e| e.to_vec()).collect(),
@@ -230,7 +240,7 @@ impl Event {
                 }
             }
         };
-        Event { func: func.to_owned(), op, pid, tid, layer, proc, args }
+        Event { func: func.to_owned(), op, pid, tid, layer, proc, args, unresolved }
     }
 
     /// The decoded arguments for the trace, one JSON object.

@@ -38,22 +38,17 @@ impl Viewer {
 
     /// Resolve `raw` as the viewer's `openat(dirfd, raw, …)` would. `follow_last` is
     /// false for `O_NOFOLLOW` (and for calls that act on the link itself).
-    pub fn resolve(self, dirfd: i32, raw: &[u8], follow_last: bool) -> Vec<u8> {
-        let start = if raw.first() == Some(&b'/') {
-            Vec::new()
-        } else {
-            match self.base(dirfd) {
-                Some(base) => base,
-                // Unknown base: say so rather than guess a wrong absolute path.
-                None => return raw.to_vec(),
-            }
-        };
+    /// `None` when the path is relative and the directory it starts from cannot be
+    /// read (the process is gone, not dumpable, or in another PID namespace): the
+    /// caller must not guess.
+    pub fn resolve(self, dirfd: i32, raw: &[u8], follow_last: bool) -> Option<Vec<u8>> {
+        let start = if raw.first() == Some(&b'/') { Vec::new() } else { self.base(dirfd)? };
         let mut walker = Walker { viewer: self, out: start, links: 0 };
         walker.walk(raw, follow_last);
         if walker.out.is_empty() {
             walker.out.push(b'/');
         }
-        walker.out
+        Some(walker.out)
     }
 }
 
@@ -159,19 +154,19 @@ mod tests {
         let abs = |s: &str| [root.as_slice(), s.as_bytes()].concat();
         let abs_b = |s: &[u8]| [root.as_slice(), s].concat();
 
-        assert_eq!(v.resolve(AT_FDCWD, &abs("/link/./sub/../file"), true), abs("/real/file"));
-        assert_eq!(v.resolve(AT_FDCWD, &abs("/rel/new.txt"), true), abs("/real/sub/new.txt"));
+        assert_eq!(v.resolve(AT_FDCWD, &abs("/link/./sub/../file"), true), Some(abs("/real/file")));
+        assert_eq!(v.resolve(AT_FDCWD, &abs("/rel/new.txt"), true), Some(abs("/real/sub/new.txt")));
         // ".." after a symlink applies to where the link points.
-        assert_eq!(v.resolve(AT_FDCWD, &abs("/rel/.."), true), abs("/real"));
+        assert_eq!(v.resolve(AT_FDCWD, &abs("/rel/.."), true), Some(abs("/real")));
         // O_NOFOLLOW keeps the last component as the link itself.
-        assert_eq!(v.resolve(AT_FDCWD, &abs("/filelink"), false), abs("/filelink"));
-        assert_eq!(v.resolve(AT_FDCWD, &abs("/filelink"), true), abs("/real/file"));
+        assert_eq!(v.resolve(AT_FDCWD, &abs("/filelink"), false), Some(abs("/filelink")));
+        assert_eq!(v.resolve(AT_FDCWD, &abs("/filelink"), true), Some(abs("/real/file")));
         // Relative to a directory descriptor.
         let d = std::fs::File::open(dir.join("link")).unwrap();
         use std::os::fd::AsRawFd;
-        assert_eq!(v.resolve(d.as_raw_fd(), b"sub/../file", true), abs("/real/file"));
+        assert_eq!(v.resolve(d.as_raw_fd(), b"sub/../file", true), Some(abs("/real/file")));
         // Non-UTF-8 names survive.
-        assert_eq!(v.resolve(AT_FDCWD, &abs_b(b"/real/\xff\xfe"), true), abs_b(b"/real/\xff\xfe"));
+        assert_eq!(v.resolve(AT_FDCWD, &abs_b(b"/real/\xff\xfe"), true), Some(abs_b(b"/real/\xff\xfe")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -181,11 +176,14 @@ mod tests {
         let cwd = bytes(&std::env::current_dir().unwrap());
         let mut want = cwd.clone();
         want.extend_from_slice(b"/nonexistent-x");
-        assert_eq!(v.resolve(AT_FDCWD, b"nonexistent-x", true), want);
-        assert_eq!(v.resolve(AT_FDCWD, b"/proc/self/status", true), format!("/proc/{}/status", v.pid).into_bytes());
-        assert_eq!(v.resolve(AT_FDCWD, b"/../..", true), b"/");
-        // An unreadable dirfd leaves the path as written.
-        assert_eq!(v.resolve(987_654, b"x", true), b"x");
+        assert_eq!(v.resolve(AT_FDCWD, b"nonexistent-x", true), Some(want));
+        assert_eq!(
+            v.resolve(AT_FDCWD, b"/proc/self/status", true),
+            Some(format!("/proc/{}/status", v.pid).into_bytes())
+        );
+        assert_eq!(v.resolve(AT_FDCWD, b"/../..", true), Some(b"/".to_vec()));
+        // An unreadable dirfd: no guess.
+        assert_eq!(v.resolve(987_654, b"x", true), None);
     }
 
     #[test]

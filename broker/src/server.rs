@@ -259,7 +259,21 @@ impl<'s> Connection<'s> {
         };
         let time = SystemTime::now();
         let event = Event::new(func, pid, tid, self.layer, proc, args);
-        let outcome = self.shared.policy.decide(&event);
+        let outcome = if event.unresolved {
+            // A rule on /etc/shadow must not be dodged by chdir("/etc") in a process
+            // whose cwd the broker cannot read: fail closed.
+            crate::policy::Outcome {
+                verdict: Verdict::Deny(libc::EPERM),
+                handler: "error",
+                logs: Vec::new(),
+                error: Some(format!(
+                    "cannot resolve the relative path: /proc/{tid}/cwd (or the dirfd) is unreadable \
+                     (a non-dumpable process, or another PID namespace)"
+                )),
+            }
+        } else {
+            self.shared.policy.decide(&event)
+        };
         if let Some(error) = &outcome.error {
             eprintln!("hermes: policy error, call denied (EPERM): {error}");
         }
