@@ -136,21 +136,23 @@ fn errno_text(e: i32) -> String {
 /// that is killed loses at most the line it was writing.
 pub struct Sink {
     trace: Option<Mutex<File>>,
-    verbose: bool,
+    /// 0: quiet; 1: calls a policy handler decided, and every denial; 2: every call.
+    verbose: u8,
 }
 
 impl Sink {
-    pub fn new(trace: Option<File>, verbose: bool) -> Self {
+    pub fn new(trace: Option<File>, verbose: u8) -> Self {
         Sink { trace: trace.map(Mutex::new), verbose }
     }
 
     /// Whether clients should report results of allowed calls.
     pub fn wants_results(&self) -> bool {
-        self.trace.is_some() || self.verbose
+        self.trace.is_some() || self.verbose > 0
     }
 
     pub fn emit(&self, record: &Record) {
-        if self.verbose {
+        let decided = record.outcome.handler != "default" || record.outcome.verdict != Verdict::Allow;
+        if self.verbose >= 2 || (self.verbose == 1 && decided) {
             eprintln!("{}", record.to_line());
         }
         if let Some(trace) = &self.trace {

@@ -22,8 +22,8 @@ pub struct BrokerArgs {
     policy: Option<PathBuf>,
     #[arg(long)]
     trace: Option<PathBuf>,
-    #[arg(long)]
-    verbose: bool,
+    #[arg(long, default_value_t = 0)]
+    verbose: u8,
     #[arg(long, default_value_t = 100)]
     timeout_ms: u64,
 }

@@ -194,8 +194,8 @@ impl BrokerProc {
         if let Some(t) = &args.trace {
             cmd.arg("--trace").arg(t);
         }
-        if args.verbose {
-            cmd.arg("--verbose");
+        if args.verbose > 0 {
+            cmd.arg("--verbose").arg(args.verbose.to_string());
         }
         let mut child: Child = cmd
             .stdin(Stdio::piped())

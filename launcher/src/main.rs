@@ -71,9 +71,10 @@ pub struct LaunchArgs {
     /// Write one JSON object per mediated call to FILE (JSON Lines)
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
-    /// Print one line per mediated call on stderr, strace-style
-    #[arg(short, long)]
-    verbose: bool,
+    /// Print mediated calls on stderr, strace-style: -v the calls a policy handler
+    /// decided and every denial, -vv every call
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
     /// Time limit for one policy handler call; past it the call is denied (EPERM)
     /// (at most 3000: the target waits 5 s for a decision)
     #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=3000))]
