@@ -306,6 +306,20 @@ impl EchoServer {
     }
 }
 
+impl EchoServer {
+    /// Wait (up to 2 s) until `n` lines were received; returns what was.
+    pub fn wait_for(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let got = self.received.lock().expect("received").clone();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// A UDP socket on 127.0.0.1 that collects datagrams.
 pub struct UdpSink {
     pub port: u16,

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hermes_tests::{c_program, launch, EchoServer, Outcome, UdpSink};
 
@@ -22,18 +22,6 @@ fn dead_tcp_port() -> u16 {
 /// A UDP port on 127.0.0.1 that nothing receives on.
 fn dead_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0").expect("bind udp").local_addr().expect("addr").port()
-}
-
-/// Wait (bounded) until `server` has recorded `n` lines; returns what it recorded.
-fn received(server: &EchoServer, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let got = server.received.lock().expect("received").clone();
-        if got.len() >= n || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]
@@ -70,7 +58,7 @@ end
     run.check(step(&run, &steps[2]) == "OK echo: hello", "connect to a dead port is redirected to the server");
     run.check(step(&run, &steps[3]) == "OK echo: hello", "connect redirected to another address and port");
 
-    let got = received(&allowed, 3);
+    let got = allowed.wait_for(3);
     run.check(got == ["hello", "hello", "hello"], &format!("the allowed server got three hellos: {got:?}"));
     std::thread::sleep(Duration::from_millis(100));
     let got = denied.received.lock().expect("received").clone();
@@ -203,7 +191,7 @@ end
     run.check(run.code == 0, "calls exits 0");
     run.check(step(&run, &steps[0]) == "OK echo6: hello", "[::1] connect redirected to the [::1] listener");
     run.check(step(&run, &steps[1]) == "OK echo: hello", "[::1] connect redirected to a v4-mapped address");
-    run.check(received(&v4, 1) == ["hello"], "the IPv4 server got the redirected hello");
+    run.check(v4.wait_for(1) == ["hello"], "the IPv4 server got the redirected hello");
 
     let connects = run.calls("connect");
     run.check(connects.len() == 2, "two connects traced");

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hermes_tests::{c_program, hermes, launch, root, EchoServer, Outcome, Scratch, UdpSink};
 
@@ -24,18 +24,6 @@ fn which(name: &str) -> Option<PathBuf> {
 /// A TCP port on 127.0.0.1 that nothing listens on (bound, then released).
 fn dead_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1").local_addr().expect("addr").port()
-}
-
-/// Wait (bounded) until `server` has recorded `n` lines; returns what it recorded.
-fn received(server: &EchoServer, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let got = server.received.lock().expect("received").clone();
-        if got.len() >= n || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// The source of a policy shipped in policies/.
@@ -108,7 +96,7 @@ except ConnectionRefusedError as e:
     run.check(run.code == 0, "python exits 0");
     run.check(run.stdout.lines().any(|l| l == "echo: from-python"), "the redirected connect reached the echo server");
     run.check(run.stdout.lines().any(|l| l == format!("refused {}", libc::ECONNREFUSED)), "ConnectionRefusedError");
-    run.check(received(&server, 1) == ["from-python"], "the server got python's line");
+    run.check(server.wait_for(1) == ["from-python"], "the server got python's line");
     run.check(refused.received.lock().expect("received").is_empty(), "the denied server got nothing");
     let connects = run.calls("connect");
     run.check(connects.iter().any(|r| r["args"]["port"] == dead && r["decision"] == "redirect"), "redirect traced");
@@ -188,7 +176,7 @@ fn shipped_firewall_allows_loopback_and_blocks_the_rest() {
     run.check(allowed.recv().as_deref() == Some(b"ping".as_slice()), "loopback sendmsg arrived");
     run.check(blocked.quiet_for(Duration::from_millis(300)), "nothing sent to 0.0.0.0 arrived");
     std::thread::sleep(Duration::from_millis(100));
-    run.check(received(&server, 1) == ["hello"], "the server saw only the loopback connect");
+    run.check(server.wait_for(1) == ["hello"], "the server saw only the loopback connect");
     run.check(run.trace.iter().filter(|r| r["decision"] == "deny").count() == 3, "three denials traced");
 }
 
