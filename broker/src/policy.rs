@@ -114,47 +114,25 @@ pub struct Policy {
 /// `hermes.io_uring = "allow"` (default "deny": io_uring's operations bypass
 /// seccomp, so the filter refuses it) and `hermes.foreign_arch = "enosys"` (default
 /// "kill": a syscall through another architecture's entry, `int 0x80`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Doors {
-    pub io_uring: bool,
-    pub foreign_enosys: bool,
-}
+pub use hermes_wire::Doors;
 
-impl Doors {
-    fn read(lua: &Lua, path: &str) -> Result<Self, PolicyError> {
-        let hermes: Table = lua.globals().get("hermes").map_err(|e| PolicyError::Runtime(lua_message(&e)))?;
-        let setting = |key: &str, default: &str, other: &str| -> Result<bool, PolicyError> {
-            match hermes.get::<Option<String>>(key) {
-                Ok(None) => Ok(false),
-                Ok(Some(v)) if v == default => Ok(false),
-                Ok(Some(v)) if v == other => Ok(true),
-                Ok(Some(v)) => Err(PolicyError::Runtime(format!(
-                    "{path}: hermes.{key} must be \"{default}\" or \"{other}\", not \"{v}\""
-                ))),
-                Err(_) => Err(PolicyError::Runtime(format!("{path}: hermes.{key} must be a string"))),
-            }
-        };
-        Ok(Doors {
-            io_uring: setting("io_uring", "deny", "allow")?,
-            foreign_enosys: setting("foreign_arch", "kill", "enosys")?,
-        })
-    }
-
-    /// `io_uring=allow,foreign_arch=enosys`, or `-` for the defaults.
-    pub fn to_text(self) -> String {
-        let mut items = Vec::new();
-        if self.io_uring {
-            items.push("io_uring=allow");
+fn read_doors(lua: &Lua, path: &str) -> Result<Doors, PolicyError> {
+    let hermes: Table = lua.globals().get("hermes").map_err(|e| PolicyError::Runtime(lua_message(&e)))?;
+    let setting = |key: &str, default: &str, other: &str| -> Result<bool, PolicyError> {
+        match hermes.get::<Option<String>>(key) {
+            Ok(None) => Ok(false),
+            Ok(Some(v)) if v == default => Ok(false),
+            Ok(Some(v)) if v == other => Ok(true),
+            Ok(Some(v)) => Err(PolicyError::Runtime(format!(
+                "{path}: hermes.{key} must be \"{default}\" or \"{other}\", not \"{v}\""
+            ))),
+            Err(_) => Err(PolicyError::Runtime(format!("{path}: hermes.{key} must be a string"))),
         }
-        if self.foreign_enosys {
-            items.push("foreign_arch=enosys");
-        }
-        if items.is_empty() {
-            "-".to_owned()
-        } else {
-            items.join(",")
-        }
-    }
+    };
+    Ok(Doors {
+        io_uring: setting("io_uring", "deny", "allow")?,
+        foreign_enosys: setting("foreign_arch", "kill", "enosys")?,
+    })
 }
 
 /// A library function the policy asked to hook (`hermes.hook`).
@@ -262,7 +240,7 @@ impl Policy {
         ran.map_err(|e| PolicyError::Runtime(lua_message(&e)))?;
 
         let hooks = std::mem::take(&mut *hooks.lock().unwrap_or_else(|e| e.into_inner()));
-        let doors = Doors::read(&lua, name)?;
+        let doors = read_doors(&lua, name)?;
         let handlers = Handlers::find(&lua, name)?;
         let mask = handlers.mask();
         if mask == 0 {
@@ -874,8 +852,8 @@ function on_api() end"
     #[test]
     fn the_filter_doors_are_policy_settings() {
         let p = policy("hermes.io_uring = 'allow'\nhermes.foreign_arch = 'enosys'\nfunction on_open() end").unwrap();
-        assert_eq!(p.doors().to_text(), "io_uring=allow,foreign_arch=enosys");
-        assert_eq!(policy("function on_open() end").unwrap().doors().to_text(), "-");
+        assert_eq!(p.doors().to_string(), "io_uring=allow,foreign_arch=enosys");
+        assert_eq!(policy("function on_open() end").unwrap().doors().to_string(), "-");
         let err = policy("hermes.io_uring = 'sometimes'\nfunction on_open() end").err().expect("must fail").to_string();
         assert!(err.contains("hermes.io_uring must be \"deny\" or \"allow\""), "{err}");
     }

@@ -54,7 +54,7 @@ pub fn run(args: &BrokerArgs) -> ExitCode {
         list if list.is_empty() => "-".to_owned(),
         list => list,
     };
-    let doors = broker.doors().to_text();
+    let doors = broker.doors();
     let handle = match broker.spawn() {
         Ok(h) => h,
         Err(e) => {

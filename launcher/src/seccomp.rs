@@ -101,30 +101,9 @@ pub enum FilterError {
     JumpTooFar(usize),
 }
 
-/// What the policy may decide about the doors the filter closes (see
-/// `hermes.io_uring` and `hermes.foreign_arch` in docs/lua-api.md).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Doors {
-    /// Let io_uring through (its operations are then not mediated).
-    pub io_uring: bool,
-    /// Another architecture's syscall entry fails with ENOSYS instead of killing.
-    pub foreign_enosys: bool,
-}
-
-impl Doors {
-    /// Parse the broker's `io_uring=allow,foreign_arch=enosys` (or `-`).
-    pub fn parse(text: &str) -> Self {
-        let mut doors = Doors::default();
-        for item in text.split(',') {
-            match item {
-                "io_uring=allow" => doors.io_uring = true,
-                "foreign_arch=enosys" => doors.foreign_enosys = true,
-                _ => {}
-            }
-        }
-        doors
-    }
-}
+/// What the policy decided about the doors the filter closes (`hermes.io_uring`,
+/// `hermes.foreign_arch`).
+pub use hermes_wire::Doors;
 
 /// A compiled filter, ready to install (also in a fork child: installing allocates
 /// nothing).

@@ -11,7 +11,9 @@
 
 use serde::{Deserialize, Serialize};
 
+mod doors;
 pub mod elf;
+pub use doors::Doors;
 mod sockaddr;
 pub use serde_bytes;
 pub use sockaddr::{SockAddr, SOCKADDR_MAX};
