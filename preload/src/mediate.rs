@@ -56,6 +56,8 @@ pub enum Verdict<'r> {
 /// Holds the reentrancy guard for this thread; dropping it releases the guard.
 struct Guard {
     prev: i32,
+    /// The caller's tid, read once per mediated call.
+    tid: i32,
 }
 
 impl Guard {
@@ -66,7 +68,7 @@ impl Guard {
             return None;
         }
         BUSY.with(|b| b.set(tid));
-        Some(Guard { prev })
+        Some(Guard { prev, tid })
     }
 }
 
@@ -106,7 +108,7 @@ impl Token {
         let pid = sys::getpid();
         let shared_memory = pid != PROCESS_PID.load(Relaxed);
         let Token { op: _, guard } = self;
-        let mut session = Session { fd: -1, seq: 0, one_shot: shared_memory, start: 0, _guard: guard };
+        let mut session = Session { fd: -1, seq: 0, one_shot: shared_memory, start: 0, guard };
         let verdict = match session.exchange(func, pid, &args, reply) {
             Ok(v) => v,
             Err(e) => {
@@ -134,7 +136,7 @@ pub struct Session {
     seq: u32,
     one_shot: bool,
     start: u64,
-    _guard: Guard,
+    guard: Guard,
 }
 
 impl Session {
@@ -145,7 +147,7 @@ impl Session {
         args: &Args<'_, L>,
         reply: &'r mut [u8; REPLY_BUF],
     ) -> Result<Verdict<'r>, i32> {
-        let tid = sys::gettid();
+        let tid = self.guard.tid;
         // A thread connection may have been closed under us (close_range, dup2 over
         // it); then it is reconnected once.
         let mut len = 0;
@@ -190,7 +192,7 @@ impl Session {
     /// real function runs unguarded (library hooks: what it calls is mediated on its
     /// own).
     pub fn detach(self) -> Pending {
-        let Session { fd, seq, one_shot, start, _guard } = self;
+        let Session { fd, seq, one_shot, start, guard: _ } = self;
         Pending { fd, seq, one_shot, start }
     }
 
