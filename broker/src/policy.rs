@@ -165,16 +165,8 @@ impl ApiHook {
 
     /// Read back an [`ApiHook::env_list`].
     pub fn from_env_list(list: &str) -> Vec<ApiHook> {
-        list.split(';')
-            .filter(|e| !e.is_empty())
-            .map(|entry| {
-                let (symbol, kinds) = entry.split_once('=').unwrap_or((entry, ""));
-                let (kinds, backtrace) = match kinds.strip_suffix("+bt") {
-                    Some(k) => (k, true),
-                    None => (kinds, false),
-                };
-                ApiHook { symbol: symbol.to_owned(), kinds: kinds.to_owned(), backtrace }
-            })
+        hermes_wire::api_list::entries(list)
+            .map(|e| ApiHook { symbol: e.spec.to_owned(), kinds: e.kinds.to_owned(), backtrace: e.backtrace })
             .collect()
     }
 }

@@ -182,7 +182,7 @@ extern "C" {
 pub fn init() {
     let Some(list) = std::env::var_os(ENV_API) else { return };
     let Some(list) = list.to_str().map(str::to_owned) else { return };
-    let mut hooks: Vec<ApiHook> = list.split(';').filter(|e| !e.is_empty()).filter_map(parse).collect();
+    let mut hooks: Vec<ApiHook> = hermes_wire::api_list::entries(&list).filter_map(parse).collect();
     // Every entry stub is written now, once: the page is never writable again while
     // a stub on it may run.
     let Some(stubs) = write_stubs(hooks.len()) else {
@@ -202,23 +202,17 @@ pub fn init() {
     }
 }
 
-fn parse(entry: &str) -> Option<ApiHook> {
-    let (spec, kinds_text) = entry.split_once('=').unwrap_or((entry, ""));
-    let (kinds_text, backtrace) = match kinds_text.strip_suffix("+bt") {
-        Some(k) => (k, true),
-        None => (kinds_text, false),
-    };
-    let (lib, symbol) = spec.split_once(':')?;
+fn parse(entry: hermes_wire::api_list::ApiEntry) -> Option<ApiHook> {
     let mut kinds = [b'-'; API_ARGS];
-    for (k, b) in kinds.iter_mut().zip(kinds_text.bytes()) {
+    for (k, b) in kinds.iter_mut().zip(entry.kinds.bytes()) {
         *k = b;
     }
     Some(ApiHook {
-        spec: spec.to_owned(),
-        lib: CString::new(lib).ok()?,
-        symbol: CString::new(symbol).ok()?,
+        spec: entry.spec.to_owned(),
+        lib: CString::new(entry.lib).ok()?,
+        symbol: CString::new(entry.symbol).ok()?,
         kinds,
-        backtrace,
+        backtrace: entry.backtrace,
         stub: 0,
         original: AtomicUsize::new(0),
         installed: AtomicBool::new(false),

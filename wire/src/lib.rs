@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod api_list;
 mod doors;
 pub mod elf;
 pub use doors::Doors;
