@@ -16,8 +16,12 @@ fn step<'a>(run: &'a Outcome, step: &str) -> &'a str {
     run.stdout.lines().find_map(|l| l.strip_prefix(prefix.as_str())).unwrap_or("<no output line>")
 }
 
+/// The records for `path`, in the order the calls were decided (the trace is written in
+/// completion order, and the preload's and the tracer's connections race).
 fn records_for<'a>(run: &'a Outcome, path: &str) -> Vec<&'a serde_json::Value> {
-    run.trace.iter().filter(|r| r["args"]["path"] == path).collect()
+    let mut recs: Vec<_> = run.trace.iter().filter(|r| r["args"]["path"] == path).collect();
+    recs.sort_by(|a, b| a["time"].as_f64().partial_cmp(&b["time"].as_f64()).expect("times are numbers"));
+    recs
 }
 
 #[test]
