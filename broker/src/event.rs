@@ -185,6 +185,32 @@ pub struct Event {
     /// A relative path whose starting directory could not be read from /proc: what
     /// the kernel would open is unknown, so the call is denied without asking.
     pub unresolved: bool,
+    /// When the broker received the call (CLOCK_MONOTONIC, ns: the clock every
+    /// process on the machine shares).
+    pub mono_ns: u64,
+    /// What the policy asked to see beyond the arguments (`hermes.want`).
+    pub ctx: EventContext,
+}
+
+/// Context on demand (`hermes.want{…}`); empty unless asked for.
+#[derive(Clone, Debug, Default)]
+pub struct EventContext {
+    /// The calling thread's return addresses, symbolised (`libc.so.6!fopen+0x1a`).
+    pub backtrace: Vec<String>,
+    /// The first bytes of a send's payload.
+    pub payload: Option<Vec<u8>>,
+    /// The ptrace layer's registers at the stop, in [`hermes_wire::REGS`] order.
+    pub regs: Option<[u64; hermes_wire::REGS_LEN]>,
+    /// `/proc/PID/maps` at the call.
+    pub maps: Option<String>,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a live local timespec; CLOCK_MONOTONIC is always supported.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
@@ -240,7 +266,32 @@ impl Event {
                 }
             }
         };
-        Event { func: func.to_owned(), op, pid, tid, layer, proc, args, unresolved }
+        Event {
+            func: func.to_owned(),
+            op,
+            pid,
+            tid,
+            layer,
+            proc,
+            args,
+            unresolved,
+            mono_ns: monotonic_ns(),
+            ctx: EventContext::default(),
+        }
+    }
+
+    /// Add the context a client sent, and what the broker reads itself when wanted.
+    pub fn with_context(mut self, ctx: &hermes_wire::Context, maps: bool) -> Self {
+        if let Some(frames) = ctx.backtrace {
+            let frames: Vec<u64> = frames.into_iter().take_while(|&ip| ip != 0).collect();
+            self.ctx.backtrace = symbolize(self.pid, &frames);
+        }
+        self.ctx.payload = ctx.payload.map(|p| p.to_vec());
+        self.ctx.regs = ctx.regs;
+        if maps {
+            self.ctx.maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).ok();
+        }
+        self
     }
 
     /// The decoded arguments for the trace, one JSON object.

@@ -2,13 +2,15 @@
 //! mediation layers (the preload in each target thread, the ptrace tracer).
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod board;
+pub mod engine;
 pub mod errno;
 pub mod event;
 pub mod policy;
 pub mod resolve;
 pub mod server;
+pub mod state;
 pub mod trace;
-pub mod worker;
 
 pub use policy::{Policy, PolicyError};
 pub use server::Broker;

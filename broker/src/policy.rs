@@ -16,8 +16,11 @@ use std::time::{Duration, Instant};
 use hermes_wire::Op;
 use mlua::{Function, HookTriggers, Lua, MultiValue, Table, UserData, Value, VmState};
 
+use std::collections::HashMap;
+
 use crate::errno;
 use crate::event::{ApiArg, Event, EventArgs, NetAddr};
+use crate::state::{FdInfo, ProcessInfo, State};
 
 /// Errors loading a policy. Messages name the file and line, as Lua reports them.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +58,12 @@ pub enum Verdict {
     },
     Emulate(i64),
     Kill,
+    /// Run the call with arguments replaced; fields left `None` keep the program's.
+    Rewrite {
+        flags: Option<i32>,
+        mode: Option<u32>,
+        data: Option<Vec<u8>>,
+    },
 }
 
 impl Verdict {
@@ -65,7 +74,13 @@ impl Verdict {
             Verdict::Redirect(_) | Verdict::RedirectAddr { .. } => "redirect",
             Verdict::Emulate(_) => "emulate",
             Verdict::Kill => "kill",
+            Verdict::Rewrite { .. } => "rewrite",
         }
+    }
+
+    /// Whether the real call runs under this verdict.
+    pub fn runs(&self) -> bool {
+        !matches!(self, Verdict::Deny(_) | Verdict::Emulate(_) | Verdict::Kill)
     }
 }
 
@@ -79,16 +94,52 @@ pub struct Outcome {
     pub logs: Vec<String>,
     /// Why the call failed closed, if it did.
     pub error: Option<String>,
+    /// The policy marked the decision cacheable (`hermes.allow{cache=true}`).
+    pub cache: bool,
+    /// A fault `hermes.fault{…}` injected.
+    pub injected: bool,
+}
+
+impl Outcome {
+    /// A decision made without the policy (`handler`: why).
+    pub fn fixed(verdict: Verdict, handler: &'static str, error: Option<String>) -> Self {
+        Outcome { verdict, handler, logs: Vec::new(), error, cache: false, injected: false }
+    }
 }
 
 /// A decision value inside Lua: what `hermes.deny(…)` and friends return.
 #[derive(Clone, Debug)]
-struct LuaDecision(Verdict);
+struct LuaDecision {
+    verdict: Verdict,
+    cache: bool,
+    injected: bool,
+}
+
+impl LuaDecision {
+    fn new(verdict: Verdict) -> Self {
+        LuaDecision { verdict, cache: false, injected: false }
+    }
+}
 
 impl UserData for LuaDecision {
     fn add_methods<M: mlua::UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_meta_method(mlua::MetaMethod::ToString, |_, this, ()| Ok(format!("hermes.{:?}", this.0)));
+        methods.add_meta_method(mlua::MetaMethod::ToString, |_, this, ()| Ok(format!("hermes.{:?}", this.verdict)));
     }
+}
+
+/// What a policy asked to see beyond the arguments (`hermes.want{…}`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wants {
+    /// The calling thread's symbolised backtrace (`ev.backtrace`).
+    pub backtrace: bool,
+    /// The first bytes of a send's payload (`ev.data`); 0: none.
+    pub payload: u64,
+    /// The ptrace layer's registers (`ev.regs`).
+    pub registers: bool,
+    /// The process's memory map (`ev.maps`).
+    pub maps: bool,
+    /// The results of allowed calls, for `hermes.fd` and `hermes.process`.
+    pub state: bool,
 }
 
 const NO_DEADLINE: u64 = u64::MAX;
@@ -105,9 +156,12 @@ pub struct Policy {
     /// Nanoseconds since `epoch` after which the running handler is aborted.
     deadline: Arc<AtomicU64>,
     epoch: Instant,
-    logs: Arc<Mutex<Vec<String>>>,
+    api: Arc<ApiState>,
     hooks: Vec<ApiHook>,
     doors: Doors,
+    /// Operations whose handler is the constant `hermes.allow()`: recorded, not asked.
+    observe: u64,
+    wants: Wants,
 }
 
 /// Settings for the seccomp filter of the ptrace layer, from the policy's top level:
@@ -191,11 +245,17 @@ fn api_kinds(sig: &[String]) -> Result<String, String> {
         .collect()
 }
 
+/// A handler: a function, or a constant decision (`on_open = hermes.allow()`).
+enum Entry {
+    Function(Function),
+    Constant(LuaDecision),
+}
+
 #[derive(Default)]
 struct Handlers {
-    per_op: [Option<Function>; Op::ALL.len()],
-    on_call: Option<Function>,
-    on_syscall: Option<Function>,
+    per_op: [Option<Entry>; Op::ALL.len()],
+    on_call: Option<Entry>,
+    on_syscall: Option<Entry>,
 }
 
 /// Built-in policy used when `hermes launch` is given none: see everything, allow it.
@@ -218,9 +278,8 @@ impl Policy {
         let lua = Lua::new();
         let deadline = Arc::new(AtomicU64::new(NO_DEADLINE));
         let epoch = Instant::now();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let hooks = Arc::new(Mutex::new(Vec::new()));
-        install_api(&lua, dir, &logs, &hooks).map_err(|e| PolicyError::Runtime(first_line(&e)))?;
+        let api = Arc::new(ApiState::default());
+        install_api(&lua, dir, &api).map_err(|e| PolicyError::Runtime(first_line(&e)))?;
         install_time_limit(&lua, &deadline, epoch);
 
         let chunk = lua.load(source).set_name(format!("@{name}"));
@@ -231,10 +290,12 @@ impl Policy {
         deadline.store(NO_DEADLINE, Ordering::Relaxed);
         ran.map_err(|e| PolicyError::Runtime(lua_message(&e)))?;
 
-        let hooks = std::mem::take(&mut *hooks.lock().unwrap_or_else(|e| e.into_inner()));
+        let hooks = std::mem::take(&mut *locked(&api.hooks));
+        let wants = *locked(&api.wants);
         let doors = read_doors(&lua, name)?;
         let handlers = Handlers::find(&lua, name)?;
         let mask = handlers.mask();
+        let observe = handlers.observe();
         if mask == 0 {
             return Err(PolicyError::NoEntryPoint { path: name.to_owned() });
         }
@@ -247,10 +308,28 @@ impl Policy {
             timeout,
             deadline,
             epoch,
-            logs,
+            api,
             hooks,
             doors,
+            observe,
+            wants,
         })
+    }
+
+    /// Operations the policy only records (handler `hermes.allow()`, not a function):
+    /// clients run them at once and report them one-way.
+    pub fn observe(&self) -> u64 {
+        self.observe
+    }
+
+    /// What the policy asked to see beyond the arguments.
+    pub fn wants(&self) -> Wants {
+        self.wants
+    }
+
+    /// Give `hermes.fd` and `hermes.process` the broker's record to answer from.
+    pub fn attach_state(&self, state: Arc<State>) {
+        *locked(&self.api.state) = Some(state);
     }
 
     /// What the policy decided about the doors the seccomp filter closes.
@@ -286,23 +365,25 @@ impl Policy {
     pub fn decide(&self, ev: &Event) -> Outcome {
         let mut handler = "default";
         let result = self.run_handlers(ev, &mut handler);
-        let logs = std::mem::take(&mut *self.logs.lock().unwrap_or_else(|e| e.into_inner()));
-        let checked = result.and_then(|v| {
-            let verdict = v.unwrap_or(Verdict::Allow);
-            check_applicable(ev, &verdict).map(|()| verdict)
+        let logs = std::mem::take(&mut *locked(&self.api.logs));
+        let checked = result.and_then(|d| {
+            let d = d.unwrap_or_else(|| LuaDecision::new(Verdict::Allow));
+            check_applicable(ev, &d.verdict).map(|()| d)
         });
         match checked {
-            Ok(verdict) => Outcome { verdict, handler, logs, error: None },
+            Ok(d) => Outcome { verdict: d.verdict, handler, logs, error: None, cache: d.cache, injected: d.injected },
             Err(error) => Outcome {
-                verdict: Verdict::Deny(libc::EPERM),
-                handler,
                 logs,
-                error: Some(format!("{}: {handler}: {error}", self.display)),
+                ..Outcome::fixed(
+                    Verdict::Deny(libc::EPERM),
+                    handler,
+                    Some(format!("{}: {handler}: {error}", self.display)),
+                )
             },
         }
     }
 
-    fn run_handlers(&self, ev: &Event, handler: &mut &'static str) -> Result<Option<Verdict>, String> {
+    fn run_handlers(&self, ev: &Event, handler: &mut &'static str) -> Result<Option<LuaDecision>, String> {
         let h = &self.handlers;
         let candidates = [
             (ev.op.handler(), h.per_op[ev.op as usize].as_ref()),
@@ -310,9 +391,13 @@ impl Policy {
             ("on_syscall", h.on_syscall.as_ref()),
         ];
         let mut table = None;
-        for (name, function) in candidates {
-            let Some(function) = function else { continue };
+        for (name, entry) in candidates {
+            let Some(entry) = entry else { continue };
             *handler = name;
+            let function = match entry {
+                Entry::Function(f) => f,
+                Entry::Constant(d) => return Ok(Some(d.clone())),
+            };
             let table = match &table {
                 Some(t) => t,
                 None => table.insert(event_table(&self.lua, ev).map_err(|e| lua_message(&e))?),
@@ -336,10 +421,20 @@ impl Policy {
 impl Handlers {
     fn find(lua: &Lua, path: &str) -> Result<Self, PolicyError> {
         let globals = lua.globals();
-        let get = |name: &'static str| -> Result<Option<Function>, PolicyError> {
+        let get = |name: &'static str| -> Result<Option<Entry>, PolicyError> {
             match globals.get::<Value>(name) {
                 Ok(Value::Nil) => Ok(None),
-                Ok(Value::Function(f)) => Ok(Some(f)),
+                Ok(Value::Function(f)) => Ok(Some(Entry::Function(f))),
+                // Only an unconditional allow can run without asking: the client
+                // skips the round trip and reports the call afterwards.
+                Ok(Value::UserData(ud)) if name != "on_syscall" => match ud.borrow::<LuaDecision>() {
+                    Ok(d) if d.verdict == Verdict::Allow => Ok(Some(Entry::Constant(d.clone()))),
+                    _ => Err(PolicyError::NotAFunction {
+                        path: path.to_owned(),
+                        name,
+                        found: "decision other than hermes.allow()".to_owned(),
+                    }),
+                },
                 Ok(other) => {
                     Err(PolicyError::NotAFunction { path: path.to_owned(), name, found: other.type_name().to_owned() })
                 }
@@ -358,6 +453,18 @@ impl Handlers {
             return Op::ALL.iter().fold(0, |m, op| m | op.bit());
         }
         Op::ALL.iter().filter(|op| self.per_op[**op as usize].is_some()).fold(0, |m, op| m | op.bit())
+    }
+
+    /// Operations decided by a constant allow before any function could see them.
+    fn observe(&self) -> u64 {
+        let constant = |e: Option<&Entry>| matches!(e, Some(Entry::Constant(_)));
+        Op::ALL
+            .iter()
+            .filter(|op| match self.per_op[**op as usize].as_ref() {
+                Some(e) => constant(Some(e)),
+                None => constant(self.on_call.as_ref()),
+            })
+            .fold(0, |m, op| m | op.bit())
     }
 }
 
@@ -393,35 +500,81 @@ const OPEN_FLAGS: &[(&str, i32)] = &[
     ("O_TMPFILE", libc::O_TMPFILE),
 ];
 
-/// The `hermes` table: decision constructors, `log`, constants.
-fn install_api(
-    lua: &Lua,
-    dir: &Path,
-    logs: &Arc<Mutex<Vec<String>>>,
-    hooks: &Arc<Mutex<Vec<ApiHook>>>,
-) -> mlua::Result<()> {
+/// What the `hermes` table's functions share with the policy that owns them.
+#[derive(Default)]
+struct ApiState {
+    logs: Mutex<Vec<String>>,
+    hooks: Mutex<Vec<ApiHook>>,
+    wants: Mutex<Wants>,
+    /// Per `hermes.fault` call site (`file:line`) and settings: calls seen, RNG state.
+    faults: Mutex<HashMap<String, FaultState>>,
+    /// The broker's record of descriptors and processes, when it keeps one.
+    state: Mutex<Option<Arc<State>>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The `hermes` table: decision constructors, `log`, `want`, `fault`, state queries,
+/// constants.
+fn install_api(lua: &Lua, dir: &Path, api: &Arc<ApiState>) -> mlua::Result<()> {
     let hermes = lua.create_table()?;
-    let decision = |lua: &Lua, v: Verdict| lua.create_userdata(LuaDecision(v));
+    let decision = |lua: &Lua, d: LuaDecision| lua.create_userdata(d);
 
-    hermes.set("allow", lua.create_function(move |lua, ()| decision(lua, Verdict::Allow))?)?;
-    hermes.set("kill", lua.create_function(move |lua, ()| decision(lua, Verdict::Kill))?)?;
-    hermes.set("deny", lua.create_function(move |lua, e: Value| decision(lua, Verdict::Deny(errno_arg(e)?)))?)?;
-    hermes.set("emulate", lua.create_function(move |lua, ret: i64| decision(lua, Verdict::Emulate(ret)))?)?;
-    hermes.set("redirect", lua.create_function(move |lua, to: Value| decision(lua, redirect_arg(to)?))?)?;
+    hermes.set(
+        "allow",
+        lua.create_function(move |lua, opts: Option<Table>| {
+            decision(lua, LuaDecision { cache: cache_opt(opts.as_ref())?, ..LuaDecision::new(Verdict::Allow) })
+        })?,
+    )?;
+    hermes.set("kill", lua.create_function(move |lua, ()| decision(lua, LuaDecision::new(Verdict::Kill)))?)?;
+    hermes.set(
+        "deny",
+        lua.create_function(move |lua, (e, opts): (Value, Option<Table>)| {
+            let cache = cache_opt(opts.as_ref())?;
+            decision(lua, LuaDecision { cache, ..LuaDecision::new(Verdict::Deny(errno_arg(e)?)) })
+        })?,
+    )?;
+    hermes.set(
+        "emulate",
+        lua.create_function(move |lua, (ret, opts): (i64, Option<Table>)| {
+            let cache = cache_opt(opts.as_ref())?;
+            decision(lua, LuaDecision { cache, ..LuaDecision::new(Verdict::Emulate(ret)) })
+        })?,
+    )?;
+    hermes.set(
+        "redirect",
+        lua.create_function(move |lua, to: Value| decision(lua, LuaDecision::new(redirect_arg(to)?)))?,
+    )?;
+    hermes
+        .set("rewrite", lua.create_function(move |lua, t: Table| decision(lua, LuaDecision::new(rewrite_arg(&t)?)))?)?;
+    let faults = Arc::clone(api);
+    hermes.set(
+        "fault",
+        lua.create_function(move |lua, t: Table| {
+            let site = lua
+                .inspect_stack(1)
+                .map(|d| format!("{}:{}", d.source().short_src.unwrap_or_default(), d.curr_line()))
+                .unwrap_or_default();
+            let mut faults = locked(&faults.faults);
+            decision(lua, fault(&t, &site, &mut faults)?)
+        })?,
+    )?;
 
-    let logs = Arc::clone(logs);
+    let logs = Arc::clone(api);
     hermes.set(
         "log",
         lua.create_function(move |_, args: MultiValue| {
             let text: Vec<String> = args.iter().map(|v| v.to_string().unwrap_or_else(|_| "?".into())).collect();
             let text = text.join(" ");
             eprintln!("hermes: policy: {text}");
-            logs.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+            locked(&logs.logs).push(text);
             Ok(())
         })?,
     )?;
 
-    let hooks = Arc::clone(hooks);
+    let hooks = Arc::clone(api);
     hermes.set(
         "hook",
         lua.create_function(move |_, (spec, sig, opts): (String, Option<Vec<String>>, Option<Table>)| {
@@ -431,12 +584,45 @@ fn install_api(
                 Some(o) => o.get::<Option<bool>>("backtrace")?.unwrap_or(false),
                 None => false,
             };
-            let mut hooks = hooks.lock().unwrap_or_else(|e| e.into_inner());
+            let mut hooks = locked(&hooks.hooks);
             hooks.retain(|h| h.symbol != hook.symbol);
             hooks.push(hook);
             Ok(())
         })?,
     )?;
+
+    let wants = Arc::clone(api);
+    hermes.set(
+        "want",
+        lua.create_function(move |_, what: Value| {
+            let mut wants = locked(&wants.wants);
+            want(&mut wants, what)
+        })?,
+    )?;
+
+    let state = Arc::clone(api);
+    hermes.set(
+        "fd",
+        lua.create_function(move |lua, (pid, fd): (i32, i32)| {
+            let Some(state) = locked(&state.state).clone() else { return Ok(Value::Nil) };
+            match state.fd(pid, fd) {
+                Some(info) => fd_table(lua, &info).map(Value::Table),
+                None => Ok(Value::Nil),
+            }
+        })?,
+    )?;
+    let state = Arc::clone(api);
+    hermes.set(
+        "process",
+        lua.create_function(move |lua, pid: i32| {
+            let Some(state) = locked(&state.state).clone() else { return Ok(Value::Nil) };
+            match state.process(pid) {
+                Some(p) => process_table(lua, &p).map(Value::Table),
+                None => Ok(Value::Nil),
+            }
+        })?,
+    )?;
+    hermes.set("now", lua.create_function(|_, ()| Ok(crate::event::monotonic_ns() as i64))?)?;
 
     let errnos = lua.create_table()?;
     for &(name, value) in errno::ERRNOS {
@@ -448,6 +634,155 @@ fn install_api(
     }
     hermes.set("policy_dir", lua.create_string(dir.as_os_str().as_encoded_bytes())?)?;
     lua.globals().set("hermes", hermes)
+}
+
+/// `{cache = true}` on a decision.
+fn cache_opt(opts: Option<&Table>) -> mlua::Result<bool> {
+    match opts {
+        Some(o) => Ok(o.get::<Option<bool>>("cache")?.unwrap_or(false)),
+        None => Ok(false),
+    }
+}
+
+/// `hermes.want{"backtrace", "registers", "maps", "state", payload = N}`.
+fn want(wants: &mut Wants, what: Value) -> mlua::Result<()> {
+    let mut one = |name: &str| -> mlua::Result<()> {
+        match name {
+            "backtrace" => wants.backtrace = true,
+            "registers" | "regs" => wants.registers = true,
+            "maps" => wants.maps = true,
+            "state" => wants.state = true,
+            "payload" | "data" => wants.payload = wants.payload.max(DEFAULT_PAYLOAD),
+            other => {
+                return Err(mlua::Error::runtime(format!(
+                    "hermes.want: unknown context '{other}' (backtrace, registers, maps, state, payload)"
+                )))
+            }
+        }
+        Ok(())
+    };
+    match what {
+        Value::String(s) => one(&s.to_str()?),
+        Value::Table(t) => {
+            for item in t.clone().sequence_values::<String>() {
+                one(&item?)?;
+            }
+            if let Some(n) = t.get::<Option<i64>>("payload")? {
+                let max = hermes_wire::board::PAYLOAD_MAX as i64;
+                if !(0..=max).contains(&n) {
+                    return Err(mlua::Error::runtime(format!("hermes.want: payload must be 0..{max} bytes, not {n}")));
+                }
+                wants.payload = n as u64;
+            }
+            Ok(())
+        }
+        other => Err(mlua::Error::runtime(format!(
+            "hermes.want expects a name or a list of names, got {}",
+            with_article(other.type_name())
+        ))),
+    }
+}
+
+/// Payload bytes `hermes.want{"payload"}` asks for.
+const DEFAULT_PAYLOAD: u64 = 4096;
+
+/// What one `hermes.fault` call site has seen.
+#[derive(Default)]
+struct FaultState {
+    calls: u64,
+    rng: u64,
+}
+
+/// `hermes.fault{errno = "EIO", probability = 0.1, seed = 42}` or `{errno = "ENOSPC",
+/// nth = 3}`: a denial injected on a schedule, else an allow. The schedule belongs to
+/// the call site, so the same policy over the same calls faults the same ones.
+fn fault(t: &Table, site: &str, faults: &mut HashMap<String, FaultState>) -> mlua::Result<LuaDecision> {
+    let errno = errno_arg(t.get::<Value>("errno")?)?;
+    let probability = t.get::<Option<f64>>("probability")?;
+    let nth = t.get::<Option<i64>>("nth")?;
+    let seed = t.get::<Option<i64>>("seed")?.unwrap_or(0) as u64;
+    let key = format!("{site}:{errno}:{probability:?}:{nth:?}:{seed}");
+    let state = faults.entry(key).or_insert_with(|| FaultState { calls: 0, rng: seed });
+    state.calls += 1;
+    let fire = match (probability, nth) {
+        (Some(p), None) if (0.0..=1.0).contains(&p) => {
+            // splitmix64: one step per call, reproducible from the seed.
+            state.rng = state.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state.rng;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            ((z >> 11) as f64 / (1u64 << 53) as f64) < p
+        }
+        (None, Some(n)) if n >= 1 => state.calls == n as u64,
+        _ => {
+            return Err(mlua::Error::runtime(
+                "hermes.fault needs probability (0..1, with an optional seed) or nth (>= 1), not both",
+            ))
+        }
+    };
+    Ok(match fire {
+        true => LuaDecision { injected: true, ..LuaDecision::new(Verdict::Deny(errno)) },
+        false => LuaDecision::new(Verdict::Allow),
+    })
+}
+
+/// `hermes.rewrite{flags = …, mode = …, data = …}`.
+fn rewrite_arg(t: &Table) -> mlua::Result<Verdict> {
+    let flags = t.get::<Option<i32>>("flags")?;
+    let mode = t.get::<Option<u32>>("mode")?;
+    let data = t.get::<Option<mlua::String>>("data")?.map(|s| s.as_bytes().to_vec());
+    if data.as_ref().is_some_and(|d| d.len() > hermes_wire::REWRITE_DATA_MAX) {
+        return Err(mlua::Error::runtime(format!(
+            "hermes.rewrite: data is limited to {} bytes",
+            hermes_wire::REWRITE_DATA_MAX
+        )));
+    }
+    if flags.is_none() && mode.is_none() && data.is_none() {
+        return Err(mlua::Error::runtime("hermes.rewrite{} needs flags, mode or data"));
+    }
+    Ok(Verdict::Rewrite { flags, mode, data })
+}
+
+fn fd_table(lua: &Lua, info: &FdInfo) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    match info {
+        FdInfo::File(path) => {
+            t.set("type", "file")?;
+            t.set("path", lua.create_string(path)?)?;
+        }
+        FdInfo::Socket(peer) => {
+            t.set("type", "socket")?;
+            if let Some(addr) = peer {
+                t.set("family", addr.family())?;
+                if let Some(a) = addr.addr_bytes() {
+                    t.set("addr", lua.create_string(&a)?)?;
+                }
+                t.set("port", addr.port())?;
+            }
+        }
+        FdInfo::Other(what) => {
+            t.set("type", "other")?;
+            t.set("path", lua.create_string(what)?)?;
+        }
+    }
+    Ok(t)
+}
+
+fn process_table(lua: &Lua, p: &ProcessInfo) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.set("pid", p.pid)?;
+    t.set("ppid", p.ppid)?;
+    t.set("exe", lua.create_string(&p.exe)?)?;
+    let argv = lua.create_table()?;
+    for (i, a) in p.argv.iter().enumerate() {
+        argv.set(i + 1, lua.create_string(a)?)?;
+    }
+    t.set("argv", argv)?;
+    t.set("children", lua.create_sequence_from(p.children.iter().copied())?)?;
+    t.set("start_time", p.start_time)?;
+    t.set("alive", p.alive)?;
+    Ok(t)
 }
 
 fn errno_arg(e: Value) -> mlua::Result<i32> {
@@ -500,17 +835,17 @@ fn redirect_arg(to: Value) -> mlua::Result<Verdict> {
     }
 }
 
-/// Turn a handler's return value into a verdict; `None` means "no opinion".
-fn to_verdict(v: Value) -> Result<Option<Verdict>, String> {
+/// Turn a handler's return value into a decision; `None` means "no opinion".
+fn to_verdict(v: Value) -> Result<Option<LuaDecision>, String> {
     match v {
         Value::Nil => Ok(None),
         Value::UserData(ref ud) => match ud.borrow::<LuaDecision>() {
-            Ok(d) => Ok(Some(d.0.clone())),
+            Ok(d) => Ok(Some(d.clone())),
             Err(_) => Err("returned a userdata that is not a hermes decision".into()),
         },
         Value::String(ref s) => match s.to_string_lossy().to_ascii_uppercase().as_str() {
-            "ALLOW" => Ok(Some(Verdict::Allow)),
-            "BLOCK" | "DENY" => Ok(Some(Verdict::Deny(libc::EPERM))),
+            "ALLOW" => Ok(Some(LuaDecision::new(Verdict::Allow))),
+            "BLOCK" | "DENY" => Ok(Some(LuaDecision::new(Verdict::Deny(libc::EPERM)))),
             other => Err(format!("returned unknown decision \"{other}\" (expected \"ALLOW\" or \"BLOCK\")")),
         },
         other => Err(format!(
@@ -534,6 +869,10 @@ fn check_applicable(ev: &Event, verdict: &Verdict) -> Result<(), String> {
         },
         Verdict::Emulate(_) => {
             !matches!(ev.func.as_str(), "fopen" | "fopen64" | "freopen" | "freopen64" | "posix_spawn" | "posix_spawnp")
+        }
+        Verdict::Rewrite { flags, mode, data } => {
+            let open_args = flags.is_some() || mode.is_some();
+            (!open_args || op == Op::Open) && (data.is_none() || matches!(op, Op::SendTo | Op::SendMsg))
         }
         Verdict::Allow | Verdict::Deny(_) | Verdict::Kill => true,
     };
@@ -575,6 +914,23 @@ fn event_table(lua: &Lua, ev: &Event) -> mlua::Result<Table> {
     t.set("ppid", ev.proc.ppid)?;
     t.set("exe", lua.create_string(&ev.proc.exe)?)?;
     t.set("layer", ev.layer.name())?;
+    t.set("time_ns", ev.mono_ns as i64)?;
+    if !ev.ctx.backtrace.is_empty() {
+        t.set("backtrace", lua.create_sequence_from(ev.ctx.backtrace.iter().map(String::as_str))?)?;
+    }
+    if let Some(data) = &ev.ctx.payload {
+        t.set("data", lua.create_string(data)?)?;
+    }
+    if let Some(regs) = &ev.ctx.regs {
+        let r = lua.create_table()?;
+        for (name, value) in hermes_wire::REGS.iter().zip(regs) {
+            r.set(*name, *value as i64)?;
+        }
+        t.set("regs", r)?;
+    }
+    if let Some(maps) = &ev.ctx.maps {
+        t.set("maps", maps.as_str())?;
+    }
     let set_addr = |addr: &NetAddr| -> mlua::Result<()> {
         t.set("family", addr.family())?;
         if let Some(a) = addr.addr_bytes() {

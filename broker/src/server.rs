@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use hermes_wire::{self as wire, Args, ClientMsg, Decision, Layer, Reply, Welcome};
+use hermes_wire::{self as wire, Call, ClientMsg, Decision, Doors, Layer, Reply, Welcome};
 
+use crate::engine::{Engine, Late};
 use crate::event::{Event, EventArgs, NetAddr, ProcInfo};
-use crate::policy::{self, Policy, Verdict};
+use crate::policy::{self, ApiHook, Outcome, Policy, Verdict};
 use crate::trace::{CallResult, Record, Sink};
-use crate::worker::Worker;
 
 type ClientFrame<'a> = ClientMsg<'a, Vec<&'a [u8]>>;
 
@@ -41,8 +41,8 @@ pub enum ConnError {
 
 /// State shared by all connections.
 pub struct Shared {
-    policy: Worker,
-    sink: Sink,
+    engine: Engine,
+    sink: Arc<Sink>,
     live: Mutex<usize>,
     idle: Condvar,
     next_id: AtomicUsize,
@@ -51,8 +51,11 @@ pub struct Shared {
 /// A bound, ready broker.
 pub struct Broker {
     listener: UnixListener,
-    policy: Policy,
+    engine: Engine,
     sink: Sink,
+    /// Policy settings fixed at start (hooks, doors), which a reload cannot change.
+    hooks: Vec<ApiHook>,
+    doors: Doors,
 }
 
 impl Broker {
@@ -61,34 +64,44 @@ impl Broker {
     pub fn bind(name: &[u8], policy: Policy, sink: Sink) -> io::Result<Self> {
         let addr = SocketAddr::from_abstract_name(name)?;
         let listener = UnixListener::bind_addr(&addr)?;
-        Ok(Broker { listener, policy, sink })
+        let (hooks, doors) = (policy.hooks().to_vec(), policy.doors());
+        let engine = Engine::new(policy, sink.wants_results())?;
+        Ok(Broker { listener, engine, sink, hooks, doors })
     }
 
+    /// Operations decided with a round trip.
     pub fn mask(&self) -> u64 {
-        self.policy.mask()
+        self.engine.mask() & !self.engine.observe()
+    }
+
+    /// Operations only observed.
+    pub fn observe(&self) -> u64 {
+        self.engine.observe()
     }
 
     /// The policy's settings for the seccomp filter.
-    pub fn doors(&self) -> crate::policy::Doors {
-        self.policy.doors()
+    pub fn doors(&self) -> Doors {
+        self.doors
     }
 
     /// The library functions the policy hooks.
-    pub fn hooks(&self) -> &[crate::policy::ApiHook] {
-        self.policy.hooks()
+    pub fn hooks(&self) -> &[ApiHook] {
+        &self.hooks
     }
 
-    /// Start the policy thread and serve connections on a background thread; returns
-    /// a handle to drain them.
+    /// Evaluate `policy` beside the enforced one and record where they differ.
+    pub fn set_shadow(&self, policy: Policy) {
+        self.engine.set_shadow(policy);
+    }
+
+    /// Start serving connections on a background thread; returns a handle to reload
+    /// the policy and to drain the connections.
     pub fn spawn(self) -> io::Result<Handle> {
-        let Broker { listener, policy, sink } = self;
-        let shared = Arc::new(Shared {
-            policy: Worker::start(policy)?,
-            sink,
-            live: Mutex::new(0),
-            idle: Condvar::new(),
-            next_id: AtomicUsize::new(0),
-        });
+        let Broker { listener, engine, sink, .. } = self;
+        let sink = Arc::new(sink);
+        engine.start(&sink)?;
+        let shared =
+            Arc::new(Shared { engine, sink, live: Mutex::new(0), idle: Condvar::new(), next_id: AtomicUsize::new(0) });
         let accepting = Arc::clone(&shared);
         std::thread::Builder::new().name("hermes-accept".into()).spawn(move || {
             for stream in listener.incoming() {
@@ -116,7 +129,7 @@ impl Broker {
     }
 }
 
-/// Lets the owner wait for connections to finish before exiting.
+/// Lets the owner reload the policy and wait for connections to finish.
 pub struct Handle {
     shared: Arc<Shared>,
 }
@@ -128,6 +141,34 @@ impl Handle {
         let (live, _) =
             self.shared.idle.wait_timeout_while(live, timeout, |n| *n > 0).unwrap_or_else(|e| e.into_inner());
         *live
+    }
+
+    /// Enforce `policy` from now on; returns its generation.
+    pub fn reload(&self, policy: Policy) -> u64 {
+        let name = policy.name().to_owned();
+        let hash = policy.hash().to_owned();
+        let generation = self.shared.engine.reload(policy);
+        self.shared.sink.note("reload", serde_json::json!({ "policy": hash, "file": name, "generation": generation }));
+        generation
+    }
+
+    /// A reload that failed: the old policy stays; the trace says why.
+    pub fn reload_failed(&self, file: &str, error: &str) {
+        self.shared.sink.note("reload_error", serde_json::json!({ "file": file, "error": error }));
+    }
+
+    pub fn set_shadow(&self, policy: Policy) {
+        self.shared.engine.set_shadow(policy);
+    }
+
+    /// Where the run's processes find the board.
+    pub fn board_path(&self) -> String {
+        self.shared.engine.board_path()
+    }
+
+    /// Calls on which the shadow policy differed, and evaluations it dropped.
+    pub fn shadow_counts(&self) -> Option<(u64, u64)> {
+        self.shared.engine.has_shadow().then(|| self.shared.engine.shadow_counts())
     }
 }
 
@@ -145,9 +186,50 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The connection's writing side, shared with the engine's watchdog: whoever answers
+/// a call first answers it, the other stays quiet.
+struct Replier {
+    out: Mutex<ReplyState>,
+}
+
+struct ReplyState {
+    stream: UnixStream,
+    seq: u32,
+    answered: bool,
+}
+
+impl Replier {
+    fn begin(&self, seq: u32) {
+        let mut out = lock(&self.out);
+        out.seq = seq;
+        out.answered = false;
+    }
+
+    /// Send `reply` unless the call was answered already.
+    fn answer(&self, reply: &Reply) -> Result<(), ConnError> {
+        let mut out = lock(&self.out);
+        if std::mem::replace(&mut out.answered, true) {
+            return Ok(());
+        }
+        write_frame(&mut out.stream, reply)
+    }
+
+    fn send<T: serde::Serialize>(&self, msg: &T) -> Result<(), ConnError> {
+        write_frame(&mut lock(&self.out).stream, msg)
+    }
+}
+
+impl Late for Replier {
+    fn fail_closed(&self, _outcome: &Outcome) {
+        let seq = lock(&self.out).seq;
+        let _ = self.answer(&Reply { seq, decision: Decision::Deny { errno: libc::EPERM }, cache: false });
+    }
+}
+
 struct Connection<'s> {
     shared: &'s Shared,
     stream: UnixStream,
+    replier: Arc<Replier>,
     peer_pid: i32,
     layer: Layer,
     /// What was read of each (pid, image) seen on this connection.
@@ -167,9 +249,11 @@ impl<'s> Connection<'s> {
         if cred.uid != me && cred.uid != 0 {
             return Err(ConnError::Foreign(cred.uid));
         }
+        let out = ReplyState { stream: stream.try_clone()?, seq: 0, answered: true };
         Ok(Connection {
             shared,
             stream,
+            replier: Arc::new(Replier { out: Mutex::new(out) }),
             peer_pid: cred.pid,
             layer: Layer::Preload,
             procs: HashMap::new(),
@@ -194,42 +278,27 @@ impl<'s> Connection<'s> {
             _ => return Err(ConnError::Protocol("expected Hello")),
         };
         self.layer = hello.layer;
-        let welcome = Welcome { mask: self.shared.policy.mask(), report: self.shared.sink.wants_results() };
-        self.send(&welcome)?;
+        let engine = &self.shared.engine;
+        let welcome =
+            Welcome { mask: engine.mask() & !engine.observe(), observe: engine.observe(), report: engine.reports() };
+        self.replier.send(&welcome)?;
         loop {
             self.read_frame()?;
             let buf = std::mem::take(&mut self.buf);
             let handled = match wire::decode::<ClientFrame>(&buf) {
-                Ok(ClientMsg::Call(call)) => {
-                    let started = Instant::now();
-                    let mut record = self.decide(call.func, call.pid, call.tid, call.image, &call.args);
-                    let mut cpath = Vec::new();
-                    let decision = wire_decision(&record, &mut cpath);
-                    let sent = self.send(&Reply { seq: call.seq, decision });
-                    record.latency = started.elapsed();
-                    if record.implied_result().is_none() && self.shared.sink.wants_results() {
-                        if self.pending.len() >= MAX_PENDING {
-                            // A client that never reports: keep the trace flowing.
-                            let (_, oldest) = self.pending.remove(0);
-                            self.shared.sink.emit(&oldest);
-                        }
-                        self.pending.push((call.seq, record));
-                    } else {
-                        self.shared.sink.emit(&record);
-                    }
-                    sent
-                }
+                Ok(ClientMsg::Call(call)) => self.on_call(&call),
                 Ok(ClientMsg::Done(done)) => {
-                    let result = CallResult {
-                        ret: done.ret,
-                        errno: done.errno,
-                        duration: Duration::from_nanos(done.duration_ns),
-                    };
                     if let Some(at) = self.pending.iter().position(|(seq, _)| *seq == done.seq) {
-                        let (_, mut record) = self.pending.remove(at);
-                        record.result = Some(result);
-                        self.shared.sink.emit(&record);
+                        let (_, record) = self.pending.remove(at);
+                        self.finish(record, &done);
                     }
+                    Ok(())
+                }
+                Ok(ClientMsg::Observe(call)) => {
+                    let mut record = self.record(&call, true);
+                    record.observed = true;
+                    self.shared.engine.observed(&record.event, &record.outcome);
+                    self.await_result(call.seq, record);
                     Ok(())
                 }
                 Ok(ClientMsg::Hello(_)) => Err(ConnError::Protocol("second Hello")),
@@ -240,9 +309,61 @@ impl<'s> Connection<'s> {
         }
     }
 
-    fn decide(&mut self, func: &str, pid: i32, tid: i32, image: u32, args: &Args<Vec<&[u8]>>) -> Record {
+    fn on_call(&mut self, call: &Call<'_, Vec<&[u8]>>) -> Result<(), ConnError> {
+        let started = Instant::now();
+        self.replier.begin(call.seq);
+        let mut record = self.record(call, false);
+        let mut cpath = Vec::new();
+        let decision = wire_decision(&record, &mut cpath);
+        let cache = record.outcome.cache && record.outcome.error.is_none();
+        let sent = self.replier.answer(&Reply { seq: call.seq, decision, cache });
+        record.latency = started.elapsed();
+        if let (EventArgs::Exec { path, argv, .. }, true) = (&record.event.args, record.outcome.verdict.runs()) {
+            self.shared.engine.state().exec(record.event.pid, path, argv);
+        }
+        self.await_result(call.seq, record);
+        sent
+    }
+
+    /// Hold the record until the call's `Done`, when results are reported and the
+    /// call runs; else write it now.
+    fn await_result(&mut self, seq: u32, record: Record) {
+        if record.implied_result().is_none() && self.shared.engine.reports() {
+            if self.pending.len() >= MAX_PENDING {
+                // A client that never reports: keep the trace flowing.
+                let (_, oldest) = self.pending.remove(0);
+                self.shared.sink.emit(&oldest);
+            }
+            self.pending.push((seq, record));
+        } else {
+            self.shared.sink.emit(&record);
+        }
+    }
+
+    /// The call ran: record its result, learn from it, write the record.
+    fn finish(&self, mut record: Record, done: &wire::Done) {
+        record.result =
+            Some(CallResult { ret: done.ret, errno: done.errno, duration: Duration::from_nanos(done.duration_ns) });
+        let state = self.shared.engine.state();
+        let pid = record.event.pid;
+        match &record.event.args {
+            EventArgs::Open { path, .. } if done.ret >= 0 => match &record.outcome.verdict {
+                Verdict::Redirect(to) => state.opened(pid, done.ret, to),
+                _ => state.opened(pid, done.ret, path),
+            },
+            EventArgs::Connect { fd, addr } if done.ret == 0 || done.errno == libc::EINPROGRESS => {
+                state.connected(pid, *fd, record.redirected_to.as_ref().unwrap_or(addr))
+            }
+            _ => {}
+        }
+        self.shared.sink.emit(&record);
+    }
+
+    /// Decide one call (or, `observed`, record the allow its constant handler gives).
+    fn record(&mut self, call: &Call<'_, Vec<&[u8]>>, observed: bool) -> Record {
+        let (func, tid, image, args) = (call.func, call.tid, call.image, &call.args);
         // The kernel's word on who is calling beats the message's, for the preload.
-        let pid = if self.layer == Layer::Preload { self.peer_pid } else { pid };
+        let pid = if self.layer == Layer::Preload { self.peer_pid } else { call.pid };
         // A preload connection lives in one process image (it is close-on-exec); the
         // tracer's single connection sees many, numbered by `image`.
         let key = (pid, if self.layer == Layer::Preload { 0 } else { image });
@@ -250,6 +371,7 @@ impl<'s> Connection<'s> {
             Some(info) => info.clone(),
             None => {
                 let info = ProcInfo::read(pid);
+                self.shared.engine.state().seen(pid, &info);
                 if self.procs.len() >= MAX_PROCS {
                     self.procs.clear();
                 }
@@ -258,21 +380,21 @@ impl<'s> Connection<'s> {
             }
         };
         let time = SystemTime::now();
-        let event = Event::new(func, pid, tid, self.layer, proc, args);
-        let outcome = if event.unresolved {
+        let engine = &self.shared.engine;
+        let event = Event::new(func, pid, tid, self.layer, proc, args).with_context(&call.ctx, engine.wants().maps);
+        let (outcome, policy_hash) = if observed {
+            (Outcome::fixed(Verdict::Allow, event.op.handler(), None), engine.hash())
+        } else if event.unresolved {
             // A rule on /etc/shadow must not be dodged by chdir("/etc") in a process
             // whose cwd the broker cannot read: fail closed.
-            crate::policy::Outcome {
-                verdict: Verdict::Deny(libc::EPERM),
-                handler: "error",
-                logs: Vec::new(),
-                error: Some(format!(
-                    "cannot resolve the relative path: /proc/{tid}/cwd (or the dirfd) is unreadable \
-                     (a non-dumpable process, or another PID namespace)"
-                )),
-            }
+            let why = format!(
+                "cannot resolve the relative path: /proc/{tid}/cwd (or the dirfd) is unreadable \
+                 (a non-dumpable process, or another PID namespace)"
+            );
+            (Outcome::fixed(Verdict::Deny(libc::EPERM), "error", Some(why)), engine.hash())
         } else {
-            self.shared.policy.decide(&event)
+            let late: Arc<dyn Late> = Arc::clone(&self.replier) as Arc<dyn Late>;
+            engine.decide(&event, late)
         };
         if let Some(error) = &outcome.error {
             eprintln!("hermes: policy error, call denied (EPERM): {error}");
@@ -290,9 +412,10 @@ impl<'s> Connection<'s> {
             event,
             outcome,
             redirected_to,
-            policy_hash: Arc::clone(self.shared.policy.hash()),
+            policy_hash,
             latency: Duration::ZERO,
             result: None,
+            observed: false,
         }
     }
 
@@ -304,15 +427,15 @@ impl<'s> Connection<'s> {
         self.stream.read_exact(&mut self.buf)?;
         Ok(())
     }
+}
 
-    fn send<T: serde::Serialize>(&mut self, msg: &T) -> Result<(), ConnError> {
-        let body = postcard::to_allocvec(msg).map_err(|_| ConnError::Protocol("cannot encode reply"))?;
-        let mut frame = Vec::with_capacity(4 + body.len());
-        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&body);
-        self.stream.write_all(&frame)?;
-        Ok(())
-    }
+fn write_frame<T: serde::Serialize>(stream: &mut UnixStream, msg: &T) -> Result<(), ConnError> {
+    let body = postcard::to_allocvec(msg).map_err(|_| ConnError::Protocol("cannot encode reply"))?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame)?;
+    Ok(())
 }
 
 /// The reply for a record; a redirect path gets its C terminator in `cpath`.
@@ -331,6 +454,9 @@ fn wire_decision<'r>(record: &'r Record, cpath: &'r mut Vec<u8>) -> Decision<'r>
             Some(to) => Decision::RedirectAddr(to.to_wire()),
             None => Decision::Deny { errno: libc::EPERM },
         },
+        Verdict::Rewrite { flags, mode, data } => {
+            Decision::Rewrite { flags: *flags, mode: *mode, data: data.as_deref().map(wire::serde_bytes::Bytes::new) }
+        }
     }
 }
 

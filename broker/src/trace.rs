@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value as Json};
 
 use crate::errno;
-use crate::event::{bytes_json, Event, NetAddr};
+use crate::event::{bytes_json, Event, EventContext, NetAddr};
 use crate::policy::{Outcome, Verdict};
 
 /// The result of the real call, when it ran.
@@ -32,6 +32,8 @@ pub struct Record {
     /// Time from request received to reply sent.
     pub latency: Duration,
     pub result: Option<CallResult>,
+    /// The call ran without asking (the policy only observes it).
+    pub observed: bool,
 }
 
 impl Record {
@@ -51,6 +53,7 @@ impl Record {
         let time = self.time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
         let mut j = json!({
             "time": time,
+            "mono_ns": ev.mono_ns,
             "pid": ev.pid,
             "tid": ev.tid,
             "ppid": ev.proc.ppid,
@@ -65,23 +68,17 @@ impl Record {
             "latency_us": self.latency.as_secs_f64() * 1e6,
         });
         let m = j.as_object_mut().expect("json! object");
-        match verdict {
-            Verdict::Deny(e) => {
-                m.insert("errno".into(), errno_json(*e));
-            }
-            Verdict::Redirect(path) => {
-                m.insert("redirect".into(), bytes_json(path));
-            }
-            Verdict::RedirectAddr { .. } => {
-                if let Some(to) = &self.redirected_to {
-                    m.insert("redirect".into(), json!(to.display()));
-                }
-            }
-            Verdict::Emulate(ret) => {
-                m.insert("emulate".into(), json!(ret));
-            }
-            Verdict::Allow | Verdict::Kill => {}
+        verdict_json(m, verdict, self.redirected_to.as_ref());
+        if self.outcome.injected {
+            m.insert("injected".into(), json!(true));
         }
+        if self.outcome.cache {
+            m.insert("cache".into(), json!(true));
+        }
+        if self.observed {
+            m.insert("observed".into(), json!(true));
+        }
+        context_json(m, &ev.ctx);
         if let Some(r) = self.result.or_else(|| self.implied_result()) {
             m.insert("result".into(), json!(r.ret));
             if r.errno != 0 {
@@ -109,7 +106,21 @@ impl Record {
             }
             Verdict::Emulate(ret) => format!("emulate {ret}"),
             Verdict::Kill => "kill".to_owned(),
+            Verdict::Rewrite { flags, mode, data } => {
+                let mut parts = Vec::new();
+                if let Some(f) = flags {
+                    parts.push(format!("flags={f:#o}"));
+                }
+                if let Some(m) = mode {
+                    parts.push(format!("mode={m:#o}"));
+                }
+                if let Some(d) = data {
+                    parts.push(format!("data={} bytes", d.len()));
+                }
+                format!("rewrite {}", parts.join(" "))
+            }
         };
+        let decision = if self.outcome.injected { format!("{decision} (injected)") } else { decision };
         let result = match self.result {
             Some(r) if r.errno != 0 => format!(" -> {} {}", r.ret, errno_text(r.errno)),
             Some(r) => format!(" -> {}", r.ret),
@@ -121,6 +132,55 @@ impl Record {
             self.event.summary(),
             self.outcome.handler
         )
+    }
+}
+
+/// The decision's parameters: `errno`, `redirect`, `emulate`, `rewrite`.
+fn verdict_json(m: &mut serde_json::Map<String, Json>, verdict: &Verdict, redirected_to: Option<&NetAddr>) {
+    match verdict {
+        Verdict::Deny(e) => {
+            m.insert("errno".into(), errno_json(*e));
+        }
+        Verdict::Redirect(path) => {
+            m.insert("redirect".into(), bytes_json(path));
+        }
+        Verdict::RedirectAddr { .. } => {
+            if let Some(to) = redirected_to {
+                m.insert("redirect".into(), json!(to.display()));
+            }
+        }
+        Verdict::Emulate(ret) => {
+            m.insert("emulate".into(), json!(ret));
+        }
+        Verdict::Rewrite { flags, mode, data } => {
+            let mut r = serde_json::Map::new();
+            if let Some(f) = flags {
+                r.insert("flags".into(), json!(f));
+            }
+            if let Some(md) = mode {
+                r.insert("mode".into(), json!(md));
+            }
+            if let Some(d) = data {
+                r.insert("data".into(), bytes_json(d));
+            }
+            m.insert("rewrite".into(), Json::Object(r));
+        }
+        Verdict::Allow | Verdict::Kill => {}
+    }
+}
+
+/// Context the policy asked for, as the trace keeps it.
+fn context_json(m: &mut serde_json::Map<String, Json>, ctx: &EventContext) {
+    if !ctx.backtrace.is_empty() {
+        m.insert("backtrace".into(), json!(ctx.backtrace));
+    }
+    if let Some(data) = &ctx.payload {
+        m.insert("data".into(), bytes_json(data));
+    }
+    if let Some(regs) = &ctx.regs {
+        let r: serde_json::Map<String, Json> =
+            hermes_wire::REGS.iter().zip(regs).map(|(n, v)| ((*n).to_owned(), json!(format!("{v:#x}")))).collect();
+        m.insert("regs".into(), Json::Object(r));
     }
 }
 
@@ -150,18 +210,75 @@ impl Sink {
         self.trace.is_some() || self.verbose > 0
     }
 
-    pub fn emit(&self, record: &Record) {
-        let decided = record.outcome.handler != "default" || record.outcome.verdict != Verdict::Allow;
-        if self.verbose >= 2 || (self.verbose == 1 && decided) {
-            eprintln!("{}", record.to_line());
+    /// A call on which the shadow policy disagreed with the enforced one.
+    pub fn shadow(&self, event: &Event, enforced: &Outcome, candidate: &Outcome, shadow_hash: &str) {
+        if self.verbose >= 1 {
+            eprintln!(
+                "hermes: shadow: [pid {}] {} = {} (enforced), {} (shadow, {})",
+                event.pid,
+                event.summary(),
+                enforced.verdict.kind(),
+                candidate.verdict.kind(),
+                candidate.handler
+            );
         }
+        let mut shadow = serde_json::Map::new();
+        shadow.insert("decision".into(), json!(candidate.verdict.kind()));
+        shadow.insert("handler".into(), json!(candidate.handler));
+        shadow.insert("policy".into(), json!(shadow_hash));
+        verdict_json(&mut shadow, &candidate.verdict, None);
+        if let Some(e) = &candidate.error {
+            shadow.insert("error".into(), json!(e));
+        }
+        let mut j = json!({
+            "type": "shadow",
+            "time": SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+            "mono_ns": event.mono_ns,
+            "pid": event.pid,
+            "tid": event.tid,
+            "call": event.func,
+            "op": event.op.name(),
+            "args": event.args_json(),
+            "decision": enforced.verdict.kind(),
+            "handler": enforced.handler,
+        });
+        let m = j.as_object_mut().expect("json! object");
+        verdict_json(m, &enforced.verdict, None);
+        m.insert("shadow".into(), Json::Object(shadow));
+        self.write(&j);
+    }
+
+    /// A line that is not a call (`{"type": "reload", …}`): the trace's own events.
+    pub fn note(&self, kind: &str, mut fields: Json) {
+        if let Some(m) = fields.as_object_mut() {
+            m.insert("type".into(), json!(kind));
+            m.insert(
+                "time".into(),
+                json!(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()),
+            );
+            m.insert("mono_ns".into(), json!(crate::event::monotonic_ns()));
+        }
+        self.write(&fields);
+    }
+
+    fn write(&self, j: &Json) {
         if let Some(trace) = &self.trace {
-            let mut line = record.to_json().to_string();
+            let mut line = j.to_string();
             line.push('\n');
             let mut file = trace.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = file.write_all(line.as_bytes()) {
                 eprintln!("hermes: cannot write trace: {e}");
             }
+        }
+    }
+
+    pub fn emit(&self, record: &Record) {
+        let decided = record.outcome.handler != "default" || record.outcome.verdict != Verdict::Allow;
+        if self.verbose >= 2 || (self.verbose == 1 && decided) {
+            eprintln!("{}", record.to_line());
+        }
+        if self.trace.is_some() {
+            self.write(&record.to_json());
         }
     }
 }

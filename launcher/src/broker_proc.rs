@@ -1,7 +1,8 @@
 //! The broker process. `hermes launch` starts `hermes broker …`; it loads the policy,
 //! binds the socket, then forks so that it is not the launcher's child (the launcher
 //! reaps every process of the target's tree, and must not wait for the broker), and
-//! reports on stdout: `ready MASK HOOKS DOORS` (HOOKS: the policy's `hermes.hook` list
+//! reports on stdout: `ready MASK HOOKS DOORS BOARD` (BOARD: where processes map the
+//! board, see `hermes_wire::board`; HOOKS: the policy's `hermes.hook` list
 //! as `LIB:SYMBOL=KINDS;…`, or `-`; DOORS: its seccomp settings, or `-`) or
 //! `error MESSAGE`. It serves until its stdin (the
 //! launcher's lifeline) closes, drains the connections, and exits; stdout closes last,
@@ -10,8 +11,10 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use hermes_broker::server::Handle;
 use hermes_broker::{policy, Broker, Policy, Sink};
 
 #[derive(clap::Args)]
@@ -26,6 +29,31 @@ pub struct BrokerArgs {
     verbose: u8,
     #[arg(long, default_value_t = 100)]
     timeout_ms: u64,
+    #[arg(long)]
+    shadow: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Reload::Enforce)]
+    reload: Reload,
+}
+
+impl Reload {
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Reload::Enforce => "enforce",
+            Reload::Shadow => "shadow",
+            Reload::Off => "off",
+        }
+    }
+}
+
+/// What happens when the policy file changes during a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Reload {
+    /// Enforce the new policy at once.
+    Enforce,
+    /// Evaluate the new policy as a shadow beside the one in force (which stays).
+    Shadow,
+    /// Ignore changes.
+    Off,
 }
 
 pub fn run(args: &BrokerArgs) -> ExitCode {
@@ -62,8 +90,13 @@ pub fn run(args: &BrokerArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let handle = Arc::new(handle);
+    if let Err(e) = watch(args, &handle) {
+        eprintln!("hermes: cannot watch the policy for changes (hot reload is off): {e}");
+    }
+    let board = handle.board_path();
     let mut out = std::io::stdout().lock();
-    if writeln!(out, "ready {mask} {hooks} {doors}").and_then(|()| out.flush()).is_err() {
+    if writeln!(out, "ready {mask} {hooks} {doors} {board}").and_then(|()| out.flush()).is_err() {
         return ExitCode::from(2);
     }
     // Serve until the launcher goes away.
@@ -73,8 +106,93 @@ pub fn run(args: &BrokerArgs) -> ExitCode {
     if left > 0 {
         eprintln!("hermes: broker: {left} connection(s) still open at exit");
     }
+    if let Some((differed, dropped)) = handle.shadow_counts() {
+        let dropped = if dropped > 0 {
+            format!(" ({dropped} calls not evaluated: the shadow fell behind)")
+        } else {
+            String::new()
+        };
+        eprintln!("hermes: shadow policy differed from the enforced one on {differed} call(s){dropped}");
+    }
     ExitCode::SUCCESS
 }
+
+/// Start the hot-reload thread: the policy file (and the shadow's) are watched; a
+/// change is compiled and swapped in, or reported with the old policy kept.
+fn watch(args: &BrokerArgs, handle: &Arc<Handle>) -> std::io::Result<()> {
+    let mut files = Vec::new();
+    let mut roles = Vec::new();
+    if let (Some(policy), false) = (&args.policy, args.reload == Reload::Off) {
+        files.push(policy.clone());
+        roles.push(args.reload);
+    }
+    if let Some(shadow) = &args.shadow {
+        files.push(shadow.clone());
+        roles.push(Reload::Shadow);
+    }
+    if files.is_empty() {
+        return Ok(());
+    }
+    let watcher = crate::watch::Watcher::new(&files)?;
+    let handle = Arc::clone(handle);
+    let timeout = Duration::from_millis(args.timeout_ms);
+    std::thread::Builder::new().name("hermes-reload".into()).spawn(move || {
+        let mut last_hash: Vec<Option<String>> = vec![None; files.len()];
+        // A load that failed while the file may still be being written: retried once
+        // things are quiet, reported only if it still fails.
+        let mut unsettled: Option<usize> = None;
+        loop {
+            let wait = unsettled.as_ref().map(|_| RETRY_AFTER);
+            let changes = match watcher.next(wait) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("hermes: policy watch failed, hot reload is off: {e}");
+                    return;
+                }
+            };
+            let mut changes: Vec<(usize, bool)> = changes.into_iter().map(|(i, c)| (i, c.complete)).collect();
+            if changes.is_empty() {
+                if let Some(i) = unsettled.take() {
+                    changes.push((i, true));
+                }
+            }
+            for (i, complete) in changes {
+                let path = &files[i];
+                match Policy::load(path, timeout) {
+                    Ok(policy) if last_hash[i].as_deref() == Some(policy.hash()) => {}
+                    Ok(policy) => {
+                        last_hash[i] = Some(policy.hash().to_owned());
+                        unsettled = None;
+                        let hash = policy.hash().to_owned();
+                        match roles[i] {
+                            Reload::Enforce => {
+                                let generation = handle.reload(policy);
+                                eprintln!(
+                                    "hermes: policy reloaded: {} ({hash}, generation {generation})",
+                                    path.display()
+                                );
+                            }
+                            Reload::Shadow | Reload::Off => {
+                                handle.set_shadow(policy);
+                                eprintln!("hermes: shadow policy loaded: {} ({hash})", path.display());
+                            }
+                        }
+                    }
+                    Err(_) if !complete && unsettled.is_none() => unsettled = Some(i),
+                    Err(e) => {
+                        unsettled = None;
+                        eprintln!("hermes: policy reload failed, the previous policy stays in force: {e}");
+                        handle.reload_failed(&path.display().to_string(), &e.to_string());
+                    }
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// How long a failed load of a file that may still be being written waits for more.
+const RETRY_AFTER: Duration = Duration::from_millis(300);
 
 fn start(args: &BrokerArgs) -> Result<Broker, String> {
     let timeout = Duration::from_millis(args.timeout_ms);
@@ -91,6 +209,10 @@ fn start(args: &BrokerArgs) -> Result<Broker, String> {
         }
         None => None,
     };
-    Broker::bind(args.socket.as_bytes(), policy, Sink::new(trace, args.verbose))
-        .map_err(|e| format!("cannot bind the broker socket: {e}"))
+    let broker = Broker::bind(args.socket.as_bytes(), policy, Sink::new(trace, args.verbose))
+        .map_err(|e| format!("cannot bind the broker socket: {e}"))?;
+    if let Some(shadow) = &args.shadow {
+        broker.set_shadow(Policy::load(shadow, timeout).map_err(|e| format!("shadow policy: {e}"))?);
+    }
+    Ok(broker)
 }

@@ -51,6 +51,9 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
 
     let mut cmd = Command::new(&exe);
     cmd.arg0(prog).args(prog_args).env("HERMES_SOCK", &socket).env("HERMES_MASK", broker.mask.to_string());
+    if !broker.board.is_empty() {
+        cmd.env("HERMES_BOARD", &broker.board);
+    }
     let api = api_hooks(&args.hook, args.backtrace, &broker.hooks)?;
     if !api.is_empty() {
         if is_static {
@@ -181,6 +184,8 @@ struct BrokerProc {
     hooks: String,
     /// The policy's seccomp settings (`io_uring=allow,…` or `-`).
     doors: String,
+    /// Where the run's processes map the board (`hermes_wire::board`).
+    board: String,
 }
 
 impl BrokerProc {
@@ -197,6 +202,10 @@ impl BrokerProc {
         if args.verbose > 0 {
             cmd.arg("--verbose").arg(args.verbose.to_string());
         }
+        if let Some(s) = &args.shadow {
+            cmd.arg("--shadow").arg(s);
+        }
+        cmd.arg("--reload").arg(args.reload.as_arg());
         let mut child: Child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -215,7 +224,8 @@ impl BrokerProc {
             let mask = mask.ok_or_else(|| Refusal(2, format!("broker said {line:?}")))?;
             let hooks = fields.next().filter(|h| *h != "-").unwrap_or_default().to_owned();
             let doors = fields.next().unwrap_or("-").to_owned();
-            Ok(BrokerProc { lifeline, out, mask, hooks, doors })
+            let board = fields.next().unwrap_or_default().to_owned();
+            Ok(BrokerProc { lifeline, out, mask, hooks, doors, board })
         } else if let Some(msg) = line.strip_prefix("error ") {
             Err(Refusal(2, msg.to_owned()))
         } else {

@@ -4,6 +4,7 @@ mod broker_proc;
 mod launch;
 mod seccomp;
 mod tracer;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -94,6 +95,17 @@ pub struct LaunchArgs {
     /// always run under the fallback.
     #[arg(long)]
     strict: bool,
+    /// Evaluate a candidate policy beside the enforced one, without enforcing it:
+    /// every call where the two disagree is recorded (`"type": "shadow"` lines in the
+    /// trace, `-v` on stderr) and counted at exit. The file is watched like the policy.
+    #[arg(long, value_name = "NEW.lua")]
+    shadow: Option<PathBuf>,
+    /// When the policy file changes during the run: `enforce` the new one at once
+    /// (subscriptions and cached decisions follow), run it as a `shadow` beside the
+    /// old one, or ignore it (`off`). A file that fails to load is reported
+    /// (file:line) and the policy in force stays.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = broker_proc::Reload::Enforce)]
+    reload: broker_proc::Reload,
     /// Path of libhermes_preload.so (default: next to the hermes binary)
     #[arg(long, value_name = "LIB", env = "HERMES_PRELOAD")]
     preload: Option<PathBuf>,

@@ -22,9 +22,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::process::Command;
 use std::time::Instant;
 
-use hermes_wire::Op;
+use hermes_wire::{self as wire, Op};
 
-use crate::seccomp::{self, Doors, Filter};
+use crate::seccomp::{self, Doors, Filter, Shape};
 use client::{Client, Verdict};
 use decode::{Request, Target};
 use ptrace::{Event, Regs, Restart, Resumed, Stop, Stopped, Tid};
@@ -38,7 +38,13 @@ use ptrace::{Event, Regs, Restart, Resumed, Stop, Stopped, Tid};
 /// syscalls carrying it are the preload's own, already mediated, and not stopped.
 pub fn run(cmd: &Command, arg0: &OsStr, socket: &str, cookie: Option<u64>, doors: Doors) -> io::Result<u8> {
     let filter = Filter::new(cookie, doors).map_err(io::Error::other)?;
-    let client = Client::connect(socket);
+    // The board (hot reload): named in the target's environment, or inherited.
+    let board = cmd
+        .get_envs()
+        .find(|(k, _)| *k == "HERMES_BOARD")
+        .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+        .or_else(|| std::env::var("HERMES_BOARD").ok());
+    let client = Client::connect(socket, board.as_deref());
     let child = spawn(cmd, arg0, &filter)?;
     crate::launch::forward_signals(child.pid);
     Tracer {
@@ -358,7 +364,21 @@ impl Tracer {
         let Some(args) = request.wire() else { return st.cont(0) };
         let pid = self.tgid(tid);
         let image = self.image(pid);
-        let (seq, verdict) = self.client.ask(sys.name, pid, tid, image, args);
+        // Context the policy asked for: the registers at the stop, a send's payload.
+        let mut ctx = wire::Context::default();
+        if self.client.wants_registers() {
+            ctx.regs = Some(reg_list(&regs));
+        }
+        let payload = match (self.client.wants_payload(), &request) {
+            (0, _) => None,
+            (want, Request::SendTo { len, .. }) => {
+                let mut buf = vec![0u8; (*len as usize).min(want)];
+                mem::read(&st, decode::arg(&regs, 1), &mut buf).ok().map(|()| buf)
+            }
+            _ => None,
+        };
+        ctx.payload = payload.as_deref().map(serde_bytes::Bytes::new);
+        let (seq, verdict) = self.client.ask(sys.name, (pid, tid, image), args, ctx);
         let report = self.client.wants_results().then_some(seq);
         let target = Target::of(sys.shape);
         match verdict {
@@ -382,7 +402,63 @@ impl Tracer {
                 (Target::MsgHdr, Request::SendMsg { hdr, .. }) => self.redirect_msghdr(st, regs, report, *hdr, &addr),
                 _ => skip(st, regs, -i64::from(libc::EPERM)),
             },
+            Verdict::Rewrite { flags, mode, data } => {
+                self.rewrite(st, regs, (sys, &request), report, (flags, mode, data))
+            }
         }
+    }
+
+    /// Run the call with some arguments replaced: open flags and mode in their
+    /// registers (openat2: in a copy of its `open_how`), a sendto's buffer.
+    fn rewrite(
+        &mut self,
+        st: Stopped,
+        regs: Regs,
+        (sys, request): (&seccomp::Syscall, &Request),
+        report: Option<u32>,
+        (flags, mode, data): (Option<i32>, Option<u32>, Option<Vec<u8>>),
+    ) -> Resumed {
+        let mut changes: Vec<(usize, NewArg)> = Vec::new();
+        let how;
+        match sys.shape {
+            Shape::Open | Shape::OpenAt => {
+                let base = if sys.shape == Shape::Open { 1 } else { 2 };
+                if let Some(f) = flags {
+                    changes.push((base, NewArg::Value(f as u32 as u64)));
+                }
+                if let Some(m) = mode {
+                    changes.push((base + 1, NewArg::Value(u64::from(m))));
+                }
+            }
+            Shape::OpenAt2 => {
+                let Request::Open { flags: old_flags, mode: old_mode, .. } = *request else {
+                    return skip(st, regs, -i64::from(libc::EPERM));
+                };
+                // struct open_how { u64 flags; u64 mode; u64 resolve; }: keep resolve.
+                let mut blob = [0u8; 24];
+                if mem::read(&st, decode::arg(&regs, 2), &mut blob).is_err() {
+                    return skip(st, regs, -i64::from(libc::EFAULT));
+                }
+                blob[..8].copy_from_slice(&(flags.unwrap_or(old_flags) as u32 as u64).to_ne_bytes());
+                blob[8..16].copy_from_slice(&u64::from(mode.unwrap_or(old_mode)).to_ne_bytes());
+                how = blob;
+                changes.push((2, NewArg::Blob(&how)));
+                changes.push((3, NewArg::Value(24)));
+            }
+            Shape::SendTo => {}
+            // creat has no flags to change; sendmsg's payload is scattered.
+            _ => return skip(st, regs, -i64::from(libc::EPERM)),
+        }
+        if let Some(data) = &data {
+            if sys.shape != Shape::SendTo {
+                return skip(st, regs, -i64::from(libc::EPERM));
+            }
+            changes.push((1, NewArg::Blob(data)));
+            changes.push((2, NewArg::Value(data.len() as u64)));
+        } else if sys.shape == Shape::SendTo && (flags.is_some() || mode.is_some()) {
+            return skip(st, regs, -i64::from(libc::EPERM));
+        }
+        self.redirect(st, regs, sys.op, report, &changes)
     }
 
     /// Let the call run; watch for its exit when the broker wants its result or
@@ -481,6 +557,14 @@ impl Tracer {
         }
         st.cont(0)
     }
+}
+
+/// The registers in [`wire::REGS`] order.
+fn reg_list(r: &Regs) -> [u64; wire::REGS_LEN] {
+    [
+        r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15,
+        r.rip, r.eflags, r.orig_rax,
+    ]
 }
 
 /// A new value for an argument register.

@@ -393,7 +393,7 @@ extern "C" fn on_enter(ctx: &mut Ctx, ret_slot: &mut usize) -> u32 {
             1
         }
         Verdict::Kill => sys::kill_self(),
-        Verdict::Redirect(_) | Verdict::RedirectAddr(_) => {
+        Verdict::Redirect(_) | Verdict::RedirectAddr(_) | Verdict::Rewrite { .. } => {
             session.release();
             sys::set_errno(libc::EPERM);
             ctx.ret = u64::MAX;
@@ -491,12 +491,52 @@ struct Walk {
     len: usize,
     /// Frames of our own (this function, `on_enter`, the entry stub) still to skip.
     past_entry: bool,
+    /// Skip frames inside the preload instead (a libc hook's backtrace).
+    skip_own: bool,
+}
+
+/// Where this library's code is mapped (start, end), found at start-up.
+static OWN_TEXT: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
+extern "C" {
+    /// The linker's symbol for this object's own ELF header: its load address.
+    static __ehdr_start: u8;
+}
+
+/// Find our own mapping (from our program headers, in memory: no allocation, no
+/// system call), so that backtraces of libc hooks start at the caller.
+pub fn find_own_text() {
+    // SAFETY: __ehdr_start is our own mapped ELF header; its program headers are
+    // mapped with it (the first PT_LOAD covers both), and we only read them.
+    unsafe {
+        let base = &raw const __ehdr_start as usize;
+        let ehdr = &*(base as *const libc::Elf64_Ehdr);
+        let phdrs = core::slice::from_raw_parts(
+            (base + ehdr.e_phoff as usize) as *const libc::Elf64_Phdr,
+            ehdr.e_phnum as usize,
+        );
+        let end = phdrs
+            .iter()
+            .filter(|p| p.p_type == libc::PT_LOAD)
+            .map(|p| (p.p_vaddr + p.p_memsz) as usize)
+            .max()
+            .unwrap_or(0);
+        OWN_TEXT[0].store(base, Relaxed);
+        OWN_TEXT[1].store(base + end, Relaxed);
+    }
 }
 
 extern "C" fn walk_frame(ctx: *mut c_void, arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `Walk` that `caller_backtrace` passed, alive for the walk;
     // `ctx` is the unwinder's context for this frame.
     let (walk, ip) = unsafe { (&mut *arg.cast::<Walk>(), _Unwind_GetIP(ctx) as u64) };
+    if walk.skip_own {
+        let own = OWN_TEXT[0].load(Relaxed) as u64..OWN_TEXT[1].load(Relaxed) as u64;
+        if own.contains(&ip) && walk.len == 0 {
+            return URC_NO_REASON;
+        }
+        walk.past_entry = true;
+    }
     let entry = hermes_api_entry as *const () as u64;
     let thunk = hermes_api_return as *const () as u64;
     if !walk.past_entry {
@@ -517,7 +557,16 @@ extern "C" fn walk_frame(ctx: *mut c_void, arg: *mut c_void) -> c_int {
 /// The walk uses libgcc's unwinder, which finds frames through `.eh_frame` (glibc's
 /// `_dl_find_object`, no lock or allocation on this glibc).
 fn caller_backtrace() -> [u64; BACKTRACE_MAX] {
-    let mut walk = Walk { frames: [0; BACKTRACE_MAX], len: 0, past_entry: false };
+    walk(false)
+}
+
+/// The backtrace of a libc hook's caller: every frame past the preload's own.
+pub fn caller_backtrace_any() -> [u64; BACKTRACE_MAX] {
+    walk(true)
+}
+
+fn walk(skip_own: bool) -> [u64; BACKTRACE_MAX] {
+    let mut walk = Walk { frames: [0; BACKTRACE_MAX], len: 0, past_entry: false, skip_own };
     // SAFETY: the callback only writes into `walk`, which outlives the call.
     unsafe { _Unwind_Backtrace(walk_frame, (&mut walk as *mut Walk).cast()) };
     walk.frames

@@ -7,6 +7,11 @@ use std::sync::OnceLock;
 
 use crate::{mediate, sys};
 
+/// The board's path, for the constructor to map once the strict-mode cookie is known.
+pub fn board_path() -> Option<Vec<u8>> {
+    env(ENV_BOARD)
+}
+
 /// The launcher's variables: broker socket name, initial subscription mask, and the
 /// preload's own path.
 pub const ENV_SOCK: &str = "HERMES_SOCK";
@@ -16,7 +21,9 @@ pub const ENV_LIB: &str = "HERMES_PRELOAD_LIB";
 pub const ENV_BIN: &str = "HERMES_BIN";
 /// Variables every exec'd child gets again, when the launcher set them.
 const PROPAGATED: &[&str] =
-    &[ENV_SOCK, ENV_MASK, ENV_LIB, ENV_BIN, "HERMES_API", "HERMES_INLINE", "HERMES_COOKIE", "HERMES_DOORS"];
+    &[ENV_SOCK, ENV_MASK, ENV_LIB, ENV_BIN, ENV_BOARD, "HERMES_API", "HERMES_INLINE", "HERMES_COOKIE", "HERMES_DOORS"];
+/// Where the broker's board is (`/proc/PID/fd/N`).
+pub const ENV_BOARD: &str = "HERMES_BOARD";
 /// `HERMES_INLINE=0` keeps libc unpatched (symbol interposition only).
 pub const ENV_INLINE: &str = "HERMES_INLINE";
 
@@ -85,7 +92,7 @@ pub fn init() {
     let mask = env(ENV_MASK)
         .and_then(|m| std::str::from_utf8(&m).ok().and_then(|m| m.parse::<u64>().ok()))
         .unwrap_or(u64::MAX);
-    mediate::MASK.store(mask, core::sync::atomic::Ordering::Relaxed);
+    crate::board::set_fallback(hermes_wire::board::MASK, mask);
     let kv = |k: &str, v: &[u8]| {
         CString::new([k.as_bytes(), b"=", v].concat()).unwrap_or_else(|_| fatal(b"NUL in HERMES environment"))
     };

@@ -152,40 +152,40 @@ const CREAT: c_int = libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC;
 
 hooks! {
     open(path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Inline,
-        |real| path_call("open", AT_FDCWD, path, flags, mode, |p| real(p, flags, mode));
+        |real| path_call("open", AT_FDCWD, path, flags, mode, real);
     open64(path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Symbol,
-        |real| path_call("open64", AT_FDCWD, path, flags, mode, |p| real(p, flags, mode));
+        |real| path_call("open64", AT_FDCWD, path, flags, mode, real);
     openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Inline,
-        |real| path_call("openat", dirfd, path, flags, mode, |p| real(dirfd, p, flags, mode));
+        |real| path_call("openat", dirfd, path, flags, mode, |p, f, m| real(dirfd, p, f, m));
     openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Symbol,
-        |real| path_call("openat64", dirfd, path, flags, mode, |p| real(dirfd, p, flags, mode));
+        |real| path_call("openat64", dirfd, path, flags, mode, |p, f, m| real(dirfd, p, f, m));
     __open_nocancel(path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Inline,
-        |real| path_call("__open_nocancel", AT_FDCWD, path, flags, mode, |p| real(p, flags, mode));
+        |real| path_call("__open_nocancel", AT_FDCWD, path, flags, mode, real);
     __open_2(path: *const c_char, flags: c_int) -> c_int, Symbol,
-        |real| path_call("__open_2", AT_FDCWD, path, flags, 0, |p| real(p, flags));
+        |real| path_call("__open_2", AT_FDCWD, path, flags, 0, |p, f, _| real(p, f));
     __open64_2(path: *const c_char, flags: c_int) -> c_int, Symbol,
-        |real| path_call("__open64_2", AT_FDCWD, path, flags, 0, |p| real(p, flags));
+        |real| path_call("__open64_2", AT_FDCWD, path, flags, 0, |p, f, _| real(p, f));
     __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int, Symbol,
-        |real| path_call("__openat_2", dirfd, path, flags, 0, |p| real(dirfd, p, flags));
+        |real| path_call("__openat_2", dirfd, path, flags, 0, |p, f, _| real(dirfd, p, f));
     __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int, Symbol,
-        |real| path_call("__openat64_2", dirfd, path, flags, 0, |p| real(dirfd, p, flags));
+        |real| path_call("__openat64_2", dirfd, path, flags, 0, |p, f, _| real(dirfd, p, f));
     creat(path: *const c_char, mode: mode_t) -> c_int, Symbol,
-        |real| path_call("creat", AT_FDCWD, path, CREAT, mode, |p| real(p, mode));
+        |real| path_call("creat", AT_FDCWD, path, CREAT, mode, |p, f, m| creat_as(f, m, |m| real(p, m), p));
     creat64(path: *const c_char, mode: mode_t) -> c_int, Symbol,
-        |real| path_call("creat64", AT_FDCWD, path, CREAT, mode, |p| real(p, mode));
+        |real| path_call("creat64", AT_FDCWD, path, CREAT, mode, |p, f, m| creat_as(f, m, |m| real(p, m), p));
     fopen(path: *const c_char, mode: *const c_char) -> *mut FILE, Symbol,
-        |real| path_call("fopen", AT_FDCWD, path, fopen_flags(mode), 0o666, |p| real(p, mode));
+        |real| path_call("fopen", AT_FDCWD, path, fopen_flags(mode), 0o666, |p, f, _| real(p, fopen_mode(mode, f, &mut [0; 8])));
     fopen64(path: *const c_char, mode: *const c_char) -> *mut FILE, Symbol,
-        |real| path_call("fopen64", AT_FDCWD, path, fopen_flags(mode), 0o666, |p| real(p, mode));
+        |real| path_call("fopen64", AT_FDCWD, path, fopen_flags(mode), 0o666, |p, f, _| real(p, fopen_mode(mode, f, &mut [0; 8])));
     freopen(path: *const c_char, mode: *const c_char, stream: *mut FILE) -> *mut FILE, Symbol,
-        |real| path_call("freopen", AT_FDCWD, path, fopen_flags(mode), 0o666, |p| real(p, mode, stream));
+        |real| path_call("freopen", AT_FDCWD, path, fopen_flags(mode), 0o666, |p, f, _| real(p, fopen_mode(mode, f, &mut [0; 8]), stream));
     freopen64(path: *const c_char, mode: *const c_char, stream: *mut FILE) -> *mut FILE, Symbol,
-        |real| path_call("freopen64", AT_FDCWD, path, fopen_flags(mode), 0o666, |p| real(p, mode, stream));
+        |real| path_call("freopen64", AT_FDCWD, path, fopen_flags(mode), 0o666, |p, f, _| real(p, fopen_mode(mode, f, &mut [0; 8]), stream));
 
     connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int, Inline,
         |real| sock_call("connect", fd, addr, len, |addr| Args::Connect { fd, addr }, |a, l| real(fd, a, l));
     sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t, Inline,
-        |real| send_call("sendto", fd, addr, len, |addr| Args::SendTo { fd, len: n as u64, flags, addr }, |a, l| real(fd, buf, n, flags, a, l));
+        |real| send_call("sendto", (buf, n), addr, len, |addr| Args::SendTo { fd, len: n as u64, flags, addr }, |b, n, a, l| real(fd, b, n, flags, a, l));
     sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t, Inline,
         |real| sendmsg_call(fd, msg, flags, |m| real(fd, m, flags));
 
@@ -360,8 +360,11 @@ fn refuse<R: CResult>(session: Session, verdict: Verdict) -> R {
         Verdict::Deny(e) => R::fail(e),
         Verdict::Emulate(v) => R::emulated(v),
         Verdict::Kill => sys::kill_self(),
-        // A redirect of the wrong kind: the broker should not send it; fail closed.
-        Verdict::Allow | Verdict::Redirect(_) | Verdict::RedirectAddr(_) => R::fail(libc::EPERM),
+        // A redirect or rewrite of the wrong kind: the broker should not send it; fail
+        // closed.
+        Verdict::Allow | Verdict::Redirect(_) | Verdict::RedirectAddr(_) | Verdict::Rewrite { .. } => {
+            R::fail(libc::EPERM)
+        }
     }
 }
 
@@ -372,20 +375,60 @@ fn path_call<R: CResult>(
     path: *const c_char,
     flags: c_int,
     mode: mode_t,
-    real: impl FnOnce(*const c_char) -> R,
+    real: impl FnOnce(*const c_char, c_int, mode_t) -> R,
 ) -> R {
     // The subscription test comes first: an unwatched call costs a flag test.
-    let Some(token) = Token::begin(Op::Open) else { return real(path) };
-    let Some(raw) = cstr(path) else { return real(path) };
+    let Some(token) = Token::begin(Op::Open) else { return real(path, flags, mode) };
+    let Some(raw) = cstr(path) else { return real(path, flags, mode) };
     // The mode argument is only read (and only passed) with O_CREAT or O_TMPFILE.
     let mode = if flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE { mode } else { 0 };
     let mut reply = [0u8; REPLY_BUF];
     let (verdict, session) = token.ask(func, Args::Open::<()> { dirfd, path: raw, flags, mode }, &mut reply);
     match verdict {
-        Verdict::Allow => run(session, || real(path)),
-        Verdict::Redirect(to) => run(session, || real(to.as_ptr().cast())),
+        Verdict::Allow => run(session, || real(path, flags, mode)),
+        Verdict::Redirect(to) => run(session, || real(to.as_ptr().cast(), flags, mode)),
+        Verdict::Rewrite { flags: f, mode: m, data: None } => {
+            run(session, || real(path, f.unwrap_or(flags), m.unwrap_or(mode)))
+        }
         other => refuse(session, other),
     }
+}
+
+/// creat with rewritten flags is an open with them (creat has no flags argument).
+fn creat_as(flags: c_int, mode: mode_t, creat: impl FnOnce(mode_t) -> c_int, path: *const c_char) -> c_int {
+    if flags == CREAT {
+        creat(mode)
+    } else {
+        // SAFETY: the program's path, with the flags the policy chose; the call is made
+        // under our guard, so it goes straight to libc's open.
+        unsafe { libc::open(path, flags, mode) }
+    }
+}
+
+/// The fopen mode string for `flags`: the program's own when the policy left the
+/// flags alone, else one written into `buf` (rewritten flags).
+fn fopen_mode(mode: *const c_char, flags: c_int, buf: &mut [u8; 8]) -> *const c_char {
+    if flags == fopen_flags(mode) {
+        return mode;
+    }
+    let base: &[u8] = match (flags & libc::O_ACCMODE, flags & (libc::O_TRUNC | libc::O_APPEND)) {
+        (libc::O_RDONLY, _) => b"r",
+        (libc::O_WRONLY, libc::O_APPEND) => b"a",
+        (libc::O_WRONLY, _) => b"w",
+        (_, libc::O_APPEND) => b"a+",
+        (_, libc::O_TRUNC) => b"w+",
+        _ => b"r+",
+    };
+    buf[..base.len()].copy_from_slice(base);
+    let mut n = base.len();
+    for (flag, c) in [(libc::O_EXCL, b'x'), (libc::O_CLOEXEC, b'e')] {
+        if flags & flag != 0 {
+            buf[n] = c;
+            n += 1;
+        }
+    }
+    buf[n] = 0;
+    buf.as_ptr().cast()
 }
 
 /// Translate an fopen mode string to open(2) flags, as glibc does.
@@ -429,20 +472,35 @@ fn sock_call<'a, R: CResult>(
     apply_addr(verdict, session, addr, len, real)
 }
 
-/// sendto: the address is optional (connected sockets).
+/// sendto: the address is optional (connected sockets); the payload goes to a policy
+/// that asked for it, and may come back rewritten.
 fn send_call<'a, R: CResult>(
     func: &str,
-    _fd: c_int,
+    (buf, n): (*const c_void, size_t),
     addr: *const sockaddr,
     len: socklen_t,
     args: impl FnOnce(Option<SockAddr<'a>>) -> Args<'a, ()>,
-    real: impl FnOnce(*const sockaddr, socklen_t) -> R,
+    real: impl FnOnce(*const c_void, size_t, *const sockaddr, socklen_t) -> R,
 ) -> R {
-    let Some(token) = Token::begin(Op::SendTo) else { return real(addr, len) };
+    let Some(token) = Token::begin(Op::SendTo) else { return real(buf, n, addr, len) };
     let parsed = sockaddr_bytes(addr, len).and_then(SockAddr::from_raw);
     let mut reply = [0u8; REPLY_BUF];
-    let (verdict, session) = token.ask(func, args(parsed), &mut reply);
-    apply_addr(verdict, session, addr, len, real)
+    let payload = payload_of(buf, n);
+    let (verdict, session) = token.ask_with(func, args(parsed), payload, &mut reply);
+    match verdict {
+        Verdict::Rewrite { flags: None, mode: None, data: Some(data) } => {
+            run(session, || real(data.as_ptr().cast(), data.len(), addr, len))
+        }
+        other => apply_addr(other, session, addr, len, |a, l| real(buf, n, a, l)),
+    }
+}
+
+/// The bytes of a send, when the policy wants to see payloads.
+fn payload_of<'a>(buf: *const c_void, n: size_t) -> Option<&'a [u8]> {
+    let want = crate::board::word(crate::board::PAYLOAD) as usize;
+    // SAFETY: the program passed `n` readable bytes at `buf`, as send(2) requires;
+    // we read at most that many.
+    (want > 0 && !buf.is_null() && n > 0).then(|| unsafe { core::slice::from_raw_parts(buf.cast::<u8>(), n.min(want)) })
 }
 
 fn apply_addr<R: CResult>(
@@ -481,9 +539,29 @@ fn sendmsg_call(fd: c_int, msg: *const msghdr, flags: c_int, real: impl FnOnce(*
     let len = iov.iter().map(|v| v.iov_len as u64).sum();
     let parsed = sockaddr_bytes(m.msg_name.cast(), m.msg_namelen).and_then(SockAddr::from_raw);
     let mut reply = [0u8; REPLY_BUF];
-    let (verdict, session) = token.ask("sendmsg", Args::SendMsg::<()> { fd, len, flags, addr: parsed }, &mut reply);
+    // The payload, gathered from the iovecs (up to a stack buffer's worth).
+    let mut gathered = [0u8; 4096];
+    let want = (crate::board::word(crate::board::PAYLOAD) as usize).min(gathered.len());
+    let mut have = 0;
+    for v in iov.iter().filter(|v| !v.iov_base.is_null()) {
+        let take = v.iov_len.min(want - have);
+        // SAFETY: each iovec describes `iov_len` readable bytes, as sendmsg(2) requires.
+        gathered[have..have + take]
+            .copy_from_slice(unsafe { core::slice::from_raw_parts(v.iov_base.cast::<u8>(), take) });
+        have += take;
+    }
+    let payload = (have > 0).then_some(&gathered[..have]);
+    let args = Args::SendMsg::<()> { fd, len, flags, addr: parsed };
+    let (verdict, session) = token.ask_with("sendmsg", args, payload, &mut reply);
     match verdict {
         Verdict::Allow => run(session, || real(msg)),
+        Verdict::Rewrite { flags: None, mode: None, data: Some(data) } => {
+            let mut one = libc::iovec { iov_base: data.as_ptr() as *mut c_void, iov_len: data.len() };
+            let mut copy = *m;
+            copy.msg_iov = &mut one;
+            copy.msg_iovlen = 1;
+            run(session, || real(&copy))
+        }
         Verdict::RedirectAddr(to) => {
             let mut raw = [0u8; SOCKADDR_MAX];
             match to.to_raw(&mut raw) {

@@ -10,6 +10,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api;
+mod board;
 mod config;
 mod fds;
 mod hooks;
@@ -29,8 +30,12 @@ extern "C" fn init() {
         return;
     }
     strict::init();
+    if let Some(path) = config::board_path() {
+        board::map(&path);
+    }
     hooks::install(config::inline_hooks());
     api::init();
+    api::find_own_text();
     mediate::PROCESS_PID.store(sys::getpid(), Relaxed);
     mediate::READY.store(true, Relaxed);
 }

@@ -3,17 +3,16 @@
 //! an mmap fallback for huge exec requests), replies are read into the caller's buffer.
 
 use core::cell::Cell;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicI32, Ordering::Relaxed};
 
-use hermes_wire::{self as wire, Args, Call, ClientMsg, Decision, Done, Hello, Layer, Op, Reply, Welcome};
+use hermes_wire::cache::{Cache, Cached, Key, KeyBuilder};
+use hermes_wire::{self as wire, Args, Call, ClientMsg, Context, Decision, Done, Hello, Layer, Op, Reply, Welcome};
 use serde::Serialize;
 
-use crate::{config, fds, sys};
+use crate::{board, config, fds, sys};
 
-/// Operations the policy subscribes to; updated by every Welcome.
-pub static MASK: AtomicU64 = AtomicU64::new(0);
-/// Whether the broker wants results of allowed calls.
-static REPORT: AtomicBool = AtomicBool::new(false);
+/// Decisions the policy marked cacheable: 1024 slots, 48 KiB.
+static CACHE: Cache<1024> = Cache::new();
 /// Set once every hook is resolved and the configuration is read.
 pub static READY: AtomicBool = AtomicBool::new(false);
 /// The pid whose memory this is: set by the constructor and in fork children. A
@@ -51,7 +50,28 @@ pub enum Verdict<'r> {
     RedirectAddr(wire::SockAddr<'r>),
     Emulate(i64),
     Kill,
+    /// Run with these arguments replaced (open flags and mode, a send's payload).
+    Rewrite {
+        flags: Option<i32>,
+        mode: Option<u32>,
+        data: Option<&'r [u8]>,
+    },
 }
+
+impl From<Cached> for Verdict<'_> {
+    fn from(c: Cached) -> Self {
+        match c {
+            Cached::Allow => Verdict::Allow,
+            Cached::Deny(e) => Verdict::Deny(e),
+            Cached::Emulate(v) => Verdict::Emulate(v),
+        }
+    }
+}
+
+/// BUSY while a cached decision's call runs: not a thread id, so a vfork child that
+/// leaves it set cannot make its parent's calls look nested (and cached calls are
+/// never execs, so they always return and clear it).
+const CACHED_CALL: i32 = -1;
 
 /// Holds the reentrancy guard for this thread; dropping it releases the guard.
 struct Guard {
@@ -61,6 +81,16 @@ struct Guard {
 }
 
 impl Guard {
+    /// The guard for a call answered from the cache: no system call to learn the tid.
+    fn cached() -> Option<Guard> {
+        let prev = BUSY.with(Cell::get);
+        if prev != 0 {
+            return None; // nested, or in a vfork child of a busy thread: ask properly
+        }
+        BUSY.with(|b| b.set(CACHED_CALL));
+        Some(Guard { prev, tid: CACHED_CALL })
+    }
+
     fn take() -> Option<Guard> {
         let tid = sys::gettid();
         let prev = BUSY.with(Cell::get);
@@ -78,39 +108,71 @@ impl Drop for Guard {
     }
 }
 
-/// Permission to mediate one call. The guard is held from [`Token::begin`] until the
+/// Permission to mediate one call. The guard is held from [`Token::ask`] until the
 /// [`Session`] ends, so the real call runs guarded too.
 pub struct Token {
     op: Op,
-    guard: Guard,
 }
 
 impl Token {
     /// `None` when the call must go straight to the original: the policy does not
-    /// watch this operation, the preload is not ready, or we are already inside it.
-    #[inline]
+    /// watch this operation, or the preload is not ready.
+    #[inline(always)]
     pub fn begin(op: Op) -> Option<Token> {
-        if MASK.load(Relaxed) & op.bit() == 0 || !READY.load(Relaxed) {
+        let watched = board::word(board::MASK) | board::word(board::OBSERVE);
+        if watched & op.bit() == 0 || !READY.load(Relaxed) {
             return None;
         }
-        Some(Token { op, guard: Guard::take()? })
+        Some(Token { op })
     }
 
-    /// Ask the broker. Any failure to get an answer is a deny with EPERM.
+    /// Ask the broker, or answer from the cache. Any failure to get an answer is a
+    /// deny with EPERM. Inside a mediated call (a nested call of the same thread, a
+    /// signal handler's) the answer is allow, unasked.
     pub fn ask<'r, L: Serialize>(
         self,
         func: &str,
         args: Args<'_, L>,
         reply: &'r mut [u8; REPLY_BUF],
     ) -> (Verdict<'r>, Session) {
+        self.ask_with(func, args, None, reply)
+    }
+
+    /// [`Token::ask`] for a send, whose payload the policy may ask to see.
+    pub fn ask_with<'r, L: Serialize>(
+        self,
+        func: &str,
+        args: Args<'_, L>,
+        payload: Option<&[u8]>,
+        reply: &'r mut [u8; REPLY_BUF],
+    ) -> (Verdict<'r>, Session) {
         debug_assert_eq!(args.op(), self.op);
+        let generation = board::word(board::GENERATION);
+        let key = cache_key(func, &args);
+        if let Some(key) = &key {
+            if let Some(hit) = CACHE.get(key, generation) {
+                if let Some(guard) = Guard::cached() {
+                    return (hit.into(), Session::quiet(guard));
+                }
+            }
+        }
+        let Some(guard) = Guard::take() else { return (Verdict::Allow, Session::unguarded()) };
         let errno = sys::errno();
         let pid = sys::getpid();
         let shared_memory = pid != PROCESS_PID.load(Relaxed);
-        let Token { op: _, guard } = self;
-        let mut session = Session { fd: -1, seq: 0, one_shot: shared_memory, start: 0, guard };
-        let verdict = match session.exchange(func, pid, &args, reply) {
-            Ok(v) => v,
+        let observe = board::word(board::OBSERVE) & self.op.bit() != 0;
+        let mut session = Session { fd: -1, seq: 0, one_shot: shared_memory, start: 0, guard: Some(guard) };
+        let payload = payload.map(|p| &p[..p.len().min(board::word(board::PAYLOAD) as usize)]);
+        let observe = observe && observable(self.op);
+        let verdict = match session.exchange((func, pid), &args, payload.filter(|p| !p.is_empty()), reply, observe) {
+            Ok((v, cacheable)) => {
+                if let (true, Some(key)) = (cacheable, &key) {
+                    if let Some(c) = cached_form(&v) {
+                        CACHE.put(key, generation, c);
+                    }
+                }
+                v
+            }
             Err(e) => {
                 session.abandon();
                 if !WARNED.swap(true, Relaxed) {
@@ -123,9 +185,61 @@ impl Token {
                 Verdict::Deny(libc::EPERM)
             }
         };
-        session.start = if REPORT.load(Relaxed) { sys::monotonic_ns() } else { 0 };
+        let report = board::word(board::FLAGS) & board::REPORT != 0;
+        session.start = if report && session.fd >= 0 { sys::monotonic_ns() } else { 0 };
         sys::set_errno(errno);
         (verdict, session)
+    }
+}
+
+/// Operations whose calls always return, so that the preload can run them first and
+/// tell the broker after: an exec that succeeds never returns to report, and a
+/// library hook's stubs expect a decision.
+fn observable(op: Op) -> bool {
+    matches!(op, Op::Open | Op::Connect | Op::SendTo | Op::SendMsg)
+}
+
+/// The cache key of a call whose decision may be cached: the function, and the
+/// arguments that reach the policy. A relative path is not cached (its meaning
+/// depends on the working directory), nor are execs and library calls.
+fn cache_key<L>(func: &str, args: &Args<'_, L>) -> Option<Key> {
+    let k = KeyBuilder::new(args.op(), func.as_ptr() as u64);
+    match *args {
+        Args::Open { dirfd: _, path, flags, mode } if path.first() == Some(&b'/') => {
+            Some(k.bytes(path).int(flags as u64).int(u64::from(mode)).finish())
+        }
+        Args::Connect { fd, addr } => Some(addr_key(k.int(fd as u64), Some(addr))),
+        Args::SendTo { fd, flags, addr, .. } | Args::SendMsg { fd, flags, addr, .. } => {
+            Some(addr_key(k.int(fd as u64).int(flags as u64), addr))
+        }
+        _ => None,
+    }
+}
+
+fn addr_key(k: KeyBuilder, addr: Option<wire::SockAddr<'_>>) -> Key {
+    let mut raw = [0u8; wire::SOCKADDR_MAX];
+    match addr.and_then(|a| a.to_raw(&mut raw)) {
+        Some(n) => k.bytes(&raw[..n]).finish(),
+        None => k.int(u64::MAX).finish(),
+    }
+}
+
+fn cached_form(v: &Verdict) -> Option<Cached> {
+    match *v {
+        Verdict::Allow => Some(Cached::Allow),
+        Verdict::Deny(e) => Some(Cached::Deny(e)),
+        Verdict::Emulate(r) => Some(Cached::Emulate(r)),
+        _ => None,
+    }
+}
+
+/// Context the policy asked for, gathered for one call.
+fn context(payload: Option<&[u8]>) -> Context<'_> {
+    let flags = board::word(board::FLAGS);
+    Context {
+        backtrace: (flags & board::BACKTRACE != 0).then(crate::api::caller_backtrace_any),
+        payload: payload.map(wire::serde_bytes::Bytes::new),
+        regs: None,
     }
 }
 
@@ -136,26 +250,46 @@ pub struct Session {
     seq: u32,
     one_shot: bool,
     start: u64,
-    guard: Guard,
+    /// `None` for a nested call, which runs under its outer call's guard.
+    guard: Option<Guard>,
 }
 
 impl Session {
+    /// A call answered without the broker (from the cache): nothing to report.
+    fn quiet(guard: Guard) -> Self {
+        Session { fd: -1, seq: 0, one_shot: false, start: 0, guard: Some(guard) }
+    }
+
+    /// A nested call, let through unasked.
+    fn unguarded() -> Self {
+        Session { fd: -1, seq: 0, one_shot: false, start: 0, guard: None }
+    }
+
+    /// Send the call; wait for the decision unless the policy only `observe`s it.
+    /// Returns the verdict and whether the policy marked it cacheable.
     fn exchange<'r, L: Serialize>(
         &mut self,
-        func: &str,
-        pid: i32,
+        (func, pid): (&str, i32),
         args: &Args<'_, L>,
+        payload: Option<&[u8]>,
         reply: &'r mut [u8; REPLY_BUF],
-    ) -> Result<Verdict<'r>, i32> {
-        let tid = self.guard.tid;
+        observe: bool,
+    ) -> Result<(Verdict<'r>, bool), i32> {
+        let tid = self.guard.as_ref().map_or(0, |g| g.tid);
         // A thread connection may have been closed under us (close_range, dup2 over
         // it); then it is reconnected once.
         let mut len = 0;
         for attempt in 0..2 {
             self.fd = if self.one_shot { connect(pid, tid)? } else { thread_conn(pid, tid)? };
             self.seq = if self.one_shot { 1 } else { next_seq() };
-            let call = ClientMsg::Call(Call { seq: self.seq, func, pid, tid, image: 0, args: clone_args(args) });
-            match send(self.fd, &call).and_then(|()| recv_frame(self.fd, &mut reply[..]).map(<[u8]>::len)) {
+            let call = Call { seq: self.seq, func, pid, tid, image: 0, args: clone_args(args), ctx: context(payload) };
+            let exchanged = if observe {
+                send(self.fd, &ClientMsg::Observe(call)).map(|()| 0)
+            } else {
+                send(self.fd, &ClientMsg::Call(call))
+                    .and_then(|()| recv_frame(self.fd, &mut reply[..]).map(<[u8]>::len))
+            };
+            match exchanged {
                 Ok(n) => {
                     len = n;
                     break;
@@ -168,19 +302,24 @@ impl Session {
                 Err(e) => return Err(e),
             }
         }
+        if observe {
+            return Ok((Verdict::Allow, false));
+        }
         let reply: &'r [u8; REPLY_BUF] = reply;
         let reply: Reply<'r> = wire::decode(&reply[..len]).map_err(|_| libc::EPROTO)?;
         if reply.seq != self.seq {
             return Err(libc::EPROTO);
         }
-        Ok(match reply.decision {
+        let verdict = match reply.decision {
             Decision::Allow => Verdict::Allow,
             Decision::Deny { errno } => Verdict::Deny(errno),
             d @ Decision::Redirect { .. } => Verdict::Redirect(d.redirect_cstr().ok_or(libc::EPROTO)?),
             Decision::RedirectAddr(a) => Verdict::RedirectAddr(a),
             Decision::Emulate { ret } => Verdict::Emulate(ret),
             Decision::Kill => Verdict::Kill,
-        })
+            Decision::Rewrite { flags, mode, data } => Verdict::Rewrite { flags, mode, data: data.map(|d| &d[..]) },
+        };
+        Ok((verdict, reply.cache))
     }
 
     /// The real call ran and returned `ret`; tell the broker if it asked.
@@ -233,8 +372,8 @@ impl Pending {
     /// Tell the broker the result, if it asked. Guarded: the clock read below is a
     /// libc call a library hook may be tracing.
     pub fn done(self, ret: i64) {
-        let _guard = Guard::take();
         if self.reports() {
+            let _guard = Guard::take();
             let errno = sys::errno();
             let duration_ns = sys::monotonic_ns().saturating_sub(self.start);
             let msg: ClientMsg<'_, ()> =
@@ -311,6 +450,8 @@ pub fn after_fork_child() {
     BUSY.with(|b| b.set(0));
     fds::close_all_ours();
     CONN.with(|c| c.set((-1, 0)));
+    // A slot some other thread of the parent was writing stays locked here: start over.
+    CACHE.clear();
     PROCESS_PID.store(sys::getpid(), Relaxed);
 }
 
@@ -334,8 +475,10 @@ fn connect(pid: i32, tid: i32) -> Result<i32, i32> {
     });
     match welcome {
         Ok(w) => {
-            MASK.store(w.mask, Relaxed);
-            REPORT.store(w.report, Relaxed);
+            // Without a board, the Welcome is our news of the policy.
+            board::set_fallback(board::MASK, w.mask);
+            board::set_fallback(board::OBSERVE, w.observe);
+            board::set_fallback(board::FLAGS, if w.report { board::REPORT } else { 0 });
             Ok(fd)
         }
         Err(e) => {

@@ -12,6 +12,8 @@
 use serde::{Deserialize, Serialize};
 
 pub mod api_list;
+pub mod board;
+pub mod cache;
 mod doors;
 pub mod elf;
 pub use doors::Doors;
@@ -20,7 +22,7 @@ pub use serde_bytes;
 pub use sockaddr::{SockAddr, SOCKADDR_MAX};
 
 /// Bump when a message changes shape; the broker refuses other versions.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest frame body either side accepts. exec requests carry argv and envp, which
 /// the kernel caps at a quarter of the stack limit (2 MiB by default).
@@ -28,6 +30,9 @@ pub const MAX_FRAME: usize = 4 << 20;
 
 /// Longest path a decision may carry (PATH_MAX, including the terminating NUL).
 pub const MAX_PATH: usize = 4096;
+
+/// Longest payload a rewrite may carry: a reply must fit the client's stack buffer.
+pub const REWRITE_DATA_MAX: usize = 4000;
 
 /// A family of mediated calls. Many C functions map to one operation (open, open64,
 /// openat, `__open_2`, fopen, creat… are all [`Op::Open`]); the subscription mask has
@@ -108,6 +113,10 @@ pub enum ClientMsg<'a, L> {
     Call(Call<'a, L>),
     /// The outcome of an allowed call (one-way, only when [`Welcome::report`] is set).
     Done(Done),
+    /// A call the policy only records ([`board::OBSERVE`]): one-way, sent as the
+    /// call starts, without waiting for an answer; a [`Done`] follows when results
+    /// are reported.
+    Observe(Call<'a, L>),
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -122,8 +131,11 @@ pub struct Hello<'a> {
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Welcome {
-    /// Operations the policy wants to see ([`Op::bit`]); others need not be sent.
+    /// Operations the policy decides ([`Op::bit`]); others need not be sent.
     pub mask: u64,
+    /// Operations the policy only records: run them, then send [`ClientMsg::Observe`]
+    /// (a client that cannot may ask as for [`Welcome::mask`]).
+    pub observe: u64,
     /// Whether the client should send [`Done`] after allowed calls.
     pub report: bool,
 }
@@ -143,7 +155,30 @@ pub struct Call<'a, L> {
     pub image: u32,
     #[serde(borrow)]
     pub args: Args<'a, L>,
+    /// What the policy asked to see beyond the arguments ([`board::FLAGS`]).
+    #[serde(borrow)]
+    pub ctx: Context<'a>,
 }
+
+/// Context a policy asks for (`hermes.want{…}`); each part costs the client time, so
+/// it is sent only when wanted.
+#[derive(Serialize, Deserialize, Debug, Default, Clone, Copy)]
+pub struct Context<'a> {
+    /// Return addresses of the calling thread, innermost first (0: unused slot).
+    pub backtrace: Option<[u64; BACKTRACE_MAX]>,
+    /// The first bytes of a send's payload (at most [`board::PAYLOAD`] of them).
+    #[serde(borrow)]
+    pub payload: Option<&'a serde_bytes::Bytes>,
+    /// The ptrace layer's registers at the stop, in [`REGS`] order.
+    pub regs: Option<[u64; REGS_LEN]>,
+}
+
+/// Registers the ptrace layer reports, in this order.
+pub const REGS: [&str; REGS_LEN] = [
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+    "rip", "eflags", "orig_rax",
+];
+pub const REGS_LEN: usize = 19;
 
 /// Decoded arguments, one variant per [`Op`]. `L` is a list of byte strings: the
 /// preload serialises C `char **` arrays in place, the broker decodes `Vec<&[u8]>`.
@@ -245,6 +280,14 @@ pub enum Decision<'a> {
     Emulate { ret: i64 },
     /// Kill the calling process with SIGKILL.
     Kill,
+    /// Run it with some arguments replaced: open flags and mode, a send's payload.
+    /// Fields left `None` keep the program's.
+    Rewrite {
+        flags: Option<i32>,
+        mode: Option<u32>,
+        #[serde(borrow)]
+        data: Option<&'a serde_bytes::Bytes>,
+    },
 }
 
 impl<'a> Decision<'a> {
@@ -265,6 +308,9 @@ pub struct Reply<'a> {
     pub seq: u32,
     #[serde(borrow)]
     pub decision: Decision<'a>,
+    /// The policy marked the decision cacheable: the client may answer identical
+    /// calls itself until the policy changes ([`board::GENERATION`]).
+    pub cache: bool,
 }
 
 /// The outcome of an allowed call, reported without waiting for an answer.
@@ -363,6 +409,7 @@ mod tests {
                 argv: Iter(argv),
                 envp: Iter(envp),
             },
+            ctx: Context::default(),
         });
         let mut buf = [0u8; 256];
         let frame = encode(&msg, &mut buf).unwrap();
@@ -380,7 +427,7 @@ mod tests {
 
     #[test]
     fn small_buffers_and_oversized_headers_are_refused() {
-        let msg = Reply { seq: 1, decision: Decision::Redirect { path: &[b'x'; 64] } };
+        let msg = Reply { seq: 1, decision: Decision::Redirect { path: &[b'x'; 64] }, cache: false };
         assert_eq!(encode(&msg, &mut [0u8; 16]), Err(FrameError::BufferFull));
         assert_eq!(body_len((MAX_FRAME as u32 + 1).to_le_bytes(), usize::MAX), Err(FrameError::TooLarge));
         assert_eq!(body_len(100u32.to_le_bytes(), 50), Err(FrameError::TooLarge));
@@ -390,7 +437,7 @@ mod tests {
     fn garbage_and_trailing_bytes_are_malformed() {
         assert_eq!(decode::<Reply>(&[0xff, 0xff, 0xff]), Err(FrameError::Malformed));
         let mut buf = [0u8; 64];
-        let frame = encode(&Reply { seq: 3, decision: Decision::Allow }, &mut buf).unwrap();
+        let frame = encode(&Reply { seq: 3, decision: Decision::Allow, cache: true }, &mut buf).unwrap();
         let mut body = Vec::from(&frame[4..]);
         assert!(decode::<Reply>(&body).is_ok());
         body.push(0);
@@ -432,6 +479,7 @@ mod tests {
                     argv: Iter(argv),
                     envp: Iter(&[]),
                 },
+                ctx: Context { payload: Some(serde_bytes::Bytes::new(b"hello")), ..Context::default() },
             }),
             &mut buf,
         )

@@ -7,12 +7,40 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
 use std::time::Duration;
 
-use hermes_wire::{self as wire, Args, Call, ClientMsg, Decision, Done, Hello, Layer, Op, Reply, Welcome};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hermes_wire::{self as wire, board, Args, Call, ClientMsg, Decision, Done, Hello, Layer, Op, Reply, Welcome};
 use serde_bytes::Bytes;
+
+/// The board ([`hermes_wire::board`]) mapped read-only.
+#[derive(Clone, Copy)]
+struct BoardView(&'static [AtomicU64; board::WORDS]);
+
+impl BoardView {
+    fn map(path: &str) -> Option<Self> {
+        let file = std::fs::File::open(path).ok()?;
+        // SAFETY: a read-only shared mapping of a file we opened, never unmapped (the
+        // tracer lives as long as the run); it is read only through atomics.
+        let at = unsafe {
+            libc::mmap(std::ptr::null_mut(), board::SIZE, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0)
+        };
+        if at == libc::MAP_FAILED {
+            return None;
+        }
+        // SAFETY: the mapping is page-aligned, at least SIZE bytes and lives forever.
+        let words = unsafe { &*(at as *const [AtomicU64; board::WORDS]) };
+        (words[board::MAGIC].load(Ordering::Relaxed) == board::MAGIC_VALUE).then_some(BoardView(words))
+    }
+
+    fn word(self, i: usize) -> u64 {
+        self.0[i].load(Ordering::Acquire)
+    }
+}
 
 /// How long the broker may take to answer before the call fails closed.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest reply: a redirect path and the frame around it.
+/// The largest reply: a redirect path or rewritten payload and the frame around it.
 const REPLY_MAX: usize = wire::MAX_PATH + 256;
 
 /// A decision as the tracer applies it.
@@ -26,6 +54,12 @@ pub enum Verdict {
     RedirectAddr(Vec<u8>),
     Emulate(i64),
     Kill,
+    /// Run the call with these arguments replaced.
+    Rewrite {
+        flags: Option<i32>,
+        mode: Option<u32>,
+        data: Option<Vec<u8>>,
+    },
 }
 
 /// Why an exchange failed (each one ends in EPERM for the call).
@@ -41,6 +75,7 @@ enum ExchangeError {
 
 pub struct Client {
     socket: String,
+    board: Option<BoardView>,
     stream: Option<UnixStream>,
     welcome: Option<Welcome>,
     seq: u32,
@@ -53,9 +88,16 @@ type List<'a> = Vec<&'a Bytes>;
 impl Client {
     /// Connect to the broker's abstract socket `socket`. A failure is reported and
     /// leaves the client disconnected: every call is then denied with EPERM.
-    pub fn connect(socket: &str) -> Self {
-        let mut client =
-            Client { socket: socket.to_owned(), stream: None, welcome: None, seq: 0, buf: Vec::new(), warned: false };
+    pub fn connect(socket: &str, board: Option<&str>) -> Self {
+        let mut client = Client {
+            socket: socket.to_owned(),
+            board: board.and_then(BoardView::map),
+            stream: None,
+            welcome: None,
+            seq: 0,
+            buf: Vec::new(),
+            warned: false,
+        };
         if let Err(e) = client.reconnect() {
             client.warn(&e);
         }
@@ -82,27 +124,53 @@ impl Client {
         Ok(())
     }
 
-    /// Whether the policy watches `op`. Without a broker every operation counts as
-    /// watched, so that it is denied.
+    /// Whether the policy watches `op` (decides it or only observes it: the tracer
+    /// asks about both, its stop costs more than the question). Without a broker every
+    /// operation counts as watched, so that it is denied. The board, when there is
+    /// one, has the policy in force now (it may have been reloaded).
     pub fn watches(&self, op: Op) -> bool {
+        if self.stream.is_some() {
+            if let Some(board) = self.board {
+                return (board.word(board::MASK) | board.word(board::OBSERVE)) & op.bit() != 0;
+            }
+        }
         match self.welcome {
-            Some(w) => w.mask & op.bit() != 0,
+            Some(w) => (w.mask | w.observe) & op.bit() != 0,
             None => true,
         }
     }
 
     /// Whether the broker wants the results of the calls it let run.
     pub fn wants_results(&self) -> bool {
-        self.welcome.is_some_and(|w| w.report)
+        match self.board {
+            Some(board) => board.word(board::FLAGS) & board::REPORT != 0,
+            None => self.welcome.is_some_and(|w| w.report),
+        }
+    }
+
+    /// Whether the policy asked for the registers at each stop.
+    pub fn wants_registers(&self) -> bool {
+        self.board.is_some_and(|b| b.word(board::FLAGS) & board::REGISTERS != 0)
+    }
+
+    /// How many bytes of a send's payload the policy asked for.
+    pub fn wants_payload(&self) -> usize {
+        self.board.map_or(0, |b| b.word(board::PAYLOAD) as usize)
     }
 
     /// Ask about one call. Returns the call's sequence number (for [`Client::done`])
     /// and the verdict; anything but a valid answer is a deny with EPERM.
     /// `image` counts `pid`'s execs (see [`Call::image`]).
-    pub fn ask(&mut self, func: &str, pid: i32, tid: i32, image: u32, args: Args<'_, List<'_>>) -> (u32, Verdict) {
+    pub fn ask(
+        &mut self,
+        func: &str,
+        (pid, tid, image): (i32, i32, u32),
+        args: Args<'_, List<'_>>,
+        ctx: wire::Context<'_>,
+    ) -> (u32, Verdict) {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        match self.exchange(Call { seq, func, pid, tid, image, args }) {
+        match self.exchange(Call { seq, func, pid, tid, image, args, ctx }) {
             Ok(verdict) => (seq, verdict),
             Err(e) => {
                 self.stream = None;
@@ -133,6 +201,7 @@ impl Client {
                 let path = d.redirect_cstr().ok_or(ExchangeError::Protocol("redirect path is not a C string"))?;
                 Verdict::Redirect(path.to_vec())
             }
+            Decision::Rewrite { flags, mode, data } => Verdict::Rewrite { flags, mode, data: data.map(|d| d.to_vec()) },
             Decision::RedirectAddr(addr) => {
                 let mut raw = [0u8; wire::SOCKADDR_MAX];
                 match addr.to_raw(&mut raw) {

@@ -1,0 +1,273 @@
+//! What the broker knows of the run: which descriptor is which file or peer, and the
+//! process tree. Kept from the results clients report (an allowed open's descriptor,
+//! a connect's peer, an exec's argv) and from what `/proc` says when a process is
+//! first seen; answers `hermes.fd` and `hermes.process`.
+//!
+//! A descriptor can change behind our back (closed, or reused by a call nobody
+//! mediates), so an answer is checked against `/proc/PID/fd/N` while the process
+//! lives: a record that no longer matches is replaced by what the kernel says.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::event::{NetAddr, ProcInfo};
+
+/// Records kept before the oldest processes' are dropped.
+const MAX_FDS: usize = 1 << 16;
+const MAX_PROCS: usize = 1 << 14;
+
+/// What a descriptor is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FdInfo {
+    File(Vec<u8>),
+    /// A socket, with its peer when a mediated connect named it.
+    Socket(Option<NetAddr>),
+    /// A pipe, an eventfd, an anonymous inode: the kernel's name for it.
+    Other(Vec<u8>),
+}
+
+/// A process, as recorded.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub exe: Vec<u8>,
+    pub argv: Vec<Vec<u8>>,
+    pub children: Vec<i32>,
+    /// Seconds since boot when the process started (`/proc/PID/stat` field 22).
+    pub start_time: f64,
+    pub alive: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    fds: HashMap<(i32, i32), FdInfo>,
+    procs: HashMap<i32, ProcessInfo>,
+}
+
+#[derive(Default)]
+pub struct State {
+    inner: Mutex<Inner>,
+}
+
+impl State {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A process made its first call: record it from /proc.
+    pub fn seen(&self, pid: i32, info: &ProcInfo) {
+        let mut inner = self.inner();
+        if inner.procs.contains_key(&pid) {
+            return;
+        }
+        if inner.procs.len() >= MAX_PROCS {
+            inner.procs.retain(|_, p| p.alive);
+        }
+        let mut p = read_process(pid).unwrap_or_else(|| ProcessInfo { pid, ..Default::default() });
+        if p.exe.is_empty() {
+            p.exe = info.exe.clone();
+        }
+        if p.ppid == 0 {
+            p.ppid = info.ppid;
+        }
+        inner.procs.insert(pid, p);
+    }
+
+    /// An allowed open returned `fd` for `path`.
+    pub fn opened(&self, pid: i32, fd: i64, path: &[u8]) {
+        self.set_fd(pid, fd, FdInfo::File(path.to_vec()));
+    }
+
+    /// An allowed connect (or a sendto with an address) on `fd` reached `peer`.
+    pub fn connected(&self, pid: i32, fd: i32, peer: &NetAddr) {
+        self.set_fd(pid, i64::from(fd), FdInfo::Socket(Some(peer.clone())));
+    }
+
+    /// An exec succeeded (as far as the client could tell: a failed exec returns).
+    pub fn exec(&self, pid: i32, path: &[u8], argv: &[Vec<u8>]) {
+        let mut inner = self.inner();
+        let p = inner.procs.entry(pid).or_insert_with(|| ProcessInfo { pid, alive: true, ..Default::default() });
+        p.exe = path.to_vec();
+        p.argv = argv.to_vec();
+        // Descriptors survive exec unless close-on-exec: leave them to the /proc check.
+    }
+
+    fn set_fd(&self, pid: i32, fd: i64, info: FdInfo) {
+        let Ok(fd) = i32::try_from(fd) else { return };
+        if fd < 0 {
+            return;
+        }
+        let mut inner = self.inner();
+        if inner.fds.len() >= MAX_FDS {
+            let live: Vec<i32> = inner.procs.iter().filter(|(_, p)| p.alive).map(|(pid, _)| *pid).collect();
+            inner.fds.retain(|(p, _), _| live.contains(p) && std::path::Path::new(&format!("/proc/{p}")).exists());
+            if inner.fds.len() >= MAX_FDS {
+                inner.fds.clear();
+            }
+        }
+        inner.fds.insert((pid, fd), info);
+    }
+
+    /// What `fd` of `pid` is, or `None` when it is not open (or not known, for a
+    /// process /proc cannot show).
+    pub fn fd(&self, pid: i32, fd: i32) -> Option<FdInfo> {
+        let recorded = self.recorded_fd(pid, fd);
+        let link = match std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) {
+            Ok(link) => link.into_os_string().into_encoded_bytes(),
+            // The process is gone or hides its descriptors: the record is all we have.
+            Err(_) if !std::path::Path::new(&format!("/proc/{pid}/fd")).exists() => return recorded,
+            Err(_) => {
+                self.inner().fds.remove(&(pid, fd));
+                return None;
+            }
+        };
+        let kernel = if link.starts_with(b"socket:") {
+            FdInfo::Socket(None)
+        } else if link.starts_with(b"/") {
+            FdInfo::File(link.clone())
+        } else {
+            FdInfo::Other(link.clone())
+        };
+        Some(match (recorded, kernel) {
+            (Some(FdInfo::Socket(peer)), FdInfo::Socket(None)) => FdInfo::Socket(peer),
+            // The recorded name was the path as resolved at open; the kernel's is
+            // canonical. Same file: keep the kernel's.
+            (_, kernel) => kernel,
+        })
+    }
+
+    /// A descriptor's record, inherited from the parent when this process has none
+    /// (a fork child sees its parent's descriptors).
+    fn recorded_fd(&self, pid: i32, fd: i32) -> Option<FdInfo> {
+        let inner = self.inner();
+        let mut at = pid;
+        for _ in 0..64 {
+            if let Some(info) = inner.fds.get(&(at, fd)) {
+                return Some(info.clone());
+            }
+            at = inner.procs.get(&at)?.ppid;
+        }
+        None
+    }
+
+    /// What is known of `pid`: refreshed from /proc while it lives, the last record
+    /// after it exits, `None` if it was never seen and is not running.
+    pub fn process(&self, pid: i32) -> Option<ProcessInfo> {
+        let live = read_process(pid);
+        let mut inner = self.inner();
+        let p = match (live, inner.procs.get(&pid)) {
+            (Some(mut live), Some(old)) => {
+                if live.argv.is_empty() {
+                    live.argv = old.argv.clone();
+                }
+                live
+            }
+            (Some(live), None) => live,
+            (None, Some(old)) => ProcessInfo { alive: false, ..old.clone() },
+            (None, None) => return None,
+        };
+        inner.procs.insert(pid, p.clone());
+        let mut p = p;
+        let mut children: Vec<i32> =
+            inner.procs.values().filter(|c| c.ppid == pid && c.pid != pid).map(|c| c.pid).collect();
+        for c in proc_children(pid) {
+            if !children.contains(&c) {
+                children.push(c);
+            }
+        }
+        children.sort_unstable();
+        p.children = children;
+        Some(p)
+    }
+}
+
+/// A running process as /proc describes it.
+fn read_process(pid: i32) -> Option<ProcessInfo> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised (and arbitrary) comm: state ppid … starttime (22).
+    let after = &stat[stat.iter().rposition(|&b| b == b')')? + 2..];
+    let fields: Vec<&[u8]> = after.split(|&b| b == b' ').collect();
+    let field = |i: usize| std::str::from_utf8(fields.get(i)?).ok()?.parse::<u64>().ok();
+    if fields.first() == Some(&&b"Z"[..]) {
+        return None; // a zombie has exited; only its exit status is left
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.into_os_string().into_encoded_bytes())
+        .unwrap_or_default();
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|&b| b == 0).filter(|a| !a.is_empty()).map(<[u8]>::to_vec).collect())
+        .unwrap_or_default();
+    Some(ProcessInfo {
+        pid,
+        ppid: field(1).unwrap_or(0) as i32,
+        exe,
+        argv,
+        children: Vec::new(),
+        start_time: field(19).unwrap_or(0) as f64 / hz,
+        alive: true,
+    })
+}
+
+/// Children the kernel lists for any thread of `pid`.
+fn proc_children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| c.split_whitespace().filter_map(|n| n.parse().ok()).collect::<Vec<i32>>())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_are_checked_against_the_kernel() {
+        let state = State::default();
+        let me = std::process::id() as i32;
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        state.opened(me, i64::from(fd), b"/recorded/name");
+        match state.fd(me, fd) {
+            Some(FdInfo::File(path)) => assert!(path.starts_with(b"/"), "{path:?}"),
+            other => panic!("{other:?}"),
+        }
+        drop(file);
+        assert_eq!(state.fd(me, fd), None, "a closed descriptor is unknown");
+        assert_eq!(state.fd(me, 999_999), None);
+        // A process that no longer exists: the record is the answer.
+        state.opened(i32::MAX - 1, 5, b"/tmp/x");
+        assert_eq!(state.fd(i32::MAX - 1, 5), Some(FdInfo::File(b"/tmp/x".to_vec())));
+    }
+
+    #[test]
+    fn processes_come_from_proc_and_outlive_their_exit() {
+        let state = State::default();
+        let me = std::process::id() as i32;
+        let p = state.process(me).expect("this process is running");
+        assert!(p.alive && p.start_time > 0.0 && !p.argv.is_empty(), "{p:?}");
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let cpid = child.id() as i32;
+        state.seen(cpid, &ProcInfo::default());
+        assert!(state.process(me).unwrap().children.contains(&cpid));
+        // Until the child has exec'd, /proc shows the fork's copy of us.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let c = loop {
+            let c = state.process(cpid).unwrap();
+            if c.argv == [b"sleep".to_vec(), b"5".to_vec()] || std::time::Instant::now() > deadline {
+                break c;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!((c.ppid, c.argv.len()), (me, 2), "{c:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let gone = state.process(cpid).unwrap();
+        assert!(!gone.alive && gone.argv.len() == 2, "{gone:?}");
+        assert_eq!(state.process(i32::MAX - 2), None);
+    }
+}
