@@ -77,11 +77,11 @@ impl Report {
             _ => String::new(),
         };
         s += &format!(
-            "{name}: {} calls from {} processes{span}; {} other records skipped, {} unreadable lines\n",
-            self.events,
-            self.procs.len(),
-            self.skipped,
-            self.unreadable
+            "{name}: {}, {}{span}; {}, {}\n",
+            counted(self.events, "call", "calls"),
+            counted(self.procs.len(), "process", "processes"),
+            counted(self.skipped, "other record skipped", "other records skipped"),
+            counted(self.unreadable, "unreadable line", "unreadable lines"),
         );
         section(&mut s, "calls", &ranked(&self.calls, usize::MAX));
         let decisions: HashMap<String, usize> = self.decisions.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
@@ -151,6 +151,11 @@ impl Report {
     }
 }
 
+/// `1 call`, `2 calls`.
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Entries by count, largest first, ties by name.
 fn ranked(m: &HashMap<String, usize>, top: usize) -> Vec<(String, usize)> {
     let mut v: Vec<(String, usize)> = m.iter().map(|(k, n)| (k.clone(), *n)).collect();
@@ -214,7 +219,7 @@ impl<W: Write> ChromeTrace<W> {
 
     pub fn add(&mut self, rec: &CallRecord) -> io::Result<()> {
         let ev = &rec.event;
-        let Some(time) = rec.time.filter(|t| t.is_finite()) else {
+        let Some(ts) = rec.time.map(|t| t * 1e6).filter(|t| t.is_finite()) else {
             self.untimed += 1;
             return Ok(());
         };
@@ -234,7 +239,7 @@ impl<W: Write> ChromeTrace<W> {
             "name": ev.func,
             "cat": ev.op.name(),
             "ph": "X",
-            "ts": time * 1e6,
+            "ts": ts,
             "dur": dur,
             "pid": ev.pid,
             "tid": ev.tid,
@@ -318,7 +323,7 @@ mod tests {
         assert_eq!(j["latency_us"]["max"], 3.0);
         assert_eq!(j["duration_us"]["count"], 1);
         let text = report.render("t.jsonl", 10);
-        assert!(text.starts_with("t.jsonl: 3 calls from 2 processes over 0.500 s"), "{text}");
+        assert!(text.starts_with("t.jsonl: 3 calls, 2 processes over 0.500 s"), "{text}");
         assert!(text.contains("       1  openat EACCES (on_open)"), "{text}");
 
         assert_eq!(chrome.untimed, 1);

@@ -36,7 +36,8 @@ Examples:
   hermes report run.jsonl --chrome run.trace.json
 
 Exit status: the target's own, or 128+N when it was killed by signal N.
-HERMES errors: 127 program not found, 126 not executable, 2 bad policy or usage.";
+HERMES errors: 127 program not found, 126 not executable, 2 bad policy or usage.
+replay: 0 same decisions, 1 some differ, 2 bad policy or usage, 3 unreadable trace lines.";
 
 #[derive(Parser)]
 #[command(name = "hermes", version, about = "Run an unmodified program with a Lua policy between it and the system", after_help = EXAMPLES)]

@@ -273,7 +273,7 @@ fn report_counts_the_run_and_exports_a_chrome_trace() {
     // The text form shows the same.
     let run = hermes(&["report", &rec.trace()]).run();
     run.check(run.code == 0, "text report: exit 0");
-    run.check(run.stdout.starts_with(&format!("{}: {n} calls from 1 processes", rec.trace())), "header");
+    run.check(run.stdout.starts_with(&format!("{}: {n} calls, 1 process", rec.trace())), "header");
     let denial = format!("1  {} EACCES (on_open)", secret_call.as_str().unwrap_or_default());
     run.check(run.stdout.lines().any(|l| l.trim_start() == denial), "the denial line");
     run.check(run.stdout.contains("broker decision (latency_us)"), "latency percentiles");
