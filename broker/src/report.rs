@@ -206,7 +206,7 @@ impl Percentiles {
 pub struct ChromeTrace<W: Write> {
     out: W,
     written: usize,
-    /// Calls left out because the record has no `time`.
+    /// Calls left out because the record has no `time` (or one too large to place).
     pub untimed: usize,
     procs: BTreeMap<i32, String>,
 }

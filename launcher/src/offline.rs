@@ -190,7 +190,7 @@ pub fn report(args: &ReportArgs) -> ExitCode {
             return output_error(&e);
         }
         if untimed > 0 {
-            eprintln!("hermes: {untimed} calls without a `time` left out of the Chrome trace");
+            eprintln!("hermes: {untimed} calls without a usable `time` left out of the Chrome trace");
         }
     }
     if !args.chrome.as_deref().is_some_and(is_stdio) {
