@@ -7,6 +7,8 @@ pub mod engine;
 pub mod errno;
 pub mod event;
 pub mod policy;
+pub mod replay;
+pub mod report;
 pub mod resolve;
 pub mod server;
 pub mod state;

@@ -2,6 +2,7 @@
 
 mod broker_proc;
 mod launch;
+mod offline;
 mod seccomp;
 mod tracer;
 mod watch;
@@ -29,8 +30,15 @@ Examples:
   # Validate a policy before deploying it
   hermes check policies/readonly_home.lua
 
+  # Test a policy on a recorded run, with nothing running: show where it decides differently
+  hermes replay run.jsonl --policy policies/firewall.lua --diff-only
+
+  # Summarise a run (calls, denials, paths, peers, latency); export it for ui.perfetto.dev
+  hermes report run.jsonl --chrome run.trace.json
+
 Exit status: the target's own, or 128+N when it was killed by signal N.
-HERMES errors: 127 program not found, 126 not executable, 2 bad policy or usage.";
+HERMES errors: 127 program not found, 126 not executable, 2 bad policy or usage.
+replay: 0 same decisions, 1 some differ, 2 bad policy or usage, 3 unreadable trace lines.";
 
 #[derive(Parser)]
 #[command(name = "hermes", version, about = "Run an unmodified program with a Lua policy between it and the system", after_help = EXAMPLES)]
@@ -49,6 +57,13 @@ enum Command {
         /// The policy file (Lua 5.4)
         policy: PathBuf,
     },
+    /// Run the calls of a recorded trace through a policy, with no program running,
+    /// and show which decisions differ
+    #[command(after_help = offline::REPLAY_HELP)]
+    Replay(offline::ReplayArgs),
+    /// Summarise a recorded trace; export it for Perfetto (--chrome)
+    #[command(after_help = offline::REPORT_HELP)]
+    Report(offline::ReportArgs),
     /// Internal: the broker process `launch` starts
     #[command(hide = true)]
     Broker(broker_proc::BrokerArgs),
@@ -125,6 +140,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Launch(args) => launch::run(&args),
         Command::Check { policy } => check(&policy),
+        Command::Replay(args) => offline::replay(&args),
+        Command::Report(args) => offline::report(&args),
         Command::Broker(args) => broker_proc::run(&args),
         Command::ExecTraced { arg0, command } => launch::exec_traced(&arg0, &command),
     }
