@@ -58,6 +58,12 @@ pub enum Decision {
     RedirectAddr(String),
     Emulate(i64),
     Kill,
+    /// Arguments replaced: open flags and mode, a send's payload.
+    Rewrite {
+        flags: Option<i32>,
+        mode: Option<u32>,
+        data: Option<Vec<u8>>,
+    },
 }
 
 impl Decision {
@@ -69,6 +75,7 @@ impl Decision {
             Decision::RedirectPath(_) | Decision::RedirectAddr(_) => "redirect",
             Decision::Emulate(_) => "emulate",
             Decision::Kill => "kill",
+            Decision::Rewrite { .. } => "rewrite",
         }
     }
 
@@ -81,6 +88,9 @@ impl Decision {
             Verdict::Emulate(ret) => Decision::Emulate(*ret),
             Verdict::Kill => Decision::Kill,
             Verdict::Redirect(path) => Decision::RedirectPath(path.clone()),
+            Verdict::Rewrite { flags, mode, data } => {
+                Decision::Rewrite { flags: *flags, mode: *mode, data: data.clone() }
+            }
             Verdict::RedirectAddr { ip, port, unix } => {
                 let orig = match &ev.args {
                     EventArgs::Connect { addr, .. } | EventArgs::Send { addr: Some(addr), .. } => addr.clone(),
@@ -105,10 +115,18 @@ impl Decision {
             "redirect" => {
                 Decision::RedirectAddr(f.string("redirect")?.ok_or_else(|| f.missing("redirect"))?.to_owned())
             }
+            "rewrite" => match f.get("rewrite") {
+                Some(Json::Object(r)) => {
+                    let r = Fields { m: r, prefix: "rewrite." };
+                    Decision::Rewrite { flags: r.int("flags")?, mode: r.int("mode")?, data: r.bytes("data")? }
+                }
+                _ => return Err(f.missing("rewrite")),
+            },
             other => {
-                return Err(
-                    f.invalid("decision", format!("unknown decision '{other}' (allow, deny, redirect, emulate, kill)"))
-                )
+                return Err(f.invalid(
+                    "decision",
+                    format!("unknown decision '{other}' (allow, deny, redirect, emulate, kill, rewrite)"),
+                ))
             }
         })
     }
@@ -124,6 +142,19 @@ impl fmt::Display for Decision {
             Decision::RedirectAddr(a) => write!(f, "redirect {a}"),
             Decision::Emulate(ret) => write!(f, "emulate {ret}"),
             Decision::Kill => f.write_str("kill"),
+            Decision::Rewrite { flags, mode, data } => {
+                f.write_str("rewrite")?;
+                if let Some(v) = flags {
+                    write!(f, " flags={v:#o}")?;
+                }
+                if let Some(v) = mode {
+                    write!(f, " mode={v:#o}")?;
+                }
+                if let Some(d) = data {
+                    write!(f, " data={:?}", String::from_utf8_lossy(d))?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -180,7 +211,13 @@ impl CallRecord {
         let time = f.float("time")?;
         let latency_us = f.float("latency_us")?;
         let duration_us = f.float("duration_us")?;
-        let event = new_event(call, op, pid, tid, layer, proc, args);
+        let mut event = new_event(call, op, pid, tid, layer, proc, args);
+        event.mono_ns = f.int("mono_ns")?.unwrap_or(0);
+        // Context the policy asked for during the run is replayed to it.
+        event.ctx.payload = f.bytes("data")?;
+        if let Some(Json::Array(frames)) = f.get("backtrace") {
+            event.ctx.backtrace = frames.iter().filter_map(|b| b.as_str().map(str::to_owned)).collect();
+        }
         Ok(CallRecord { event, decision, handler, error, time, latency_us, duration_us, json: m })
     }
 
@@ -194,7 +231,18 @@ impl CallRecord {
 /// The struct built field by field here, so the event module keeps one constructor
 /// (the live one, which reads /proc).
 fn new_event(func: String, op: Op, pid: i32, tid: i32, layer: Layer, proc: ProcInfo, args: EventArgs) -> Event {
-    Event { func, op, pid, tid, layer, proc, args, unresolved: false }
+    Event {
+        func,
+        op,
+        pid,
+        tid,
+        layer,
+        proc,
+        args,
+        unresolved: false,
+        mono_ns: 0,
+        ctx: crate::event::EventContext::default(),
+    }
 }
 
 fn event_args(op: Op, call: &str, a: &Fields) -> Result<EventArgs, RecordError> {
@@ -542,12 +590,11 @@ impl ReplayStats {
 /// denied without asking (an unresolvable relative path) is answered the same way.
 pub fn replay_one(policy: &Policy, rec: &CallRecord) -> Outcome {
     if rec.was_unresolved() {
-        return Outcome {
-            verdict: Verdict::Deny(libc::EPERM),
-            handler: "error",
-            logs: Vec::new(),
-            error: Some("the path was not resolved during the run: denied without asking the policy".into()),
-        };
+        return Outcome::fixed(
+            Verdict::Deny(libc::EPERM),
+            "error",
+            Some("the path was not resolved during the run: denied without asking the policy".into()),
+        );
     }
     policy.decide(&rec.event)
 }
