@@ -34,7 +34,11 @@
 ---@field symbol? string api: the symbol, e.g. "deflate"
 ---@field raw? integer[] api: the six integer argument registers rdi, rsi, rdx, rcx, r8, r9
 ---@field args? (integer|string)[] api: arguments decoded by the declared signature (ints, pointers as integers, cstr/buf as strings); empty without one
----@field backtrace? string[] api, when asked for: return addresses as "FILE+0xOFFSET", innermost first
+---@field backtrace? string[] when asked for (hermes.want, or hermes.hook's option): return addresses as "FILE+0xOFFSET", innermost first
+---@field time_ns integer when the broker received the call: CLOCK_MONOTONIC in nanoseconds
+---@field data? string sendto/sendmsg, with hermes.want{payload=N}: the first N bytes of the payload
+---@field regs? table<string, integer> ptrace layer, with hermes.want{"registers"}: rax, rbx, …, rip, eflags, orig_rax
+---@field maps? string with hermes.want{"maps"}: the text of /proc/PID/maps
 
 ---An opaque decision built by `hermes.allow`, `deny`, `redirect`, `emulate`, `kill`.
 ---@class hermes.Decision
@@ -62,15 +66,52 @@
 ---@field O_TMPFILE integer
 hermes = {}
 
----Run the call.
+---@class hermes.DecisionOptions
+---@field cache? boolean remember the decision in the target process for identical calls (until a reload)
+
+---Run the call. `hermes.allow()` as a handler's value (not a function) makes the operation observed.
+---@param options? hermes.DecisionOptions
 ---@return hermes.Decision
-function hermes.allow() end
+function hermes.allow(options) end
 
 ---Do not run the call; fail it with `errno` (default EPERM). api: the function returns -1 with errno set.
 ---An unknown errno name raises an error (the call fails closed).
 ---@param errno? string|integer name like "EACCES", or a number
+---@param options? hermes.DecisionOptions
 ---@return hermes.Decision
-function hermes.deny(errno) end
+function hermes.deny(errno, options) end
+
+---Run the call with arguments replaced: open flags/mode, a sendto/sendmsg payload (at most 4000 bytes).
+---@param fields {flags?: integer, mode?: integer, data?: string}
+---@return hermes.Decision
+function hermes.rewrite(fields) end
+
+---Deny with `errno` on a schedule, else allow: `probability` (0..1) with an optional `seed`
+---(default 0; reproducible), or exactly the `nth` call reaching this line.
+---@param fields {errno: string|integer, probability?: number, seed?: integer, nth?: integer}
+---@return hermes.Decision
+function hermes.fault(fields) end
+
+---Ask for context with every event (top level): "backtrace", "registers", "maps", "state",
+---"payload" (4096 bytes) or payload = N.
+---@param what string|table
+function hermes.want(what) end
+
+---What descriptor `fd` of process `pid` is: {type="file", path=…}, {type="socket", family=, addr=, port=},
+---{type="other", path=…}; nil when it is not open.
+---@param pid integer
+---@param fd integer
+---@return table|nil
+function hermes.fd(pid, fd) end
+
+---What is known of a process: {pid, ppid, exe, argv, children, start_time, alive}; nil if never seen.
+---@param pid integer
+---@return table|nil
+function hermes.process(pid) end
+
+---CLOCK_MONOTONIC in nanoseconds (the clock of ev.time_ns).
+---@return integer
+function hermes.now() end
 
 ---Redirect the call: a string path for open/exec, a table for connect/sendto/sendmsg.
 ---Refused for api calls (the call fails closed).
@@ -81,8 +122,9 @@ function hermes.redirect(target) end
 ---Do not run the call; return `retval` to the program (api: the hooked function returns it).
 ---Refused for fopen/freopen and posix_spawn/posix_spawnp.
 ---@param retval integer
+---@param options? hermes.DecisionOptions
 ---@return hermes.Decision
-function hermes.emulate(retval) end
+function hermes.emulate(retval, options) end
 
 ---Kill the calling process with SIGKILL.
 ---@return hermes.Decision
