@@ -906,75 +906,75 @@ pub fn redirect_addr(orig: &NetAddr, ip: Option<IpAddr>, port: Option<u16>, unix
 
 /// The `ev` table handed to handlers.
 fn event_table(lua: &Lua, ev: &Event) -> mlua::Result<Table> {
-    let t = lua.create_table()?;
-    t.set("name", ev.func.as_str())?;
-    t.set("op", ev.op.name())?;
-    t.set("pid", ev.pid)?;
-    t.set("tid", ev.tid)?;
-    t.set("ppid", ev.proc.ppid)?;
-    t.set("exe", lua.create_string(&ev.proc.exe)?)?;
-    t.set("layer", ev.layer.name())?;
-    t.set("time_ns", ev.mono_ns as i64)?;
+    let t = lua.create_table_with_capacity(0, 16)?;
+    t.raw_set("name", ev.func.as_str())?;
+    t.raw_set("op", ev.op.name())?;
+    t.raw_set("pid", ev.pid)?;
+    t.raw_set("tid", ev.tid)?;
+    t.raw_set("ppid", ev.proc.ppid)?;
+    t.raw_set("exe", lua.create_string(&ev.proc.exe)?)?;
+    t.raw_set("layer", ev.layer.name())?;
+    t.raw_set("time_ns", ev.mono_ns as i64)?;
     if !ev.ctx.backtrace.is_empty() {
-        t.set("backtrace", lua.create_sequence_from(ev.ctx.backtrace.iter().map(String::as_str))?)?;
+        t.raw_set("backtrace", lua.create_sequence_from(ev.ctx.backtrace.iter().map(String::as_str))?)?;
     }
     if let Some(data) = &ev.ctx.payload {
-        t.set("data", lua.create_string(data)?)?;
+        t.raw_set("data", lua.create_string(data)?)?;
     }
     if let Some(regs) = &ev.ctx.regs {
         let r = lua.create_table()?;
         for (name, value) in hermes_wire::REGS.iter().zip(regs) {
             r.set(*name, *value as i64)?;
         }
-        t.set("regs", r)?;
+        t.raw_set("regs", r)?;
     }
     if let Some(maps) = &ev.ctx.maps {
-        t.set("maps", maps.as_str())?;
+        t.raw_set("maps", maps.as_str())?;
     }
     let set_addr = |addr: &NetAddr| -> mlua::Result<()> {
-        t.set("family", addr.family())?;
+        t.raw_set("family", addr.family())?;
         if let Some(a) = addr.addr_bytes() {
-            t.set("addr", lua.create_string(&a)?)?;
+            t.raw_set("addr", lua.create_string(&a)?)?;
         }
-        t.set("port", addr.port())
+        t.raw_set("port", addr.port())
     };
     match &ev.args {
         EventArgs::Open { dirfd, path, raw_path, flags, mode } => {
-            t.set("path", lua.create_string(path)?)?;
-            t.set("raw_path", lua.create_string(raw_path)?)?;
-            t.set("dirfd", *dirfd)?;
-            t.set("flags", *flags)?;
-            t.set("mode", *mode)?;
-            t.set("write", Event::writes(*flags))?;
+            t.raw_set("path", lua.create_string(path)?)?;
+            t.raw_set("raw_path", lua.create_string(raw_path)?)?;
+            t.raw_set("dirfd", *dirfd)?;
+            t.raw_set("flags", *flags)?;
+            t.raw_set("mode", *mode)?;
+            t.raw_set("write", Event::writes(*flags))?;
         }
         EventArgs::Connect { fd, addr } => {
-            t.set("fd", *fd)?;
+            t.raw_set("fd", *fd)?;
             set_addr(addr)?;
         }
         EventArgs::Send { fd, len, flags, addr } => {
-            t.set("fd", *fd)?;
-            t.set("len", *len)?;
-            t.set("flags", *flags)?;
+            t.raw_set("fd", *fd)?;
+            t.raw_set("len", *len)?;
+            t.raw_set("flags", *flags)?;
             if let Some(addr) = addr {
                 set_addr(addr)?;
             }
         }
         EventArgs::Exec { path, raw_path, argv, envp } => {
-            t.set("path", lua.create_string(path)?)?;
-            t.set("raw_path", lua.create_string(raw_path)?)?;
+            t.raw_set("path", lua.create_string(path)?)?;
+            t.raw_set("raw_path", lua.create_string(raw_path)?)?;
             let list = |items: &[Vec<u8>]| -> mlua::Result<Table> {
                 lua.create_sequence_from(items.iter().map(|i| lua.create_string(i)).collect::<mlua::Result<Vec<_>>>()?)
             };
-            t.set("argv", list(argv)?)?;
-            t.set("envp", list(envp)?)?;
+            t.raw_set("argv", list(argv)?)?;
+            t.raw_set("envp", list(envp)?)?;
         }
         EventArgs::Api { lib, symbol, raw, args, backtrace } => {
             if !backtrace.is_empty() {
-                t.set("backtrace", lua.create_sequence_from(backtrace.iter().map(String::as_str))?)?;
+                t.raw_set("backtrace", lua.create_sequence_from(backtrace.iter().map(String::as_str))?)?;
             }
-            t.set("lib", lib.as_str())?;
-            t.set("symbol", symbol.as_str())?;
-            t.set("raw", lua.create_sequence_from(raw.iter().map(|r| *r as i64))?)?;
+            t.raw_set("lib", lib.as_str())?;
+            t.raw_set("symbol", symbol.as_str())?;
+            t.raw_set("raw", lua.create_sequence_from(raw.iter().map(|r| *r as i64))?)?;
             let decoded = lua.create_table()?;
             for (i, a) in args.iter().enumerate() {
                 match a {
@@ -983,7 +983,7 @@ fn event_table(lua: &Lua, ev: &Event) -> mlua::Result<Table> {
                     ApiArg::Bytes(b) => decoded.set(i + 1, lua.create_string(b)?)?,
                 }
             }
-            t.set("args", decoded)?;
+            t.raw_set("args", decoded)?;
         }
     }
     Ok(t)

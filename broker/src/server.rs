@@ -3,7 +3,7 @@
 //! number of `Call` → `Reply`, with one-way `Done`s reporting results.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
@@ -228,7 +228,8 @@ impl Late for Replier {
 
 struct Connection<'s> {
     shared: &'s Shared,
-    stream: UnixStream,
+    /// Buffered: a frame (often several: an Observe and its Done) comes in one read.
+    reader: BufReader<UnixStream>,
     replier: Arc<Replier>,
     peer_pid: i32,
     layer: Layer,
@@ -252,7 +253,7 @@ impl<'s> Connection<'s> {
         let out = ReplyState { stream: stream.try_clone()?, seq: 0, answered: true };
         Ok(Connection {
             shared,
-            stream,
+            reader: BufReader::with_capacity(64 * 1024, stream),
             replier: Arc::new(Replier { out: Mutex::new(out) }),
             peer_pid: cred.pid,
             layer: Layer::Preload,
@@ -421,10 +422,10 @@ impl<'s> Connection<'s> {
 
     fn read_frame(&mut self) -> Result<(), ConnError> {
         let mut header = [0u8; 4];
-        self.stream.read_exact(&mut header)?;
+        self.reader.read_exact(&mut header)?;
         let len = wire::body_len(header, wire::MAX_FRAME).map_err(|_| ConnError::Protocol("frame too large"))?;
         self.buf.resize(len, 0);
-        self.stream.read_exact(&mut self.buf)?;
+        self.reader.read_exact(&mut self.buf)?;
         Ok(())
     }
 }

@@ -83,12 +83,14 @@ struct Guard {
 impl Guard {
     /// The guard for a call answered from the cache: no system call to learn the tid.
     fn cached() -> Option<Guard> {
-        let prev = BUSY.with(Cell::get);
-        if prev != 0 {
-            return None; // nested, or in a vfork child of a busy thread: ask properly
-        }
-        BUSY.with(|b| b.set(CACHED_CALL));
-        Some(Guard { prev, tid: CACHED_CALL })
+        BUSY.with(|b| {
+            // Nested, or in a vfork child of a busy thread: ask properly.
+            if b.get() != 0 {
+                return None;
+            }
+            b.set(CACHED_CALL);
+            Some(Guard { prev: 0, tid: CACHED_CALL })
+        })
     }
 
     fn take() -> Option<Guard> {
@@ -306,7 +308,7 @@ impl Session {
             return Ok((Verdict::Allow, false));
         }
         let reply: &'r [u8; REPLY_BUF] = reply;
-        let reply: Reply<'r> = wire::decode(&reply[..len]).map_err(|_| libc::EPROTO)?;
+        let reply: Reply<'r> = wire::decode(&reply[4..4 + len]).map_err(|_| libc::EPROTO)?;
         if reply.seq != self.seq {
             return Err(libc::EPROTO);
         }
@@ -501,10 +503,21 @@ fn send<T: Serialize>(fd: i32, msg: &T) -> Result<(), i32> {
     }
 }
 
+/// Read one frame into `buf` (header included) and return its body. The broker
+/// writes a frame in one piece and sends nothing unasked, so one read usually has it
+/// all; more than one frame's worth is a protocol error.
 fn recv_frame(fd: i32, buf: &mut [u8]) -> Result<&[u8], i32> {
-    let mut header = [0u8; 4];
-    sys::read_exact(fd, &mut header)?;
-    let len = wire::body_len(header, buf.len()).map_err(|_| libc::EPROTO)?;
-    sys::read_exact(fd, &mut buf[..len])?;
-    Ok(&buf[..len])
+    let mut got = 0;
+    while got < 4 {
+        got += sys::read_some(fd, &mut buf[got..])?;
+    }
+    let header = [buf[0], buf[1], buf[2], buf[3]];
+    let len = wire::body_len(header, buf.len() - 4).map_err(|_| libc::EPROTO)?;
+    while got < 4 + len {
+        got += sys::read_some(fd, &mut buf[got..4 + len])?;
+    }
+    if got != 4 + len {
+        return Err(libc::EPROTO);
+    }
+    Ok(&buf[4..4 + len])
 }

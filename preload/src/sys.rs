@@ -84,19 +84,19 @@ pub fn write_all(fd: i32, mut buf: &[u8]) -> Result<(), i32> {
     Ok(())
 }
 
-/// Fill all of `buf`, retrying on EINTR. EOF is `EPIPE`.
-pub fn read_exact(fd: i32, mut buf: &mut [u8]) -> Result<(), i32> {
-    while !buf.is_empty() {
+/// One read(2) of at most `buf.len()` bytes, retried on EINTR; 0 bytes (the peer
+/// closed) is EPIPE.
+pub fn read_some(fd: i32, buf: &mut [u8]) -> Result<usize, i32> {
+    loop {
         // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes.
         let n = unsafe { syscall3(libc::SYS_read, fd as usize, buf.as_mut_ptr() as usize, buf.len()) };
         match n {
-            n if n > 0 => buf = &mut buf[n as usize..],
+            n if n > 0 => return Ok(n as usize),
             n if n == -(libc::EINTR as isize) => {}
             0 => return Err(libc::EPIPE),
             n => return Err(-n as i32),
         }
     }
-    Ok(())
 }
 
 /// Connect a new close-on-exec stream socket to the abstract Unix name `name`.
