@@ -39,6 +39,13 @@ fn fold(a: u64, b: u64) -> u64 {
 }
 
 #[inline]
+fn full_word(bytes: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(w)
+}
+
+#[inline]
 fn word(bytes: &[u8]) -> u64 {
     let mut w = [0u8; 8];
     w[..bytes.len()].copy_from_slice(bytes);
@@ -64,11 +71,18 @@ impl KeyBuilder {
         let mut chunks = b.chunks_exact(16);
         for c in &mut chunks {
             let (lo, hi) = c.split_at(8);
-            h = fold(word(lo) ^ P1, word(hi) ^ h);
+            h = fold(full_word(lo) ^ P1, full_word(hi) ^ h);
         }
         let rest = chunks.remainder();
-        let (lo, hi) = rest.split_at(rest.len().min(8));
-        h = fold(word(lo) ^ P2, word(hi) ^ h ^ P3);
+        // The tail (0..15 bytes) as two words read with overlap instead of byte by
+        // byte; its length is already in the key.
+        let (lo, hi) = match rest.len() {
+            0 => (0, 0),
+            1..=7 => (word(rest), 0),
+            8 => (full_word(rest), 0),
+            n => (full_word(&rest[..8]), full_word(&rest[n - 8..])),
+        };
+        h = fold(lo ^ P2, hi ^ h ^ P3);
         self.hash = h;
         self.check = self.check.rotate_left(17) ^ b.len() as u64;
         self
