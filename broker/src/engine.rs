@@ -47,7 +47,7 @@ struct Slot {
     observe: u64,
     wants: Wants,
     hash: Arc<str>,
-    name: String,
+    name: Arc<str>,
     /// How long a running handler may take before its caller is failed closed.
     patience: Duration,
 }
@@ -67,7 +67,7 @@ impl Slot {
             observe: policy.observe(),
             wants: policy.wants(),
             hash: Arc::from(policy.hash()),
-            name: policy.name().to_owned(),
+            name: Arc::from(policy.name()),
             // The instruction hook fires at the limit; the margin covers its granularity.
             patience: timeout + (timeout / 2).max(Duration::from_millis(50)),
             policy: Mutex::new(policy),
@@ -142,16 +142,16 @@ struct Running {
     ticket: u64,
     deadline: Instant,
     late: Arc<dyn Late>,
-    name: String,
+    name: Arc<str>,
     patience: Duration,
     fired: bool,
 }
 
 impl Watchdog {
-    fn start(&self, patience: Duration, late: Arc<dyn Late>, name: &str) -> u64 {
+    fn start(&self, patience: Duration, late: Arc<dyn Late>, name: &Arc<str>) -> u64 {
         let ticket = self.next.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + patience;
-        lock(&self.running).push(Running { ticket, deadline, late, name: name.to_owned(), patience, fired: false });
+        lock(&self.running).push(Running { ticket, deadline, late, name: Arc::clone(name), patience, fired: false });
         ticket
     }
 
@@ -277,8 +277,11 @@ impl Engine {
     pub fn reload(&self, policy: Policy) -> u64 {
         let slot = Slot::new(policy, &self.state);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        self.board.post(notice(&slot, generation, self.report));
+        let notice = notice(&slot, generation, self.report);
+        // Swap first, post second: a client that sees the new generation must get the
+        // new policy's decisions, or it would cache an old one as new.
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = slot;
+        self.board.post(notice);
         generation
     }
 
