@@ -1,11 +1,13 @@
 -- trace_only.lua: see every mediated call, change nothing.
 --
--- on_call allows each call explicitly (the trace names the handler "on_call") and
--- logs nothing; pair it with -v (one line per call on stderr) and/or --trace.
+-- on_call is the constant hermes.allow(), not a function: every operation is
+-- observed. The program does not wait for the broker: opens, connects and sends run
+-- at once and are reported afterwards with their results (exec, which does not
+-- return, is still asked, and allowed). The trace names the handler "on_open", …
+-- and marks the records "observed". Pair it with -vv (one line per call on stderr)
+-- and/or --trace.
 --
--- Run:  hermes launch -v --trace trace.jsonl --policy policies/trace_only.lua -- curl -s https://example.com/
+-- Run:  hermes launch -vv --trace trace.jsonl --policy policies/trace_only.lua -- curl -s https://example.com/
 -- Env:  none
 
-function on_call(ev)
-  return hermes.allow()
-end
+on_call = hermes.allow()

@@ -150,9 +150,21 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match hermes_broker::Policy::load(path, Duration::from_millis(100)) {
         Ok(policy) => {
-            let ops: Vec<&str> =
-                hermes_wire::Op::ALL.iter().filter(|op| policy.mask() & op.bit() != 0).map(|op| op.name()).collect();
-            println!("{}: ok ({}); subscribes to: {}", path.display(), policy.hash(), ops.join(", "));
+            let names = |mask: u64| -> Vec<&str> {
+                hermes_wire::Op::ALL.iter().filter(|op| mask & op.bit() != 0).map(|op| op.name()).collect()
+            };
+            let observed = names(policy.observe());
+            let observed = if observed.is_empty() {
+                String::new()
+            } else {
+                format!(" (observed, not asked: {})", observed.join(", "))
+            };
+            println!(
+                "{}: ok ({}); subscribes to: {}{observed}",
+                path.display(),
+                policy.hash(),
+                names(policy.mask()).join(", ")
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
