@@ -188,6 +188,8 @@ pub struct Engine {
     current: RwLock<Arc<Slot>>,
     shadow: Arc<RwLock<Option<Arc<Slot>>>>,
     shadow_jobs: Mutex<Option<SyncSender<(Event, Outcome)>>>,
+    /// Disconnected once the shadow thread has evaluated every job queued.
+    shadow_done: Mutex<Option<mpsc::Receiver<()>>>,
     shadow_dropped: AtomicU64,
     shadow_differed: Arc<AtomicU64>,
     watchdog: Arc<Watchdog>,
@@ -207,6 +209,7 @@ impl Engine {
             current: RwLock::new(slot),
             shadow: Arc::new(RwLock::new(None)),
             shadow_jobs: Mutex::new(None),
+            shadow_done: Mutex::new(None),
             shadow_dropped: AtomicU64::new(0),
             shadow_differed: Arc::new(AtomicU64::new(0)),
             watchdog: Arc::new(Watchdog { running: Mutex::new(Vec::new()), next: AtomicU64::new(1) }),
@@ -230,7 +233,10 @@ impl Engine {
         let sink = Arc::clone(sink);
         let differed = Arc::clone(&self.shadow_differed);
         let shadow = Arc::clone(&self.shadow);
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        *lock(&self.shadow_done) = Some(done_rx);
         std::thread::Builder::new().name("hermes-shadow".into()).spawn(move || {
+            let _done = done_tx; // dropped when the queue is closed and empty
             for (event, enforced) in rx {
                 let Some(slot) = shadow.read().unwrap_or_else(|e| e.into_inner()).clone() else { continue };
                 let candidate = slot.decide(&event, None);
@@ -288,6 +294,18 @@ impl Engine {
     /// Set (or replace) the shadow policy.
     pub fn set_shadow(&self, policy: Policy) {
         *self.shadow.write().unwrap_or_else(|e| e.into_inner()) = Some(Slot::new(policy, &self.state));
+    }
+
+    /// Take no more shadow jobs and wait (up to `wait`) until the shadow has evaluated
+    /// those queued, so that the counts and the trace are complete at exit: the shadow
+    /// runs after its caller got an answer, and may still be busy with the last calls
+    /// when the target exits. Returns whether it finished.
+    pub fn finish_shadow(&self, wait: Duration) -> bool {
+        drop(lock(&self.shadow_jobs).take());
+        match lock(&self.shadow_done).take() {
+            Some(done) => !matches!(done.recv_timeout(wait), Err(mpsc::RecvTimeoutError::Timeout)),
+            None => true,
+        }
     }
 
     /// Calls on which the shadow disagreed, and shadow evaluations dropped because

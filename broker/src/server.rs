@@ -166,6 +166,12 @@ impl Handle {
         self.shared.engine.board_path()
     }
 
+    /// Wait (up to `wait`) for the shadow to evaluate the calls still queued; see
+    /// [`Engine::finish_shadow`]. Returns whether it finished.
+    pub fn finish_shadow(&self, wait: Duration) -> bool {
+        self.shared.engine.finish_shadow(wait)
+    }
+
     /// Calls on which the shadow policy differed, and evaluations it dropped.
     pub fn shadow_counts(&self) -> Option<(u64, u64)> {
         self.shared.engine.has_shadow().then(|| self.shared.engine.shadow_counts())

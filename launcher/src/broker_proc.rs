@@ -106,6 +106,9 @@ pub fn run(args: &BrokerArgs) -> ExitCode {
     if left > 0 {
         eprintln!("hermes: broker: {left} connection(s) still open at exit");
     }
+    if handle.shadow_counts().is_some() && !handle.finish_shadow(Duration::from_secs(2)) {
+        eprintln!("hermes: the shadow policy was still evaluating calls at exit; its count is short");
+    }
     if let Some((differed, dropped)) = handle.shadow_counts() {
         let dropped = if dropped > 0 {
             format!(" ({dropped} calls not evaluated: the shadow fell behind)")

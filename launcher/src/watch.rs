@@ -1,7 +1,7 @@
 //! Watching policy files for hot reload. The directory is watched, not the file, so
 //! that both ways editors save are seen: written in place (`IN_CLOSE_WRITE`, or
 //! `IN_MODIFY` while still open) and written elsewhere then renamed over the file
-//! (`IN_MOVED_TO`). Events are gathered until the directory has been quiet for a
+//! (`IN_MOVED_TO`). Events are gathered until the watched files have been quiet for a
 //! moment, so one save is one reload.
 
 use std::collections::HashMap;
@@ -10,9 +10,9 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How long the directory must be quiet before a change is acted on.
+/// How long the watched files must be quiet before a change is acted on.
 pub const SETTLE: Duration = Duration::from_millis(60);
 
 /// What happened to a watched file during one settled batch of events.
@@ -63,11 +63,25 @@ impl Watcher {
 
     /// Wait until a watched file changed and things settled, or `wait` passes (then
     /// the list is empty); returns the changes by the caller's index.
+    ///
+    /// Both deadlines count only events for the watched files: other files in the
+    /// same directory (a trace or a log written beside the policy, every few
+    /// milliseconds) must not keep a change from settling, nor a retry from firing.
     pub fn next(&self, wait: Option<Duration>) -> io::Result<Vec<(usize, Change)>> {
         let mut changes: HashMap<usize, Change> = HashMap::new();
-        let first = wait.map_or(-1, |w| w.as_millis().min(i32::MAX as u128) as i32);
-        let mut timeout = first; // wait for the first event
+        // Until the first change: `wait` (None: forever); then SETTLE after the last.
+        let mut deadline = wait.map(|w| Instant::now() + w);
         loop {
+            let timeout = match deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(changes.into_iter().collect());
+                    }
+                    left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+                }
+            };
             let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: one live pollfd.
             let n = unsafe { libc::poll(&mut pfd, 1, timeout) };
@@ -78,17 +92,14 @@ impl Watcher {
                 }
                 return Err(e);
             }
-            if n == 0 {
-                return Ok(changes.into_iter().collect());
-            }
-            self.read_events(&mut changes)?;
-            if !changes.is_empty() {
-                timeout = SETTLE.as_millis() as i32;
+            if n > 0 && self.read_events(&mut changes)? {
+                deadline = Some(Instant::now() + SETTLE);
             }
         }
     }
 
-    fn read_events(&self, changes: &mut HashMap<usize, Change>) -> io::Result<()> {
+    /// Read pending events into `changes`; whether any concerned a watched file.
+    fn read_events(&self, changes: &mut HashMap<usize, Change>) -> io::Result<bool> {
         let mut buf = [0u8; 4096];
         // SAFETY: reading into a live local buffer of the given size.
         let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -97,6 +108,7 @@ impl Watcher {
         }
         let header = std::mem::size_of::<libc::inotify_event>();
         let mut at = 0usize;
+        let mut watched = false;
         while at + header <= n as usize {
             // SAFETY: the kernel wrote whole events; read_unaligned copes with any
             // alignment of the buffer.
@@ -104,11 +116,12 @@ impl Watcher {
             let name_bytes = &buf[at + header..(at + header + ev.len as usize).min(n as usize)];
             let name = name_bytes.split(|&b| b == 0).next().unwrap_or_default();
             if let Some(&i) = self.dirs.get(&ev.wd).and_then(|names| names.get(&OsString::from_vec(name.to_vec()))) {
+                watched = true;
                 let change = changes.entry(i).or_default();
                 change.complete |= ev.mask & (libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO) != 0;
             }
             at += header + ev.len as usize;
         }
-        Ok(())
+        Ok(watched)
     }
 }
