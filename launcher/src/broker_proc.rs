@@ -140,7 +140,10 @@ fn watch(args: &BrokerArgs, handle: &Arc<Handle>) -> std::io::Result<()> {
     let handle = Arc::clone(handle);
     let timeout = Duration::from_millis(args.timeout_ms);
     std::thread::Builder::new().name("hermes-reload".into()).spawn(move || {
-        let mut last_hash: Vec<Option<String>> = vec![None; files.len()];
+        // What is loaded now: a save that changes nothing keeps the generation (and
+        // so every cached decision in the targets).
+        let mut last_hash: Vec<Option<String>> =
+            files.iter().map(|f| std::fs::read(f).ok().map(|src| policy::source_hash(&src))).collect();
         // A load that failed while the file may still be being written: retried once
         // things are quiet, reported only if it still fails.
         let mut unsettled: Option<usize> = None;
