@@ -375,6 +375,7 @@ impl Tracer {
                 let mut buf = vec![0u8; (*len as usize).min(want)];
                 mem::read(&st, decode::arg(&regs, 1), &mut buf).ok().map(|()| buf)
             }
+            (want, Request::SendMsg { hdr, .. }) => decode::msg_payload(&st, hdr, want).ok(),
             _ => None,
         };
         ctx.payload = payload.as_deref().map(serde_bytes::Bytes::new);

@@ -168,6 +168,32 @@ fn sockaddr(st: &Stopped, addr: u64, len: u64) -> Result<Option<Vec<u8>>, Errno>
     Ok(Some(raw))
 }
 
+/// The first `want` bytes a sendmsg would send: its iovecs' data, gathered in order
+/// from the program's msghdr `hdr` (as the preload gathers them for `ev.data`).
+pub fn msg_payload(st: &Stopped, hdr: &[u8; MSGHDR_SIZE], want: usize) -> Result<Vec<u8>, Errno> {
+    let field = |at: usize| u64::from_ne_bytes(hdr[at..at + 8].try_into().unwrap_or_default());
+    let iovlen = (field(MSGHDR_IOVLEN) as usize).min(IOV_MAX);
+    let mut iov = vec![0u8; iovlen * 16];
+    if iovlen > 0 {
+        mem::read(st, field(MSGHDR_IOV), &mut iov)?;
+    }
+    let mut out = Vec::new();
+    for v in iov.chunks_exact(16) {
+        let word = |i: usize| u64::from_ne_bytes(v[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        let take = (word(1) as usize).min(want - out.len());
+        if word(0) == 0 || take == 0 {
+            continue;
+        }
+        let start = out.len();
+        out.resize(start + take, 0);
+        mem::read(st, word(0), &mut out[start..])?;
+        if out.len() == want {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 impl Request {
     fn with_lists(mut self, st: &Stopped, argv_at: u64, envp_at: u64) -> Result<Self, Errno> {
         if let Request::Exec { argv, envp, .. } = &mut self {
