@@ -45,6 +45,8 @@ struct Slot {
     freed: Condvar,
     mask: u64,
     observe: u64,
+    /// Per operation, the handler that observes it (for the trace).
+    observers: [&'static str; hermes_wire::Op::ALL.len()],
     wants: Wants,
     hash: Arc<str>,
     name: Arc<str>,
@@ -65,6 +67,7 @@ impl Slot {
         Arc::new(Slot {
             mask: policy.mask(),
             observe: policy.observe(),
+            observers: hermes_wire::Op::ALL.map(|op| policy.observer(op)),
             wants: policy.wants(),
             hash: Arc::from(policy.hash()),
             name: Arc::from(policy.name()),
@@ -324,6 +327,11 @@ impl Engine {
 
     pub fn observe(&self) -> u64 {
         self.current().observe
+    }
+
+    /// The handler whose constant decides an observed operation.
+    pub fn observer(&self, op: hermes_wire::Op) -> &'static str {
+        self.current().observers[op as usize]
     }
 
     pub fn wants(&self) -> Wants {

@@ -322,6 +322,14 @@ impl Policy {
         self.observe
     }
 
+    /// The handler that decides `op` when it is observed: its own, or `on_call`.
+    pub fn observer(&self, op: Op) -> &'static str {
+        match self.handlers.per_op[op as usize] {
+            Some(_) => op.handler(),
+            None => "on_call",
+        }
+    }
+
     /// What the policy asked to see beyond the arguments.
     pub fn wants(&self) -> Wants {
         self.wants

@@ -354,10 +354,13 @@ impl<'s> Connection<'s> {
         let state = self.shared.engine.state();
         let pid = record.event.pid;
         match &record.event.args {
-            EventArgs::Open { path, .. } if done.ret >= 0 => match &record.outcome.verdict {
-                Verdict::Redirect(to) => state.opened(pid, done.ret, to),
-                _ => state.opened(pid, done.ret, path),
-            },
+            // fopen and freopen return a FILE *, not a descriptor.
+            EventArgs::Open { path, .. } if done.ret >= 0 && !returns_file_pointer(&record.event.func) => {
+                match &record.outcome.verdict {
+                    Verdict::Redirect(to) => state.opened(pid, done.ret, to),
+                    _ => state.opened(pid, done.ret, path),
+                }
+            }
             EventArgs::Connect { fd, addr } if done.ret == 0 || done.errno == libc::EINPROGRESS => {
                 state.connected(pid, *fd, record.redirected_to.as_ref().unwrap_or(addr))
             }
@@ -390,7 +393,7 @@ impl<'s> Connection<'s> {
         let engine = &self.shared.engine;
         let event = Event::new(func, pid, tid, self.layer, proc, args).with_context(&call.ctx, engine.wants().maps);
         let (outcome, policy_hash) = if observed {
-            (Outcome::fixed(Verdict::Allow, event.op.handler(), None), engine.hash())
+            (Outcome::fixed(Verdict::Allow, engine.observer(event.op), None), engine.hash())
         } else if event.unresolved {
             // A rule on /etc/shadow must not be dodged by chdir("/etc") in a process
             // whose cwd the broker cannot read: fail closed.
@@ -443,6 +446,10 @@ fn write_frame<T: serde::Serialize>(stream: &mut UnixStream, msg: &T) -> Result<
     frame.extend_from_slice(&body);
     stream.write_all(&frame)?;
     Ok(())
+}
+
+fn returns_file_pointer(func: &str) -> bool {
+    func.starts_with("fopen") || func.starts_with("freopen")
 }
 
 /// The reply for a record; a redirect path gets its C terminator in `cpath`.
