@@ -392,8 +392,9 @@ fn addr_json(m: &mut Map<String, Json>, addr: &NetAddr) {
     }
 }
 
-/// Name each return address by the file mapped there: `/usr/lib/x86_64-linux-gnu/libz.so.1+0x2f10`
-/// (the offset is the file offset, what `addr2line -e FILE` takes for a shared object).
+/// Name each return address by the file mapped there and, when its symbol tables say,
+/// the function: `/usr/lib/x86_64-linux-gnu/libz.so.1+0x2f10 (deflate+0x40)` (the offset
+/// is the file offset, what `addr2line -e FILE` takes for a shared object).
 fn symbolize(pid: i32, frames: &[u64]) -> Vec<String> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
     let regions: Vec<(u64, u64, u64, &str)> = maps
@@ -414,7 +415,14 @@ fn symbolize(pid: i32, frames: &[u64]) -> Vec<String> {
     frames
         .iter()
         .map(|&ip| match regions.iter().find(|(lo, hi, _, _)| (*lo..*hi).contains(&ip)) {
-            Some((lo, _, off, path)) if !path.is_empty() => format!("{path}+{:#x}", ip - lo + off),
+            Some((lo, _, off, path)) if !path.is_empty() => {
+                let offset = ip - lo + off;
+                // A return address is just past the call: name the call's function.
+                match crate::symbols::name(path, offset.saturating_sub(1)) {
+                    Some(function) => format!("{path}+{offset:#x} ({function})"),
+                    None => format!("{path}+{offset:#x}"),
+                }
+            }
             _ => format!("{ip:#x}"),
         })
         .collect()

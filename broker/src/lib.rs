@@ -12,6 +12,7 @@ pub mod report;
 pub mod resolve;
 pub mod server;
 pub mod state;
+pub mod symbols;
 pub mod trace;
 
 pub use policy::{Policy, PolicyError};

@@ -468,7 +468,14 @@ end
     run.check(logged == frames.join(" "), "ev.backtrace is what the trace records");
     // Innermost first: the program's own function that called open, then libc's start.
     let exe = s(&prog);
+    // `FILE+0xOFFSET (function+0xN)`: the offset is what addr2line takes.
     let first = frames[0].strip_prefix(&format!("{exe}+0x")).unwrap_or_default();
+    // The symbol table's function: open_once, or main when the compiler inlined it.
+    run.check(
+        first.contains(" (open_once+0x") || first.contains(" (main+0x"),
+        &format!("the frame names its function: {frames:?}"),
+    );
+    let first = first.split(' ').next().unwrap_or_default();
     run.check(!first.is_empty(), &format!("the first frame is in {exe}: {frames:?}"));
     run.check(frames.iter().any(|f| f.contains("/libc.so")), "libc's frames are there");
     let a2l = Command::new("addr2line").args(["-f", "-e", &exe, &format!("0x{first}")]).output();
