@@ -227,17 +227,21 @@ pub fn install(inline: bool) {
     for hook in HOOKS {
         hook.real.resolve();
     }
-    for hook in HOOKS.iter().filter(|h| inline && h.patch == Patch::Inline) {
-        let target = hook.real.resolve();
-        // Aliases (open and open64 are one function in glibc) are patched once.
-        if target == 0 || HOOKS.iter().any(|h| h.real.is_patched() && h.real.resolve() == target) {
-            continue;
+    // One reading of /proc/self/maps for all the hooks: we run in the constructor,
+    // single-threaded, so nothing else changes the address space meanwhile.
+    hermes_trampolines::batch(|| {
+        for hook in HOOKS.iter().filter(|h| inline && h.patch == Patch::Inline) {
+            let target = hook.real.resolve();
+            // Aliases (open and open64 are one function in glibc) are patched once.
+            if target == 0 || HOOKS.iter().any(|h| h.real.is_patched() && h.real.resolve() == target) {
+                continue;
+            }
+            if let Err(e) = patch(hook, target) {
+                let msg = format!("hermes-preload: {}: {e}; using symbol interposition for it\n", hook.name);
+                sys::warn(&[msg.as_bytes()]);
+            }
         }
-        if let Err(e) = patch(hook, target) {
-            let msg = format!("hermes-preload: {}: {e}; using symbol interposition for it\n", hook.name);
-            sys::warn(&[msg.as_bytes()]);
-        }
-    }
+    });
     // In strict mode the syscalls we mediate are made with the run's cookie, so the
     // seccomp filter lets them through instead of stopping them a second time.
     for hook in HOOKS {

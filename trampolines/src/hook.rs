@@ -78,7 +78,7 @@ impl Hook {
         let addr = target as u64;
         let detour = detour as u64;
         let mut pool = engine();
-        let mappings = maps::read_self_maps()?;
+        let mappings = maps::current()?;
         // SAFETY: the caller vouches that `target` is code of this process.
         let plan = unsafe { plan_in(&mappings, addr) }?;
         let patch_at = plan.patch_address();

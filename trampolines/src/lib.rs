@@ -62,5 +62,7 @@ pub use error::HookError;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub use hook::{plan_at, Hook};
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub use maps::batch;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub use patch::{write_order, WriteOrder};
 pub use relocate::{jmp_abs64, jmp_rel32, plan, Plan, ENDBR64, PATCH_LEN};

@@ -105,11 +105,14 @@ fn align_up(value: u64) -> u64 {
 /// Maps a new chunk whose every byte lies in `[window.0, window.1 + MAX_CODE)`, as close to
 /// `near` as possible, in a hole of the address space found in `/proc/self/maps`.
 fn map_near(addr: u64, window: (u64, u64), near: u64) -> Result<u64, HookError> {
-    let mappings = maps::read_self_maps()?;
+    let mappings = maps::current()?;
     let candidates = candidates(&mappings, window, near);
     for base in candidates.into_iter().take(MAX_MAP_ATTEMPTS) {
         match sys::map_fixed_noreplace(base, CHUNK_SIZE) {
-            Ok(()) => return Ok(base),
+            Ok(()) => {
+                maps::changed();
+                return Ok(base);
+            }
             Err(_) => continue, // taken meanwhile by another thread, or refused: next hole
         }
     }
