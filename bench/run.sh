@@ -2,11 +2,11 @@
 # The benchmark suite: every workload under every runner, in one interleaved run, one
 # markdown table of per-call overheads and ratios, with PASS/MISS against the targets.
 #
-#   bench/run.sh              # the full suite (about 10 minutes on a 2-core VM)
+#   bench/run.sh              # the full suite (about 5 minutes on a 2-core VM)
 #   bench/run.sh --quick      # a smoke run: fewer repetitions, shorter loops (< 2 min)
 #   bench/run.sh --profile    # also save a perf profile of the uncached open loop under
 #                             # hermes to bench/results/profile-open.txt
-#   bench/run.sh --reps 7     # repetitions per figure (default 5, --quick 3)
+#   bench/run.sh --reps 9     # repetitions per figure (default 7, --quick 3)
 #
 # Runners: native; hermes with the preload; hermes --strict; hermes on a static build
 # of the same loop (the seccomp + ptrace fallback); strace -f; strace -f --seccomp-bpf;

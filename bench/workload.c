@@ -7,6 +7,8 @@
  *   write N REPORT           N x write(fd, 1 byte) to /dev/null (opened once)
  *   connect N REPORT PORT    N x (socket; connect to 127.0.0.1:PORT; close with RST)
  *   sendto N REPORT PORT     N x sendto(16 bytes) on one UDP socket to 127.0.0.1:PORT
+ *   badsendto N REPORT       N x sendto on fd -1 (EBADF at once): the cost of the hook
+ *                            itself, without the network stack's noise around it
  *   forkexec N REPORT PROG   N x (fork; child execv(PROG); waitpid)
  *   pingpong N REPORT SIZE   N request/reply round trips of SIZE bytes between two
  *                            processes over a Unix stream socketpair
@@ -177,6 +179,10 @@ int main(int argc, char **argv) {
         for (long i = 0; i < n; i++)
             if (sendto(s, "0123456789abcdef", 16, 0, (struct sockaddr *)&sa, sizeof sa) != 16) die("sendto");
         close(s);
+    } else if (!strcmp(mode, "badsendto")) {
+        struct sockaddr_in sa = loopback("9");
+        for (long i = 0; i < n; i++)
+            if (sendto(-1, "x", 1, 0, (struct sockaddr *)&sa, sizeof sa) != -1) die("sendto(-1) succeeded");
     } else if (!strcmp(mode, "forkexec") && arg) {
         for (long i = 0; i < n; i++) {
             pid_t pid = fork();
