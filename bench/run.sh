@@ -3,7 +3,7 @@
 # markdown table of per-call overheads and ratios, with PASS/MISS against the targets.
 #
 #   bench/run.sh              # the full suite (about 5 minutes on a 2-core VM)
-#   bench/run.sh --quick      # a smoke run: fewer repetitions, shorter loops (< 2 min)
+#   bench/run.sh --quick      # a smoke run: fewer repetitions, shorter loops (< 1 min)
 #   bench/run.sh --profile    # also save a perf profile of the uncached open loop under
 #                             # hermes to bench/results/profile-open.txt
 #   bench/run.sh --reps 9     # repetitions per figure (default 7, --quick 3)
@@ -18,8 +18,8 @@
 #
 # Environment: HERMES=path/to/hermes (default: the release build, built here
 # incrementally: cargo build --release -p hermes-launcher -p hermes-preload).
-# Writes bench/results/latest.md (also printed). Exit status 0 even when a target is
-# missed: the table says which and by how much.
+# Writes bench/results/latest.md (--quick: target/bench/quick.md) and prints it.
+# Exit status 0 even when a target is missed: the table says which and by how much.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -127,6 +127,9 @@ if ((${#profile[@]})) && ! command -v perf >/dev/null; then
     command -v perf >/dev/null || profile=()
 fi
 
-exec python3 bench/suite.py --root "$root" --hermes "$HERMES" --bin "$out" --out bench/results/latest.md \
+# A smoke run must not replace the committed results of a full one.
+results=bench/results/latest.md
+((${#quick[@]})) && results=target/bench/quick.md
+exec python3 bench/suite.py --root "$root" --hermes "$HERMES" --bin "$out" --out "$results" \
     --gitrepo "$gitrepo" --python "$python" --frida "$frida" --frida-reason "$frida_reason" \
     "${quick[@]}" "${profile[@]}" "${reps[@]}"
