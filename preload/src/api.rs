@@ -23,7 +23,7 @@ use std::sync::{Mutex, OnceLock};
 
 use hermes_wire::{serde_bytes::Bytes, Args, Op, API_ARGS, BACKTRACE_MAX};
 
-use crate::mediate::{Pending, Token, Verdict, REPLY_BUF};
+use crate::mediate::{Pending, ReplyBuf, Token, Verdict};
 use crate::sys;
 
 /// The preload's list of library hooks, from the launcher: `LIB:SYMBOL=KINDS;…`.
@@ -362,7 +362,7 @@ extern "C" fn on_enter(ctx: &mut Ctx, ret_slot: &mut usize) -> u32 {
     let backtrace = hook.backtrace.then(caller_backtrace);
     let args: Args<'_, ()> =
         Args::Api { symbol: &hook.spec, kinds: hook.kinds, raw: ctx.args, data: data_refs, backtrace };
-    let mut reply = [0u8; REPLY_BUF];
+    let mut reply = ReplyBuf::new();
     let (verdict, session) = token.ask(hook.symbol.to_str().unwrap_or("?"), args, &mut reply);
     sys::set_errno(errno);
     match verdict {

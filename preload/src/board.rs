@@ -34,6 +34,8 @@ pub fn word(i: usize) -> u64 {
 /// Set a word of the fallback (the environment's mask, a Welcome's).
 pub fn set_fallback(i: usize, value: u64) {
     FALLBACK[i].store(value, Relaxed);
+    let watched = FALLBACK[board::MASK].load(Relaxed) | FALLBACK[board::OBSERVE].load(Relaxed);
+    FALLBACK[board::WATCHED].store(watched, Relaxed);
 }
 
 /// Map the board named by `path` (`HERMES_BOARD`). Runs in the constructor.

@@ -21,7 +21,7 @@ use libc::{
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 
 use crate::config::{count_list, with_hermes_env};
-use crate::mediate::{Session, Token, Verdict, REPLY_BUF};
+use crate::mediate::{ReplyBuf, Session, Token, Verdict};
 use crate::{fds, static_exec, sys};
 
 extern "C" {
@@ -386,7 +386,7 @@ fn path_call<R: CResult>(
     let Some(raw) = cstr(path) else { return real(path, flags, mode) };
     // The mode argument is only read (and only passed) with O_CREAT or O_TMPFILE.
     let mode = if flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE { mode } else { 0 };
-    let mut reply = [0u8; REPLY_BUF];
+    let mut reply = ReplyBuf::new();
     let (verdict, session) = token.ask(func, Args::Open::<()> { dirfd, path: raw, flags, mode }, &mut reply);
     match verdict {
         Verdict::Allow => run(session, || real(path, flags, mode)),
@@ -471,7 +471,7 @@ fn sock_call<'a, R: CResult>(
 ) -> R {
     let Some(token) = Token::begin(Op::Connect) else { return real(addr, len) };
     let Some(parsed) = sockaddr_bytes(addr, len).and_then(SockAddr::from_raw) else { return real(addr, len) };
-    let mut reply = [0u8; REPLY_BUF];
+    let mut reply = ReplyBuf::new();
     let (verdict, session) = token.ask(func, args(parsed), &mut reply);
     apply_addr(verdict, session, addr, len, real)
 }
@@ -488,7 +488,7 @@ fn send_call<'a, R: CResult>(
 ) -> R {
     let Some(token) = Token::begin(Op::SendTo) else { return real(buf, n, addr, len) };
     let parsed = sockaddr_bytes(addr, len).and_then(SockAddr::from_raw);
-    let mut reply = [0u8; REPLY_BUF];
+    let mut reply = ReplyBuf::new();
     let payload = payload_of(buf, n);
     let (verdict, session) = token.ask_with(func, args(parsed), payload, &mut reply);
     match verdict {
@@ -542,19 +542,23 @@ fn sendmsg_call(fd: c_int, msg: *const msghdr, flags: c_int, real: impl FnOnce(*
     };
     let len = iov.iter().map(|v| v.iov_len as u64).sum();
     let parsed = sockaddr_bytes(m.msg_name.cast(), m.msg_namelen).and_then(SockAddr::from_raw);
-    let mut reply = [0u8; REPLY_BUF];
-    // The payload, gathered from the iovecs (up to a stack buffer's worth).
-    let mut gathered = [0u8; 4096];
-    let want = (crate::board::word(crate::board::PAYLOAD) as usize).min(gathered.len());
+    let mut reply = ReplyBuf::new();
+    // The payload, gathered from the iovecs (up to a stack buffer's worth), when the
+    // policy wants to see it.
+    let mut gathered: Option<[u8; 4096]> = None;
+    let want = (crate::board::word(crate::board::PAYLOAD) as usize).min(4096);
     let mut have = 0;
-    for v in iov.iter().filter(|v| !v.iov_base.is_null()) {
-        let take = v.iov_len.min(want - have);
-        // SAFETY: each iovec describes `iov_len` readable bytes, as sendmsg(2) requires.
-        gathered[have..have + take]
-            .copy_from_slice(unsafe { core::slice::from_raw_parts(v.iov_base.cast::<u8>(), take) });
-        have += take;
+    if want > 0 {
+        let buf = gathered.insert([0; 4096]);
+        for v in iov.iter().filter(|v| !v.iov_base.is_null()) {
+            let take = v.iov_len.min(want - have);
+            // SAFETY: each iovec describes `iov_len` readable bytes, as sendmsg(2) requires.
+            buf[have..have + take]
+                .copy_from_slice(unsafe { core::slice::from_raw_parts(v.iov_base.cast::<u8>(), take) });
+            have += take;
+        }
     }
-    let payload = (have > 0).then_some(&gathered[..have]);
+    let payload = gathered.as_ref().filter(|_| have > 0).map(|g| &g[..have]);
     let args = Args::SendMsg::<()> { fd, len, flags, addr: parsed };
     let (verdict, session) = token.ask_with("sendmsg", args, payload, &mut reply);
     match verdict {
@@ -614,7 +618,7 @@ fn exec_call(
     let exec = |p: *const c_char| with_hermes_env(envp, |env| real(p, env));
     let Some(token) = Token::begin(Op::Exec) else { return exec(path) };
     let Some(raw) = cstr(path) else { return exec(path) };
-    let mut reply = [0u8; REPLY_BUF];
+    let mut reply = ReplyBuf::new();
     let args = Args::Exec { dirfd, path: raw, search_path, flags, argv: CStrList(argv), envp: CStrList(envp) };
     let (verdict, session) = token.ask(func, args, &mut reply);
     match verdict {
@@ -640,7 +644,7 @@ fn spawn_call(
     }
     let Some(token) = Token::begin(Op::Exec) else { return spawn(path).0 };
     let Some(raw) = cstr(path) else { return spawn(path).0 };
-    let mut reply = [0u8; REPLY_BUF];
+    let mut reply = ReplyBuf::new();
     let args =
         Args::Exec { dirfd: AT_FDCWD, path: raw, search_path, flags: 0, argv: CStrList(argv), envp: CStrList(envp) };
     let (verdict, session) = token.ask(func, args, &mut reply);

@@ -40,6 +40,32 @@ const HIGH_FD: i32 = 700;
 const REQUEST_STACK: usize = 2048;
 pub const REPLY_BUF: usize = wire::MAX_PATH + 256;
 
+/// Room for a reply on the caller's stack, zeroed only when a reply is awaited: a
+/// cached or observed call never touches (or pays for) its 4 KiB.
+/// (Zeroed in place: building the array and moving it in would take another 4 KiB
+/// of stack, which a posix_spawn child's small stack does not have.)
+pub struct ReplyBuf {
+    zeroed: bool,
+    buf: core::mem::MaybeUninit<[u8; REPLY_BUF]>,
+}
+
+impl ReplyBuf {
+    #[inline(always)]
+    pub const fn new() -> Self {
+        ReplyBuf { zeroed: false, buf: core::mem::MaybeUninit::uninit() }
+    }
+
+    fn get(&mut self) -> &mut [u8; REPLY_BUF] {
+        if !self.zeroed {
+            // SAFETY: writing REPLY_BUF zero bytes into our own MaybeUninit array.
+            unsafe { self.buf.as_mut_ptr().write_bytes(0, 1) };
+            self.zeroed = true;
+        }
+        // SAFETY: zeroed above (or by an earlier call): every byte is initialised.
+        unsafe { self.buf.assume_init_mut() }
+    }
+}
+
 /// What to do with one call, as the preload applies it.
 #[derive(Debug)]
 pub enum Verdict<'r> {
@@ -121,8 +147,7 @@ impl Token {
     /// watch this operation, or the preload is not ready.
     #[inline(always)]
     pub fn begin(op: Op) -> Option<Token> {
-        let watched = board::word(board::MASK) | board::word(board::OBSERVE);
-        if watched & op.bit() == 0 || !READY.load(Relaxed) {
+        if board::word(board::WATCHED) & op.bit() == 0 || !READY.load(Relaxed) {
             return None;
         }
         Some(Token { op })
@@ -135,7 +160,7 @@ impl Token {
         self,
         func: &str,
         args: Args<'_, L>,
-        reply: &'r mut [u8; REPLY_BUF],
+        reply: &'r mut ReplyBuf,
     ) -> (Verdict<'r>, Session) {
         self.ask_with(func, args, None, reply)
     }
@@ -146,7 +171,7 @@ impl Token {
         func: &str,
         args: Args<'_, L>,
         payload: Option<&[u8]>,
-        reply: &'r mut [u8; REPLY_BUF],
+        reply: &'r mut ReplyBuf,
     ) -> (Verdict<'r>, Session) {
         debug_assert_eq!(args.op(), self.op);
         let generation = board::word(board::GENERATION);
@@ -274,7 +299,7 @@ impl Session {
         (func, pid): (&str, i32),
         args: &Args<'_, L>,
         payload: Option<&[u8]>,
-        reply: &'r mut [u8; REPLY_BUF],
+        reply: &'r mut ReplyBuf,
         observe: bool,
     ) -> Result<(Verdict<'r>, bool), i32> {
         let tid = self.guard.as_ref().map_or(0, |g| g.tid);
@@ -288,8 +313,7 @@ impl Session {
             let exchanged = if observe {
                 send(self.fd, &ClientMsg::Observe(call)).map(|()| 0)
             } else {
-                send(self.fd, &ClientMsg::Call(call))
-                    .and_then(|()| recv_frame(self.fd, &mut reply[..]).map(<[u8]>::len))
+                send(self.fd, &ClientMsg::Call(call)).and_then(|()| recv_frame(self.fd, reply.get()).map(<[u8]>::len))
             };
             match exchanged {
                 Ok(n) => {
@@ -307,7 +331,7 @@ impl Session {
         if observe {
             return Ok((Verdict::Allow, false));
         }
-        let reply: &'r [u8; REPLY_BUF] = reply;
+        let reply: &'r [u8; REPLY_BUF] = reply.get();
         let reply: Reply<'r> = wire::decode(&reply[4..4 + len]).map_err(|_| libc::EPROTO)?;
         if reply.seq != self.seq {
             return Err(libc::EPROTO);

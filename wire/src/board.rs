@@ -26,6 +26,8 @@ pub const OBSERVE: usize = 3;
 pub const FLAGS: usize = 4;
 /// How many bytes of a send's payload to include ([`crate::Context::payload`]); 0: none.
 pub const PAYLOAD: usize = 5;
+/// [`MASK`] | [`OBSERVE`]: whether a hook has anything to do, in one load.
+pub const WATCHED: usize = 6;
 
 /// Report the result of every allowed call ([`crate::ClientMsg::Done`]).
 pub const REPORT: u64 = 1;
@@ -57,6 +59,7 @@ impl Notice {
         w[OBSERVE] = self.observe;
         w[FLAGS] = self.flags;
         w[PAYLOAD] = self.payload.min(PAYLOAD_MAX);
+        w[WATCHED] = self.mask | self.observe;
         w
     }
 }
