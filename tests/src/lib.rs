@@ -60,21 +60,28 @@ pub fn hermes_bin() -> PathBuf {
 /// Compile `tests/c/NAME.c` (once per content change) and return the binary's path.
 /// Extra gcc flags (e.g. `-pthread`) come from a `// gcc: …` first line in the file.
 pub fn c_program(name: &str) -> PathBuf {
+    c_program_with(name, &[])
+}
+
+/// [`c_program`] with more gcc flags than the file's own (`-static`: the same program
+/// under the seccomp + ptrace fallback). Each set of flags is its own cached binary.
+pub fn c_program_with(name: &str, extra: &[&str]) -> PathBuf {
     let src = root().join("tests/c").join(format!("{name}.c"));
     let text = std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
-    let flags: Vec<&str> = text
+    let mut flags: Vec<&str> = text
         .lines()
         .next()
         .and_then(|l| l.strip_prefix("// gcc:"))
         .map(|f| f.split_whitespace().collect())
         .unwrap_or_default();
+    flags.extend_from_slice(extra);
     let out_dir = profile_dir().join("test-programs");
     std::fs::create_dir_all(&out_dir).expect("mkdir test-programs");
-    let hash = fnv(text.as_bytes());
+    let hash = fnv(format!("{text}\0{}", extra.join(" ")).as_bytes());
     let bin = out_dir.join(format!("{name}-{hash:016x}"));
     if !bin.exists() {
         // Parallel test processes may compile the same program: build aside, rename.
-        let tmp = out_dir.join(format!("{name}.{}.tmp", std::process::id()));
+        let tmp = out_dir.join(format!("{name}.{}.{hash:016x}.tmp", std::process::id()));
         let out = Command::new("gcc")
             .args(["-O1", "-g", "-Wall", "-Wextra", "-Werror", "-o"])
             .arg(&tmp)
@@ -82,7 +89,7 @@ pub fn c_program(name: &str) -> PathBuf {
             .args(&flags)
             .output()
             .expect("run gcc");
-        assert!(out.status.success(), "gcc {name}.c failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "gcc {name}.c {flags:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
         std::fs::rename(&tmp, &bin).expect("rename compiled program");
     }
     bin

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hermes_tests::{c_program, hermes, profile_dir, read_trace, root, Outcome, Scratch};
+use hermes_tests::{c_program, c_program_with, hermes, read_trace, Outcome, Scratch};
 use serde_json::Value as Json;
 
 /// How long a reload may take, from the write to the first call it decides (the issue
@@ -427,34 +427,12 @@ fn a_reload_that_adds_on_open_reaches_running_processes_and_their_children() {
     }
 }
 
-/// `open_loop` linked statically, so that it runs under the seccomp + ptrace fallback.
-fn static_open_loop() -> PathBuf {
-    let src = root().join("tests/c/open_loop.c");
-    let text = std::fs::read(&src).expect("read open_loop.c");
-    let h = text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    let dir = profile_dir().join("test-programs");
-    std::fs::create_dir_all(&dir).expect("mkdir test-programs");
-    let bin = dir.join(format!("open_loop_static-{h:016x}"));
-    if !bin.exists() {
-        let tmp = dir.join(format!("open_loop_static.{}.tmp", std::process::id()));
-        let out = std::process::Command::new("gcc")
-            .args(["-O1", "-g", "-Wall", "-Wextra", "-Werror", "-static", "-D_GNU_SOURCE", "-o"])
-            .arg(&tmp)
-            .arg(&src)
-            .output()
-            .expect("run gcc");
-        assert!(out.status.success(), "gcc -static open_loop.c failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        std::fs::rename(&tmp, &bin).expect("rename compiled program");
-    }
-    bin
-}
-
 #[test]
 fn a_statically_linked_target_under_ptrace_follows_a_reload_too() {
     let v1 = "function on_connect(ev) return hermes.deny(\"ECONNREFUSED\") end\n";
     let target = Scratch::new();
     let file = target.write("data", "x\n").display().to_string();
-    let live = Live::start_prog(&static_open_loop(), v1, &[], &[], true, &[&file]);
+    let live = Live::start_prog(&c_program_with("open_loop", &["-static"]), v1, &[], &[], true, &[&file]);
     live.more_attempts(6);
     let before = live.trace_now();
     assert!(before.iter().all(|r| r["op"] != "open"), "no opens are asked about under v1: {before:#?}");
