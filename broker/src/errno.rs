@@ -98,6 +98,11 @@ pub fn name(errno: i32) -> Option<&'static str> {
     ERRNOS.iter().find(|&&(_, v)| v == errno).map(|&(n, _)| n)
 }
 
+/// The errno's name (`EACCES`), or its number when it has none.
+pub fn text(e: i32) -> String {
+    name(e).map_or_else(|| e.to_string(), str::to_owned)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -893,6 +893,18 @@ fn check_applicable(ev: &Event, verdict: &Verdict) -> Result<(), String> {
     }
 }
 
+/// Where an address redirect sends the call: the event's own address with the
+/// verdict's fields applied (what the broker replies, and the trace records). `None`
+/// for any other verdict.
+pub fn redirect_target(ev: &Event, verdict: &Verdict) -> Option<NetAddr> {
+    let Verdict::RedirectAddr { ip, port, unix } = verdict else { return None };
+    let orig = match &ev.args {
+        EventArgs::Connect { addr, .. } | EventArgs::Send { addr: Some(addr), .. } => addr.clone(),
+        _ => NetAddr::Other(0),
+    };
+    Some(redirect_addr(&orig, *ip, *port, unix.as_deref()))
+}
+
 /// Apply an address redirect to the original address.
 pub fn redirect_addr(orig: &NetAddr, ip: Option<IpAddr>, port: Option<u16>, unix: Option<&[u8]>) -> NetAddr {
     if let Some(path) = unix {

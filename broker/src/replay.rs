@@ -91,13 +91,9 @@ impl Decision {
             Verdict::Rewrite { flags, mode, data } => {
                 Decision::Rewrite { flags: *flags, mode: *mode, data: data.clone() }
             }
-            Verdict::RedirectAddr { ip, port, unix } => {
-                let orig = match &ev.args {
-                    EventArgs::Connect { addr, .. } | EventArgs::Send { addr: Some(addr), .. } => addr.clone(),
-                    _ => NetAddr::Other(0),
-                };
-                Decision::RedirectAddr(policy::redirect_addr(&orig, *ip, *port, unix.as_deref()).display())
-            }
+            Verdict::RedirectAddr { .. } => Decision::RedirectAddr(
+                policy::redirect_target(ev, &outcome.verdict).map(|to| to.display()).unwrap_or_default(),
+            ),
         }
     }
 
@@ -137,7 +133,7 @@ impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Decision::Allow => f.write_str("allow"),
-            Decision::Deny(e) => write!(f, "deny {}", errno_text(*e)),
+            Decision::Deny(e) => write!(f, "deny {}", errno::text(*e)),
             Decision::RedirectPath(p) => write!(f, "redirect {:?}", String::from_utf8_lossy(p)),
             Decision::RedirectAddr(a) => write!(f, "redirect {a}"),
             Decision::Emulate(ret) => write!(f, "emulate {ret}"),
@@ -157,11 +153,6 @@ impl fmt::Display for Decision {
             }
         }
     }
-}
-
-/// An errno as the man pages name it, or its number when it has no name here.
-pub fn errno_text(e: i32) -> String {
-    errno::name(e).map_or_else(|| e.to_string(), str::to_owned)
 }
 
 /// One mediated call read back from the trace.

@@ -7,8 +7,9 @@ use std::io::{self, Write};
 
 use serde_json::{json, Map, Value as Json};
 
+use crate::errno;
 use crate::event::{EventArgs, NetAddr};
-use crate::replay::{errno_text, CallRecord, Decision};
+use crate::replay::{CallRecord, Decision};
 
 /// Counts and samples gathered from the call records of one trace.
 #[derive(Debug, Default)]
@@ -41,7 +42,7 @@ impl Report {
         *self.calls.entry(ev.func.clone()).or_default() += 1;
         *self.decisions.entry(rec.decision.kind()).or_default() += 1;
         if let Decision::Deny(e) = rec.decision {
-            *self.denied.entry((ev.func.clone(), errno_text(e), rec.handler.clone())).or_default() += 1;
+            *self.denied.entry((ev.func.clone(), errno::text(e), rec.handler.clone())).or_default() += 1;
         }
         if let Some(error) = &rec.error {
             *self.policy_errors.entry(error.clone()).or_default() += 1;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hermes_wire::{self as wire, Call, ClientMsg, Decision, Doors, Layer, Reply, Welcome};
 
 use crate::engine::{Engine, Late};
-use crate::event::{Event, EventArgs, NetAddr, ProcInfo};
+use crate::event::{Event, EventArgs, ProcInfo};
 use crate::policy::{self, ApiHook, Outcome, Policy, Verdict};
 use crate::trace::{CallResult, Record, Sink};
 
@@ -409,14 +409,7 @@ impl<'s> Connection<'s> {
         if let Some(error) = &outcome.error {
             eprintln!("hermes: policy error, call denied (EPERM): {error}");
         }
-        let mut redirected_to = None;
-        if let Verdict::RedirectAddr { ip, port, unix } = &outcome.verdict {
-            let orig = match &event.args {
-                EventArgs::Connect { addr, .. } | EventArgs::Send { addr: Some(addr), .. } => addr.clone(),
-                _ => NetAddr::Other(0),
-            };
-            redirected_to = Some(policy::redirect_addr(&orig, *ip, *port, unix.as_deref()));
-        }
+        let redirected_to = policy::redirect_target(&event, &outcome.verdict);
         Record {
             time,
             event,

@@ -99,7 +99,7 @@ impl Record {
     fn to_line(&self) -> String {
         let decision = match &self.outcome.verdict {
             Verdict::Allow => "allow".to_owned(),
-            Verdict::Deny(e) => format!("deny {}", errno_text(*e)),
+            Verdict::Deny(e) => format!("deny {}", errno::text(*e)),
             Verdict::Redirect(p) => format!("redirect {:?}", String::from_utf8_lossy(p)),
             Verdict::RedirectAddr { .. } => {
                 format!("redirect {}", self.redirected_to.as_ref().map(NetAddr::display).unwrap_or_default())
@@ -122,7 +122,7 @@ impl Record {
         };
         let decision = if self.outcome.injected { format!("{decision} (injected)") } else { decision };
         let result = match self.result {
-            Some(r) if r.errno != 0 => format!(" -> {} {}", r.ret, errno_text(r.errno)),
+            Some(r) if r.errno != 0 => format!(" -> {} {}", r.ret, errno::text(r.errno)),
             Some(r) => format!(" -> {}", r.ret),
             None => String::new(),
         };
@@ -186,10 +186,6 @@ fn context_json(m: &mut serde_json::Map<String, Json>, ctx: &EventContext) {
 
 fn errno_json(e: i32) -> Json {
     errno::name(e).map_or_else(|| json!(e), |n| json!(n))
-}
-
-fn errno_text(e: i32) -> String {
-    errno::name(e).map_or_else(|| e.to_string(), str::to_owned)
 }
 
 /// Where records are written. Each record is one `write` of one line, so a broker
