@@ -77,3 +77,30 @@ impl Board {
         self.words[i].load(Ordering::Acquire)
     }
 }
+
+/// A board mapped read-only by a client of the broker that links this crate (the
+/// ptrace tracer); the preload has its own, allocation-free reader.
+#[derive(Clone, Copy)]
+pub struct BoardView(&'static [AtomicU64; board::WORDS]);
+
+impl BoardView {
+    /// Map the board at `path` (a [`Board::path`]); `None` if it is not one.
+    pub fn map(path: &str) -> Option<Self> {
+        let file = std::fs::File::open(path).ok()?;
+        // SAFETY: a read-only shared mapping of a file we opened, never unmapped (the
+        // caller lives as long as the run); it is read only through atomics.
+        let at = unsafe {
+            libc::mmap(std::ptr::null_mut(), board::SIZE, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0)
+        };
+        if at == libc::MAP_FAILED {
+            return None;
+        }
+        // SAFETY: the mapping is page-aligned, at least SIZE bytes and lives forever.
+        let words = unsafe { &*(at as *const [AtomicU64; board::WORDS]) };
+        (words[board::MAGIC].load(Ordering::Relaxed) == board::MAGIC_VALUE).then_some(BoardView(words))
+    }
+
+    pub fn word(self, i: usize) -> u64 {
+        self.0[i].load(Ordering::Acquire)
+    }
+}

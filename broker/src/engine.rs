@@ -79,6 +79,10 @@ impl Slot {
         })
     }
 
+    fn decided(&self) -> u64 {
+        self.mask & !self.observe
+    }
+
     /// Wait for the policy to be free; `false` after [`QUEUE_LIMIT`].
     fn enter(&self) -> bool {
         let mut gate = lock(&self.gate);
@@ -321,8 +325,9 @@ impl Engine {
         self.shadow.read().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
-    pub fn mask(&self) -> u64 {
-        self.current().mask
+    /// Operations decided with a round trip (subscribed, not only observed).
+    pub fn decided(&self) -> u64 {
+        self.current().decided()
     }
 
     pub fn observe(&self) -> u64 {
@@ -372,7 +377,7 @@ fn notice(slot: &Slot, generation: u64, report: bool) -> Notice {
     if w.registers {
         flags |= board::REGISTERS;
     }
-    Notice { generation, mask: slot.mask & !slot.observe, observe: slot.observe, flags, payload: w.payload }
+    Notice { generation, mask: slot.decided(), observe: slot.observe, flags, payload: w.payload }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

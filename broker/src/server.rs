@@ -71,7 +71,7 @@ impl Broker {
 
     /// Operations decided with a round trip.
     pub fn mask(&self) -> u64 {
-        self.engine.mask() & !self.engine.observe()
+        self.engine.decided()
     }
 
     /// Operations only observed.
@@ -286,8 +286,7 @@ impl<'s> Connection<'s> {
         };
         self.layer = hello.layer;
         let engine = &self.shared.engine;
-        let welcome =
-            Welcome { mask: engine.mask() & !engine.observe(), observe: engine.observe(), report: engine.reports() };
+        let welcome = Welcome { mask: engine.decided(), observe: engine.observe(), report: engine.reports() };
         self.replier.send(&welcome)?;
         loop {
             self.read_frame()?;

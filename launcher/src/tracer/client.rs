@@ -7,36 +7,9 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
 use std::time::Duration;
 
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
-
+use hermes_broker::board::BoardView;
 use hermes_wire::{self as wire, board, Args, Call, ClientMsg, Decision, Done, Hello, Layer, Op, Reply, Welcome};
 use serde_bytes::Bytes;
-
-/// The board ([`hermes_wire::board`]) mapped read-only.
-#[derive(Clone, Copy)]
-struct BoardView(&'static [AtomicU64; board::WORDS]);
-
-impl BoardView {
-    fn map(path: &str) -> Option<Self> {
-        let file = std::fs::File::open(path).ok()?;
-        // SAFETY: a read-only shared mapping of a file we opened, never unmapped (the
-        // tracer lives as long as the run); it is read only through atomics.
-        let at = unsafe {
-            libc::mmap(std::ptr::null_mut(), board::SIZE, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0)
-        };
-        if at == libc::MAP_FAILED {
-            return None;
-        }
-        // SAFETY: the mapping is page-aligned, at least SIZE bytes and lives forever.
-        let words = unsafe { &*(at as *const [AtomicU64; board::WORDS]) };
-        (words[board::MAGIC].load(Ordering::Relaxed) == board::MAGIC_VALUE).then_some(BoardView(words))
-    }
-
-    fn word(self, i: usize) -> u64 {
-        self.0[i].load(Ordering::Acquire)
-    }
-}
 
 /// How long the broker may take to answer before the call fails closed.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -131,7 +104,7 @@ impl Client {
     pub fn watches(&self, op: Op) -> bool {
         if self.stream.is_some() {
             if let Some(board) = self.board {
-                return (board.word(board::MASK) | board.word(board::OBSERVE)) & op.bit() != 0;
+                return board.word(board::WATCHED) & op.bit() != 0;
             }
         }
         match self.welcome {
