@@ -20,12 +20,26 @@ pub const ENV_LIB: &str = "HERMES_PRELOAD_LIB";
 /// The `hermes` binary, which runs a static program a target execs (`exec-traced`).
 pub const ENV_BIN: &str = "HERMES_BIN";
 /// Variables every exec'd child gets again, when the launcher set them.
-const PROPAGATED: &[&str] =
-    &[ENV_SOCK, ENV_MASK, ENV_LIB, ENV_BIN, ENV_BOARD, "HERMES_API", "HERMES_INLINE", "HERMES_COOKIE", "HERMES_DOORS"];
+/// (`HERMES_RECIPES` is not among them: each process hands on its own, `set_recipes`.)
+const PROPAGATED: &[&str] = &[
+    ENV_SOCK,
+    ENV_MASK,
+    ENV_LIB,
+    ENV_BIN,
+    ENV_BOARD,
+    "HERMES_API",
+    "HERMES_INLINE",
+    "HERMES_COOKIE",
+    "HERMES_DOORS",
+    "HERMES_DEBUG_HOOKS",
+];
 /// Where the broker's board is (`/proc/PID/fd/N`).
 pub const ENV_BOARD: &str = "HERMES_BOARD";
 /// `HERMES_INLINE=0` keeps libc unpatched (symbol interposition only).
 pub const ENV_INLINE: &str = "HERMES_INLINE";
+/// The inline hooks' plans as recipes (`hermes_trampolines::Recipe`), from the process that
+/// exec'd this one: hooking the same libc again then decodes nothing.
+pub const ENV_RECIPES: &str = "HERMES_RECIPES";
 
 pub struct Config {
     socket: Vec<u8>,
@@ -40,6 +54,8 @@ pub struct Config {
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
+/// `HERMES_RECIPES=…` for exec'd children: this process's own hooks, known after they are made.
+static RECIPES: OnceLock<CString> = OnceLock::new();
 static mut THREAD_KEY: libc::pthread_key_t = 0;
 
 /// The configuration, once the constructor has read it. An exec from another
@@ -65,6 +81,23 @@ impl Config {
     pub fn inert(&self) -> bool {
         self.inert
     }
+}
+
+/// The recipes this process was given.
+pub fn recipes() -> Vec<u8> {
+    env(ENV_RECIPES).unwrap_or_default()
+}
+
+/// Hand `recipes` (this process's hooks) to every exec'd child.
+pub fn set_recipes(recipes: &str) {
+    if let Ok(kv) = CString::new([ENV_RECIPES, "=", recipes].concat()) {
+        let _ = RECIPES.set(kv);
+    }
+}
+
+/// `HERMES_DEBUG_HOOKS=1`: each process reports on stderr how its inline hooks were made.
+pub fn debug_hooks() -> bool {
+    env("HERMES_DEBUG_HOOKS").is_some_and(|v| v == b"1")
 }
 
 /// Whether to patch libc inline (the default).
@@ -139,7 +172,8 @@ pub fn with_hermes_env<R>(envp: *const *const c_char, f: impl FnOnce(*const *con
     let mut stack = [core::ptr::null::<c_char>(); MAX_STACK_ENV];
     let mut mapped;
     let Some(cfg) = try_get() else { return f(envp) };
-    let room = count + cfg.inject.len() + 2;
+    let inject = || cfg.inject.iter().chain(RECIPES.get());
+    let room = count + inject().count() + 2;
     let slots: &mut [*const c_char] = if room <= MAX_STACK_ENV {
         &mut stack
     } else {
@@ -163,7 +197,7 @@ pub fn with_hermes_env<R>(envp: *const *const c_char, f: impl FnOnce(*const *con
         let entry = unsafe { *envp.add(i) };
         // SAFETY: exec environments are NUL-terminated strings.
         let bytes = unsafe { CStr::from_ptr(entry) }.to_bytes();
-        if cfg.inject.iter().any(|kv| same_name(kv.to_bytes(), bytes)) {
+        if inject().any(|kv| same_name(kv.to_bytes(), bytes)) {
             continue;
         }
         if let Some(value) = bytes.strip_prefix(b"LD_PRELOAD=") {
@@ -183,7 +217,7 @@ pub fn with_hermes_env<R>(envp: *const *const c_char, f: impl FnOnce(*const *con
         slots[n] = cfg.ld_preload.as_ptr();
         n += 1;
     }
-    for kv in &cfg.inject {
+    for kv in inject() {
         slots[n] = kv.as_ptr();
         n += 1;
     }

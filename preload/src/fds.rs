@@ -57,10 +57,11 @@ pub fn program_takes(first: u32, last: u32) {
     }
 }
 
-/// Close every broker connection (in a fork child, where they are copies).
+/// Close every broker connection (in a fork child, where they are copies). Free slots
+/// are only read, so the child does not copy the table's pages.
 pub fn close_all_ours() {
     for (fd, owner) in OWNER.iter().enumerate() {
-        if owner.swap(0, Relaxed) != 0 {
+        if owner.load(Relaxed) != 0 && owner.swap(0, Relaxed) != 0 {
             sys::close(fd as i32);
         }
     }

@@ -20,6 +20,8 @@ use libc::{
 };
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 
+use hermes_trampolines::Recipe;
+
 use crate::config::{count_list, with_hermes_env};
 use crate::mediate::{ReplyBuf, Session, Token, Verdict};
 use crate::{fds, static_exec, sys};
@@ -227,21 +229,9 @@ pub fn install(inline: bool) {
     for hook in HOOKS {
         hook.real.resolve();
     }
-    // One reading of /proc/self/maps for all the hooks: we run in the constructor,
-    // single-threaded, so nothing else changes the address space meanwhile.
-    hermes_trampolines::batch(|| {
-        for hook in HOOKS.iter().filter(|h| inline && h.patch == Patch::Inline) {
-            let target = hook.real.resolve();
-            // Aliases (open and open64 are one function in glibc) are patched once.
-            if target == 0 || HOOKS.iter().any(|h| h.real.is_patched() && h.real.resolve() == target) {
-                continue;
-            }
-            if let Err(e) = patch(hook, target) {
-                let msg = format!("hermes-preload: {}: {e}; using symbol interposition for it\n", hook.name);
-                sys::warn(&[msg.as_bytes()]);
-            }
-        }
-    });
+    if inline {
+        patch_all();
+    }
     // In strict mode the syscalls we mediate are made with the run's cookie, so the
     // seccomp filter lets them through instead of stopping them a second time.
     for hook in HOOKS {
@@ -258,10 +248,52 @@ pub fn install(inline: bool) {
     }
 }
 
-fn patch(hook: &Hook, target: usize) -> Result<(), hermes_trampolines::HookError> {
+/// Patch every `Inline` entry. The recipes of the process that exec'd us (the same libc,
+/// usually) let its hooks be made without decoding; ours go to the processes we exec.
+fn patch_all() {
+    let given = String::from_utf8(crate::config::recipes()).map(|r| Recipe::parse_list(&r)).unwrap_or_default();
+    let mut made = Vec::new();
+    let (mut patched, mut copied) = (0, 0);
+    // One reading of /proc/self/maps for all the hooks: we run in the constructor,
+    // single-threaded, so nothing else changes the address space meanwhile.
+    hermes_trampolines::batch(|| {
+        for hook in HOOKS.iter().filter(|h| h.patch == Patch::Inline) {
+            let target = hook.real.resolve();
+            // Aliases (open and open64 are one function in glibc) are patched once.
+            if target == 0 || HOOKS.iter().any(|h| h.real.is_patched() && h.real.resolve() == target) {
+                continue;
+            }
+            match patch(hook, target, &given) {
+                Ok(inline) => {
+                    patched += 1;
+                    copied += usize::from(inline.from_recipe());
+                    made.extend(inline.recipe().map(ToString::to_string));
+                }
+                Err(e) => {
+                    let msg = format!("hermes-preload: {}: {e}; using symbol interposition for it\n", hook.name);
+                    sys::warn(&[msg.as_bytes()]);
+                }
+            }
+        }
+    });
+    crate::config::set_recipes(&made.join(","));
+    if crate::config::debug_hooks() {
+        let msg = format!("hermes-preload: pid {}: {patched} inline hooks, {copied} from recipes\n", sys::getpid());
+        sys::warn(&[msg.as_bytes()]);
+    }
+}
+
+/// Patch `target`, from one of `recipes` when one was made from its bytes. The handle
+/// returned tells how, and has the hook's own recipe for the processes this one execs.
+fn patch(
+    hook: &Hook,
+    target: usize,
+    recipes: &[Recipe],
+) -> Result<hermes_trampolines::Hook, hermes_trampolines::HookError> {
+    let detour = (hook.detour)() as *const u8;
     // SAFETY: `target` is the address dlsym gave for this libc function, whose C
     // signature is the detour's (both come from the same table line).
-    let mut inline = unsafe { hermes_trampolines::Hook::new(target as *const u8, (hook.detour)() as *const u8) }?;
+    let mut inline = unsafe { hermes_trampolines::Hook::with_recipes(target as *const u8, detour, recipes) }?;
     // The trampoline must be in place before the first call can reach the detour.
     hook.real.patched(inline.original() as usize);
     // SAFETY: as above; the process is single-threaded (constructor).
@@ -270,8 +302,8 @@ fn patch(hook: &Hook, target: usize) -> Result<(), hermes_trampolines::HookError
         return Err(e);
     }
     hook.real.inline.store(true, Relaxed);
-    // The handle is not kept: the function stays patched for the life of the process.
-    Ok(())
+    // Dropping the handle leaves the function patched for the life of the process.
+    Ok(inline)
 }
 
 /// How a C function reports failure and an emulated result.

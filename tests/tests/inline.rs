@@ -57,3 +57,38 @@ fn system_and_posix_spawn_execs_are_seen_through_the_execve_hook() {
         "but the exec of sh is not seen without inline hooks",
     );
 }
+
+/// Each process hands its hooks' plans (recipes) to the processes it execs, which then
+/// build their trampolines by copying, without decoding: the inline hooks of a child work
+/// the same. Recipes that match nothing (a different libc, garbage) are ignored.
+#[test]
+fn exec_children_hook_from_their_parents_recipes() {
+    let dir = Scratch::new();
+    let secret = dir.write("secret", "top secret\n").display().to_string();
+    let prog = c_program("libc_internal").display().to_string();
+    let script = format!("{prog} fopen {secret}; env | grep -c '^HERMES_RECIPES=.*:.*,.*:'");
+    let run = launch(POLICY, "/bin/sh", &["-c", &script]).env("HERMES_DEBUG_HOOKS", "1").run();
+    let reports: Vec<&str> = run.stderr.lines().filter(|l| l.contains("inline hooks,")).collect();
+    run.check(reports.len() == 4, "sh, libc_internal, env and grep each report their hooks");
+    let counts: Vec<(u32, u32)> = reports
+        .iter()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            Some((words.get(3)?.parse().ok()?, words.get(6)?.parse().ok()?))
+        })
+        .collect();
+    run.check(counts.first().is_some_and(|&(hooks, copied)| hooks >= 5 && copied == 0), "sh decoded its own");
+    run.check(counts[1..].iter().all(|&(hooks, copied)| hooks >= 5 && copied == hooks), "its children decoded none");
+    let mut lines = run.stdout.lines();
+    run.check(lines.next() == Some("ERR 13"), "the child's fopen, caught by a copied inline hook, is denied");
+    run.check(lines.next() == Some("1"), "the recipes are in the children's environment");
+
+    for given in ["garbage", "0123456789abcdef:64:0:f:c5,zz:1:2:q:c1"] {
+        let run = launch(POLICY, c_program("libc_internal"), &["fopen", &secret])
+            .env("HERMES_RECIPES", given)
+            .env("HERMES_DEBUG_HOOKS", "1")
+            .run();
+        run.check(run.stderr.contains(" from recipes") && run.stderr.contains(", 0 from recipes"), "nothing copied");
+        run.check(run.stdout.trim() == "ERR 13", "recipes that match nothing change nothing");
+    }
+}

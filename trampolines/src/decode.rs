@@ -1,6 +1,6 @@
 //! Step 1 of the pipeline: decode the first bytes of a function with iced-x86.
 
-use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, OpKind};
+use iced_x86::{Code, ConstantOffsets, Decoder, DecoderOptions, FlowControl, Instruction, OpKind};
 
 /// How many bytes from the function's start are decoded and searched for branches back into the
 /// patched bytes. A branch from farther away into the first few bytes of a function is very rare
@@ -11,6 +11,8 @@ pub const SCAN_WINDOW: usize = 64;
 pub(crate) struct Decoded {
     /// Valid instructions from the start, in order, stopping at the first invalid or truncated one.
     pub instructions: Vec<Instruction>,
+    /// Where each instruction's displacement and immediates sit in its bytes.
+    pub offsets: Vec<ConstantOffsets>,
     /// Address of the first byte that did not decode (the end of `code` when everything decoded).
     pub end: u64,
 }
@@ -19,6 +21,7 @@ pub(crate) struct Decoded {
 pub(crate) fn decode(code: &[u8], ip: u64) -> Decoded {
     let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
     let mut instructions = Vec::with_capacity(24);
+    let mut offsets = Vec::with_capacity(24);
     let mut end = ip.wrapping_add(code.len() as u64);
     while decoder.can_decode() {
         let position = decoder.position();
@@ -27,9 +30,10 @@ pub(crate) fn decode(code: &[u8], ip: u64) -> Decoded {
             end = ip.wrapping_add(position as u64);
             break;
         }
+        offsets.push(decoder.get_constant_offsets(&instruction));
         instructions.push(instruction);
     }
-    Decoded { instructions, end }
+    Decoded { instructions, offsets, end }
 }
 
 /// True for `endbr64`, the CET landing pad that starts most functions of a CET-enabled libc.

@@ -7,6 +7,7 @@ use crate::error::HookError;
 use crate::maps;
 use crate::patch::{self, Pages};
 use crate::pool::Pool;
+use crate::recipe::{Copied, Recipe};
 use crate::relocate::{self, jmp_abs64, jmp_rel32, near_window_of, Plan, PATCH_LEN};
 use crate::sys::{self, PROT_EXEC, PROT_READ};
 
@@ -27,22 +28,87 @@ fn engine() -> MutexGuard<'static, Pool> {
 /// `target` must stay mapped while this runs (it is checked to be mapped, readable and
 /// executable in `/proc/self/maps`, but another thread could unmap it meanwhile).
 pub unsafe fn plan_at(target: *const u8) -> Result<Plan, HookError> {
-    let addr = target as u64;
-    let mappings = maps::read_self_maps()?;
     // SAFETY: forwarded.
-    unsafe { plan_in(&mappings, addr) }
+    let code = unsafe { prologue_at(target) }?;
+    relocate::plan(&code, target as u64)
 }
 
+/// The bytes [`plan_at`] and [`Hook::new`] plan from: the function's first [`SCAN_WINDOW`],
+/// fewer where its mapping ends.
+///
 /// # Safety
 /// As [`plan_at`].
-unsafe fn plan_in(mappings: &[maps::Mapping], addr: u64) -> Result<Plan, HookError> {
+pub unsafe fn prologue_at(target: *const u8) -> Result<Vec<u8>, HookError> {
+    let mappings = maps::read_self_maps()?;
+    // SAFETY: forwarded.
+    unsafe { read_prologue(&mappings, target as u64) }
+}
+
+/// The function's first bytes, up to [`SCAN_WINDOW`] and never past the end of its mapping.
+///
+/// # Safety
+/// As [`plan_at`].
+unsafe fn read_prologue(mappings: &[maps::Mapping], addr: u64) -> Result<Vec<u8>, HookError> {
     let mapping = maps::find(mappings, addr)
         .filter(|m| m.prot & PROT_READ != 0 && m.prot & PROT_EXEC != 0)
         .ok_or(HookError::NotCode { addr })?;
     let len = (mapping.end - addr).min(SCAN_WINDOW as u64) as usize;
     // SAFETY: addr..addr + len is inside a readable mapping (the caller keeps it mapped).
-    let code = unsafe { sys::read_bytes(addr, len) };
-    relocate::plan(&code, addr)
+    Ok(unsafe { sys::read_bytes(addr, len) })
+}
+
+/// How a hook moves the instructions its jump overwrites: decoded and re-encoded, or copied
+/// by a recipe.
+enum Steal {
+    Decoded(Plan),
+    Copied(Copied),
+}
+
+impl Steal {
+    /// The first matching recipe, else a decoded plan; with the recipe that describes it.
+    fn new(code: &[u8], addr: u64, recipes: &[Recipe]) -> Result<(Steal, Option<Recipe>), HookError> {
+        if let Some((copied, recipe)) = recipes.iter().find_map(|r| Some((r.apply(code, addr)?, r))) {
+            return Ok((Steal::Copied(copied), Some(recipe.clone())));
+        }
+        let plan = relocate::plan(code, addr)?;
+        let recipe = plan.recipe(code);
+        Ok((Steal::Decoded(plan), recipe))
+    }
+
+    fn patch_address(&self) -> u64 {
+        match self {
+            Steal::Decoded(plan) => plan.patch_address(),
+            Steal::Copied(copied) => copied.patch_address(),
+        }
+    }
+
+    fn trampoline_window(&self) -> Option<(u64, u64)> {
+        match self {
+            Steal::Decoded(plan) => plan.trampoline_window(),
+            Steal::Copied(copied) => copied.trampoline_window(),
+        }
+    }
+
+    fn relocate(&self, at: u64) -> Result<Vec<u8>, HookError> {
+        match self {
+            Steal::Decoded(plan) => plan.relocate(at),
+            Steal::Copied(copied) => copied.relocate(at),
+        }
+    }
+
+    fn stolen_bytes(&self) -> &[u8] {
+        match self {
+            Steal::Decoded(plan) => plan.stolen_bytes(),
+            Steal::Copied(copied) => copied.stolen_bytes(),
+        }
+    }
+
+    fn stolen_instructions(&self) -> usize {
+        match self {
+            Steal::Decoded(plan) => plan.stolen_instructions(),
+            Steal::Copied(copied) => copied.stolen_instructions(),
+        }
+    }
 }
 
 /// An inline hook on one function. Created disabled by [`Hook::new`] (the trampoline exists,
@@ -62,6 +128,10 @@ pub struct Hook {
     /// The patch's pages and their protection when the hook was made, restored after writes.
     pages: Pages,
     stolen_instructions: usize,
+    /// The plan in portable form, for other processes; `None` when it has none.
+    recipe: Option<Recipe>,
+    /// Whether the plan came from a recipe rather than the decoder.
+    from_recipe: bool,
     enabled: bool,
 }
 
@@ -75,12 +145,25 @@ impl Hook {
     /// instruction stream the program also enters elsewhere, not data), and `detour` a function
     /// with the same calling convention and signature.
     pub unsafe fn new(target: *const u8, detour: *const u8) -> Result<Hook, HookError> {
+        // SAFETY: forwarded to the caller.
+        unsafe { Hook::with_recipes(target, detour, &[]) }
+    }
+
+    /// [`Hook::new`], building the trampoline from the first of `recipes` made from the same
+    /// bytes as the function's (without decoding anything), and decoding when none is.
+    /// [`Hook::recipe`] gives the plan used as a recipe for the next process.
+    ///
+    /// # Safety
+    /// As [`Hook::new`].
+    pub unsafe fn with_recipes(target: *const u8, detour: *const u8, recipes: &[Recipe]) -> Result<Hook, HookError> {
         let addr = target as u64;
         let detour = detour as u64;
         let mut pool = engine();
         let mappings = maps::current()?;
         // SAFETY: the caller vouches that `target` is code of this process.
-        let plan = unsafe { plan_in(&mappings, addr) }?;
+        let code = unsafe { read_prologue(&mappings, addr) }?;
+        let (plan, recipe) = Steal::new(&code, addr, recipes)?;
+        let from_recipe = matches!(plan, Steal::Copied(_));
         let patch_at = plan.patch_address();
         patch::write_order(patch_at).ok_or(HookError::UnsafePatchSite { addr })?;
         let pages = Pages::of(&mappings, patch_at).ok_or(HookError::NotCode { addr })?;
@@ -112,6 +195,8 @@ impl Hook {
             thunk,
             pages,
             stolen_instructions: plan.stolen_instructions(),
+            recipe,
+            from_recipe,
             enabled: false,
         })
     }
@@ -215,6 +300,16 @@ impl Hook {
     /// threads run the function; see [`Plan::stolen_instructions`]).
     pub fn stolen_instructions(&self) -> usize {
         self.stolen_instructions
+    }
+
+    /// The plan as a [`Recipe`] another process can hook the same bytes with, when it has one.
+    pub fn recipe(&self) -> Option<&Recipe> {
+        self.recipe.as_ref()
+    }
+
+    /// Whether the trampoline was built from a recipe, without decoding.
+    pub fn from_recipe(&self) -> bool {
+        self.from_recipe
     }
 
     /// Whether the jump is currently written.

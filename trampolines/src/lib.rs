@@ -38,8 +38,12 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(unsafe_code)]
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(unsafe_code)]
+mod batch;
 mod decode;
 mod error;
+mod recipe;
 mod relocate;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -57,12 +61,13 @@ mod pool;
 #[allow(unsafe_code)]
 mod sys;
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub use batch::batch;
 pub use decode::SCAN_WINDOW;
 pub use error::HookError;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-pub use hook::{plan_at, Hook};
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-pub use maps::batch;
+pub use hook::{plan_at, prologue_at, Hook};
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub use patch::{write_order, WriteOrder};
+pub use recipe::Recipe;
 pub use relocate::{jmp_abs64, jmp_rel32, plan, Plan, ENDBR64, PATCH_LEN};

@@ -2,7 +2,7 @@
 //! exist (to find free address ranges near a function) and with which protection (to restore
 //! it after patching).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::error::HookError;
 use crate::sys::{self, PROT_EXEC, PROT_READ, PROT_WRITE};
@@ -24,39 +24,12 @@ impl Mapping {
     }
 }
 
-/// The batch's snapshot of the mappings, while one is open (see [`batch`]).
-static SNAPSHOT: Mutex<Option<Arc<Vec<Mapping>>>> = Mutex::new(None);
-
-fn snapshot() -> std::sync::MutexGuard<'static, Option<Arc<Vec<Mapping>>>> {
-    SNAPSHOT.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The mappings: the open batch's snapshot, else `/proc/self/maps` read now.
 pub(crate) fn current() -> Result<Arc<Vec<Mapping>>, HookError> {
-    if let Some(snap) = snapshot().as_ref() {
-        return Ok(Arc::clone(snap));
+    match crate::batch::mappings() {
+        Some(snapshot) => Ok(snapshot),
+        None => read_self_maps().map(Arc::new),
     }
-    read_self_maps().map(Arc::new)
-}
-
-/// We mapped memory: an open batch's snapshot is read again.
-pub(crate) fn changed() {
-    let mut snap = snapshot();
-    if snap.is_some() {
-        *snap = read_self_maps().ok().map(Arc::new);
-    }
-}
-
-/// Run `f` (which makes several hooks) against one reading of `/proc/self/maps`
-/// instead of one per hook: reading it costs tens of microseconds, and a process that
-/// installs thirty hooks at start-up would pay a millisecond. Only for when nothing
-/// else maps or unmaps memory meanwhile (a library's constructor, single-threaded);
-/// memory the engine maps itself is accounted for.
-pub fn batch<R>(f: impl FnOnce() -> R) -> R {
-    *snapshot() = read_self_maps().ok().map(Arc::new);
-    let result = f();
-    *snapshot() = None;
-    result
 }
 
 /// Reads and parses `/proc/self/maps`. The mappings come sorted by address (the kernel's order).

@@ -30,6 +30,7 @@
 //! ([`Plan::stolen_instructions`](crate::Plan::stolen_instructions) > 1); hooks are meant to be
 //! installed while the process is single-threaded (the preload's constructor).
 
+use crate::batch;
 use crate::error::HookError;
 use crate::maps::{self, Mapping};
 use crate::relocate::PATCH_LEN;
@@ -86,19 +87,29 @@ pub(crate) unsafe fn replace(
     }
 
     // SAFETY: adding write permission to code pages, keeping read and execute so that threads
-    // running there (possibly this one) go on.
-    unsafe { pages.protect(PROT_READ | PROT_WRITE | PROT_EXEC) }.map_err(|errno| HookError::Protect { addr, errno })?;
+    // running there (possibly this one) go on. In a batch, to their whole mappings, until the end.
+    let batched = unsafe { pages.unlock_for_batch() };
+    match batched {
+        Some(result) => result,
+        // SAFETY: as above, for this one write.
+        None => unsafe { pages.protect(PROT_READ | PROT_WRITE | PROT_EXEC) },
+    }
+    .map_err(|errno| HookError::Protect { addr, errno })?;
 
-    let mask = sys::block_signals();
+    let mask = (!batch::block_signals()).then(sys::block_signals);
     match order {
         // SAFETY: at..at + 5 is now writable, and the caller vouches for `new`.
         WriteOrder::AlignedQword => unsafe { write_qword(at, new) },
         // SAFETY: as above; `write_order` checked the first 2 bytes are within a cache line.
         WriteOrder::SelfLoop => unsafe { write_self_loop(at, new) },
     }
-    sys::restore_signals(mask);
+    if let Some(mask) = mask {
+        sys::restore_signals(mask);
+    }
     *written = true;
-
+    if batched.is_some() {
+        return Ok(());
+    }
     // SAFETY: restores the protection the pages had before.
     unsafe { pages.restore() }.map_err(|errno| HookError::Protect { addr, errno })
 }
@@ -132,10 +143,12 @@ unsafe fn write_self_loop(at: u64, new: &[u8; PATCH_LEN]) {
     sys::sync_cores();
 }
 
-/// The one or two pages holding the 5 patch bytes, with their protection before the patch.
+/// The one or two pages holding the 5 patch bytes, with their protection before the patch
+/// and the extent of the mapping each lies in.
 #[derive(Debug, Clone)]
 pub(crate) struct Pages {
     pages: [(u64, u32); 2],
+    mappings: [(u64, u64); 2],
     count: usize,
 }
 
@@ -144,16 +157,35 @@ impl Pages {
     pub(crate) fn of(mappings: &[Mapping], at: u64) -> Option<Pages> {
         let first = at & !(PAGE_SIZE - 1);
         let last = (at + PATCH_LEN as u64 - 1) & !(PAGE_SIZE - 1);
-        let prot_of = |page: u64| {
+        let code = |page: u64| {
             let mapping = maps::find(mappings, page)?;
-            (mapping.prot & PROT_READ != 0 && mapping.prot & PROT_EXEC != 0).then_some(mapping.prot)
+            (mapping.prot & PROT_READ != 0 && mapping.prot & PROT_EXEC != 0).then_some(mapping)
         };
-        let mut pages = Pages { pages: [(first, prot_of(first)?), (0, 0)], count: 1 };
+        let m = code(first)?;
+        let mut pages = Pages { pages: [(first, m.prot), (0, 0)], mappings: [(m.start, m.end), (0, 0)], count: 1 };
         if last != first {
-            pages.pages[1] = (last, prot_of(last)?);
+            let m = code(last)?;
+            pages.pages[1] = (last, m.prot);
+            pages.mappings[1] = (m.start, m.end);
             pages.count = 2;
         }
         Some(pages)
+    }
+
+    /// Inside a batch, make the pages' mappings writable until it ends; `None` outside.
+    ///
+    /// # Safety
+    /// The pages hold code of this process, as recorded by [`Pages::of`].
+    unsafe fn unlock_for_batch(&self) -> Option<Result<(), i32>> {
+        for i in 0..self.count {
+            let (start, end) = self.mappings[i];
+            // SAFETY: a whole mapping of code, with the protection recorded for it.
+            match unsafe { batch::unlock(start, end, self.pages[i].1) }? {
+                Ok(()) => {}
+                Err(errno) => return Some(Err(errno)),
+            }
+        }
+        Some(Ok(()))
     }
 
     /// # Safety

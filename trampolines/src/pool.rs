@@ -7,6 +7,7 @@
 //! Nothing is ever freed: after a hook is removed another thread may still be inside its
 //! trampoline, or about to call it through a pointer it loaded earlier.
 
+use crate::batch;
 use crate::error::HookError;
 use crate::maps::{self, Mapping};
 use crate::relocate::{MAX_USER_ADDR, MIN_USER_ADDR};
@@ -63,17 +64,26 @@ impl Pool {
             if code.len() as u64 > MAX_CODE {
                 return Err(too_large(addr));
             }
-            // SAFETY: the chunk is our own mapping; making it RWX keeps the code other threads
-            // may run there executable.
-            if unsafe { sys::mprotect(chunk.base, CHUNK_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC) }.is_err() {
+            let end = chunk.base + CHUNK_SIZE;
+            // SAFETY: the chunk is our own mapping, read-execute; making it RWX keeps the code
+            // other threads may run there executable. In a batch it stays so until the end.
+            let unlocked = unsafe { batch::unlock(chunk.base, end, PROT_READ | PROT_EXEC) };
+            let writable = match unlocked {
+                Some(result) => result.is_ok(),
+                // SAFETY: as above, for this one write.
+                None => unsafe { sys::mprotect(chunk.base, CHUNK_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC) }.is_ok(),
+            };
+            if !writable {
                 continue; // W^X enforced (SELinux execmem, PaX): use a fresh chunk instead.
             }
             // SAFETY: `at..at + code.len()` lies in the unused tail of the chunk (checked above
             // against MAX_CODE), now writable, and nothing executes it yet.
             unsafe { sys::write_bytes(at, &code) };
-            // SAFETY: back to read-execute; the chunk holds only code.
-            unsafe { sys::mprotect(chunk.base, CHUNK_SIZE, PROT_READ | PROT_EXEC) }
-                .map_err(|errno| HookError::Protect { addr, errno })?;
+            if unlocked.is_none() {
+                // SAFETY: back to read-execute; the chunk holds only code.
+                unsafe { sys::mprotect(chunk.base, CHUNK_SIZE, PROT_READ | PROT_EXEC) }
+                    .map_err(|errno| HookError::Protect { addr, errno })?;
+            }
             chunk.used = at + code.len() as u64 - chunk.base;
             return Ok(at);
         }
@@ -110,7 +120,7 @@ fn map_near(addr: u64, window: (u64, u64), near: u64) -> Result<u64, HookError> 
     for base in candidates.into_iter().take(MAX_MAP_ATTEMPTS) {
         match sys::map_fixed_noreplace(base, CHUNK_SIZE) {
             Ok(()) => {
-                maps::changed();
+                batch::mapped(base, base + CHUNK_SIZE);
                 return Ok(base);
             }
             Err(_) => continue, // taken meanwhile by another thread, or refused: next hole

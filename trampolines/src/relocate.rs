@@ -4,10 +4,11 @@
 //! Everything here is pure: it reads byte slices and returns bytes, so it is tested on byte
 //! tables without executing anything.
 
-use iced_x86::{BlockEncoder, BlockEncoderOptions, Code, Instruction, InstructionBlock};
+use iced_x86::{BlockEncoder, BlockEncoderOptions, Code, ConstantOffsets, Instruction, InstructionBlock};
 
 use crate::decode::{self, branch_target, ends_flow, is_endbr64};
 use crate::error::HookError;
+use crate::recipe::{Piece, Recipe};
 
 /// Length of the patch written at the function: `jmp rel32` (`E9` + 4 bytes).
 pub const PATCH_LEN: usize = 5;
@@ -35,6 +36,7 @@ pub struct Plan {
     ip: u64,
     patch_offset: usize,
     stolen: Vec<Instruction>,
+    stolen_offsets: Vec<ConstantOffsets>,
     stolen_bytes: Vec<u8>,
     falls_through: bool,
 }
@@ -79,6 +81,7 @@ pub fn plan(code: &[u8], ip: u64) -> Result<Plan, HookError> {
         }
     }
     let stolen = instructions[first_stolen..index].to_vec();
+    let stolen_offsets = decoded.offsets[first_stolen..index].to_vec();
     let patch_end = patch_at.wrapping_add(covered as u64);
 
     // No branch may land inside the stolen bytes, except on the first one (that is a call or
@@ -102,7 +105,7 @@ pub fn plan(code: &[u8], ip: u64) -> Result<Plan, HookError> {
         .get(patch_offset..patch_offset + covered)
         .ok_or(HookError::Undecodable { addr: ip, at: decoded.end })?
         .to_vec();
-    Ok(Plan { ip, patch_offset, stolen, stolen_bytes, falls_through })
+    Ok(Plan { ip, patch_offset, stolen, stolen_offsets, stolen_bytes, falls_through })
 }
 
 impl Plan {
@@ -163,6 +166,43 @@ impl Plan {
             }
         }
         near_window_of(lowest, highest)
+    }
+
+    /// This plan as a [`Recipe`] for the same bytes in another process: `window` must be the
+    /// `code` the plan was made from. `None` when a stolen instruction is not one a recipe can
+    /// move by copying (a `loop` or `jrcxz`, a branch between stolen instructions, a prefixed
+    /// short branch): such a function is decoded wherever it is hooked.
+    pub fn recipe(&self, window: &[u8]) -> Option<Recipe> {
+        let mut pieces = Vec::with_capacity(self.stolen.len());
+        let mut offset = 0;
+        for (instruction, offsets) in self.stolen.iter().zip(&self.stolen_offsets) {
+            let bytes = self.stolen_bytes.get(offset..offset + instruction.len())?;
+            offset += instruction.len();
+            let len = u8::try_from(bytes.len()).ok()?;
+            let piece = if let Some(target) = branch_target(instruction) {
+                let start = self.patch_address();
+                if target > start && target < start.wrapping_add(self.stolen_len() as u64) {
+                    return None;
+                }
+                match bytes {
+                    [op, _] if instruction.is_jcc_short() && op & 0xF0 == 0x70 => Piece::ShortJcc { cc: op & 0x0F },
+                    [0xEB, _] if instruction.is_jmp_short() => Piece::ShortJmp,
+                    _ if instruction.is_jcc_near() || instruction.is_jmp_near() || instruction.is_call_near() => {
+                        Piece::NearBranch { len }
+                    }
+                    _ => return None,
+                }
+            } else if instruction.is_ip_rel_memory_operand() {
+                if offsets.displacement_size() != 4 {
+                    return None;
+                }
+                Piece::RipRelative { len, disp: u8::try_from(offsets.displacement_offset()).ok()? }
+            } else {
+                Piece::Copy { len }
+            };
+            pieces.push(piece);
+        }
+        Recipe::new(window, self.patch_offset, self.falls_through, pieces)
     }
 
     /// Re-encodes the stolen instructions for a trampoline at address `at`, followed by a jump

@@ -8,7 +8,7 @@ use std::fmt::Debug;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use hermes_trampolines::Hook;
+use hermes_trampolines::{Hook, Recipe};
 
 /// Declares `$detour`, a detour that counts its calls in `$calls` and forwards to the
 /// trampoline stored in `$original`.
@@ -42,7 +42,8 @@ counting_detour!(strchr_detour, STRCHR_ORIGINAL, STRCHR_CALLS, fn(s: *const c_ch
 counting_detour!(memset_detour, MEMSET_ORIGINAL, MEMSET_CALLS, fn(d: *mut c_void, c: c_int, n: usize) -> *mut c_void);
 
 /// Hooks libc's `name`, and checks that `call` gives the same result unhooked, hooked (with
-/// the detour counting at least one call) and unhooked again (with the detour silent).
+/// the detour counting at least one call) and unhooked again (with the detour silent); twice:
+/// decoded, then from the first hook's recipe (as a child process hooks, without decoding).
 fn check<R: PartialEq + Debug>(
     name: &str,
     detour: *const u8,
@@ -56,29 +57,41 @@ fn check<R: PartialEq + Debug>(
     assert!(!target.is_null(), "{name} not found");
 
     let unhooked = call();
-    // SAFETY: the detour has the function's signature and forwards to `original`, stored
-    // before the hook is enabled.
-    let mut hook = unsafe { Hook::new(target, detour) }.unwrap_or_else(|e| panic!("{name}: {e}"));
-    original.store(hook.original() as usize, Ordering::SeqCst);
-    // SAFETY: as above.
-    unsafe { hook.enable() }.unwrap_or_else(|e| panic!("{name}: {e}"));
+    let round = |recipes: &[Recipe]| {
+        // SAFETY: the detour has the function's signature and forwards to `original`, stored
+        // before the hook is enabled.
+        let mut hook = unsafe { Hook::with_recipes(target, detour, recipes) }.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(hook.from_recipe(), !recipes.is_empty(), "{name}: recipe used or not");
+        original.store(hook.original() as usize, Ordering::SeqCst);
+        // SAFETY: as above.
+        unsafe { hook.enable() }.unwrap_or_else(|e| panic!("{name}: {e}"));
 
-    let before = calls.load(Ordering::SeqCst);
-    let hooked = call();
-    let during = calls.load(Ordering::SeqCst) - before;
+        let before = calls.load(Ordering::SeqCst);
+        let hooked = call();
+        let during = calls.load(Ordering::SeqCst) - before;
+        let recipe = hook.recipe().cloned();
+        let note = format!(
+            "{name} at {target:p}: {} stolen instruction(s), thunk {:?}, recipe {}",
+            hook.stolen_instructions(),
+            hook.thunk(),
+            recipe.as_ref().map_or("none".into(), |r| r.to_string())
+        );
+        // SAFETY: nothing relies on the patch.
+        unsafe { hook.remove() }.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let before = calls.load(Ordering::SeqCst);
+        let again = call();
+        let after = calls.load(Ordering::SeqCst) - before;
 
-    let note =
-        format!("{name} at {target:p}: {} stolen instruction(s), thunk {:?}", hook.stolen_instructions(), hook.thunk());
-    // SAFETY: nothing relies on the patch.
-    unsafe { hook.remove() }.unwrap_or_else(|e| panic!("{name}: {e}"));
-    let before = calls.load(Ordering::SeqCst);
-    let again = call();
-    let after = calls.load(Ordering::SeqCst) - before;
-
-    assert!(during >= 1, "{name}: the detour did not run");
-    assert_eq!(hooked, unhooked, "{name}: hooked result differs");
-    assert_eq!(after, 0, "{name}: the detour still runs after removal");
-    assert_eq!(again, unhooked, "{name}: result differs after removal");
+        assert!(during >= 1, "{name}: the detour did not run");
+        assert_eq!(hooked, unhooked, "{name}: hooked result differs");
+        assert_eq!(after, 0, "{name}: the detour still runs after removal");
+        assert_eq!(again, unhooked, "{name}: result differs after removal");
+        (note, recipe)
+    };
+    let (note, recipe) = round(&[]);
+    let recipe = recipe.unwrap_or_else(|| panic!("{name}: no recipe"));
+    // Through text, as it travels between processes.
+    round(&Recipe::parse_list(&recipe.to_string()));
     note
 }
 

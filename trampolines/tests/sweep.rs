@@ -1,12 +1,17 @@
 //! Sweep: every exported function of this machine's libc (and libz, libssl when installed) is
 //! planned and relocated from its mapped bytes in this process. It relocates or refuses with a
 //! reason, never panics; more than 99% must be hookable. Nothing is patched.
+//!
+//! Each plan's recipe (the decoder-free form another process hooks with) is checked too: the
+//! trampoline it builds must disassemble exactly like the one iced-x86 encodes, absolute
+//! targets included.
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
 
-use hermes_trampolines::{plan_at, HookError};
+use hermes_trampolines::{plan, prologue_at, HookError};
+use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 use object::elf;
 use object::read::elf::{ElfFile64, Sym};
 use object::Endianness;
@@ -83,20 +88,45 @@ fn dlsym(library: &Library, name: &str) -> u64 {
     unsafe { libc::dlsym(library.handle, name.as_ptr()) as u64 }
 }
 
-/// Plans and relocates one function the way `Hook::new` would, without patching.
-fn try_hook(address: u64) -> Result<(), HookError> {
-    // SAFETY: the library stays loaded for the whole test; plan_at checks the mapping.
-    let plan = unsafe { plan_at(address as *const u8) }?;
+/// Plans and relocates one function the way `Hook::new` would, without patching; and checks
+/// its recipe, if it has one. Returns whether it has one.
+fn try_hook(address: u64) -> Result<bool, HookError> {
+    // SAFETY: the library stays loaded for the whole test; prologue_at checks the mapping.
+    let code = unsafe { prologue_at(address as *const u8) }?;
+    let plan = plan(&code, address)?;
     let (low, high) = plan.trampoline_window().ok_or(HookError::NoNearMemory { addr: address })?;
     // A trampoline address a pool could hand out: 64 MiB below the function, inside the window.
     let at = address.saturating_sub(64 << 20).clamp(low, high) & !15;
-    plan.relocate(at).map(|_| ())
+    let encoded = plan.relocate(at)?;
+    let Some(recipe) = plan.recipe(&code) else { return Ok(false) };
+    let copied = recipe.relocate(&code, address, at).expect("a recipe applies to its own bytes")?;
+    assert_eq!(
+        disassemble(&copied, at),
+        disassemble(&encoded, at),
+        "function at {address:#x}: the recipe {recipe} builds another trampoline than iced"
+    );
+    Ok(true)
+}
+
+/// One line per instruction, with absolute branch and RIP-relative targets.
+fn disassemble(code: &[u8], ip: u64) -> Vec<String> {
+    let mut formatter = IntelFormatter::new();
+    Decoder::with_ip(64, code, ip, DecoderOptions::NONE)
+        .into_iter()
+        .map(|instruction| {
+            let mut text = String::new();
+            formatter.format(&instruction, &mut text);
+            text
+        })
+        .collect()
 }
 
 struct Sweep {
     total: usize,
     distinct: usize,
     hookable: usize,
+    /// Hookable with a recipe (no decoding in the next process).
+    with_recipe: usize,
     refused: BTreeMap<&'static str, Vec<String>>,
 }
 
@@ -112,10 +142,19 @@ fn sweep(file_name: &str, check_symbol: &str) -> Option<Sweep> {
     let mut distinct: Vec<u64> = functions.iter().map(|f| f.address).collect();
     distinct.sort_unstable();
     distinct.dedup();
-    let mut result = Sweep { total: functions.len(), distinct: distinct.len(), hookable: 0, refused: BTreeMap::new() };
+    let mut result = Sweep {
+        total: functions.len(),
+        distinct: distinct.len(),
+        hookable: 0,
+        with_recipe: 0,
+        refused: BTreeMap::new(),
+    };
     for function in &functions {
         match try_hook(function.address) {
-            Ok(()) => result.hookable += 1,
+            Ok(recipe) => {
+                result.hookable += 1;
+                result.with_recipe += usize::from(recipe);
+            }
             Err(error) => result.refused.entry(error.kind()).or_default().push(format!("{} ({error})", function.name)),
         }
     }
@@ -125,11 +164,12 @@ fn sweep(file_name: &str, check_symbol: &str) -> Option<Sweep> {
 fn report(file_name: &str, sweep: &Sweep) -> f64 {
     let fraction = sweep.hookable as f64 / sweep.total as f64;
     println!(
-        "{file_name}: {} exported FUNC symbols ({} distinct addresses): {} hookable ({:.2}%)",
+        "{file_name}: {} exported FUNC symbols ({} distinct addresses): {} hookable ({:.2}%), {} of them with a recipe",
         sweep.total,
         sweep.distinct,
         sweep.hookable,
-        fraction * 100.0
+        fraction * 100.0,
+        sweep.with_recipe
     );
     for (kind, names) in &sweep.refused {
         println!("  {kind:<18} {:>5}", names.len());

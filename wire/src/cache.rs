@@ -191,10 +191,14 @@ impl<const N: usize> Cache<N> {
     }
 
     /// Forget everything (after fork, a slot a vanished writer held stays odd).
+    /// Slots already clear are only read: a fork child that never used the cache does not
+    /// copy its pages.
     pub fn clear(&self) {
         for slot in &self.slots {
-            slot.generation.store(0, Relaxed);
-            slot.seq.store(0, Release);
+            if slot.generation.load(Relaxed) != 0 || slot.seq.load(Relaxed) != 0 {
+                slot.generation.store(0, Relaxed);
+                slot.seq.store(0, Release);
+            }
         }
     }
 }

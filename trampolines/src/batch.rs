@@ -1,0 +1,91 @@
+//! Many hooks at once. A library's constructor that installs thirty hooks would otherwise
+//! read `/proc/self/maps` thirty times, flip the protection of a code page and of a trampoline
+//! page twice per hook (each `mprotect` splitting and merging the mapping), and block and
+//! unblock signals per patch. Inside [`batch`] the maps are read once, each mapping written to
+//! is made writable once and restored when the batch ends, and signals stay blocked from the
+//! first patch to the end.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::maps::{self, Mapping};
+use crate::sys::{self, PROT_EXEC, PROT_READ, PROT_WRITE};
+
+struct Batch {
+    mappings: Arc<Vec<Mapping>>,
+    /// Ranges made writable, with the protection each gets back at the end.
+    unlocked: Vec<(u64, u64, u32)>,
+    /// The signal mask from before the first patch blocked them all.
+    signals: Option<u64>,
+}
+
+static BATCH: Mutex<Option<Batch>> = Mutex::new(None);
+
+fn open() -> MutexGuard<'static, Option<Batch>> {
+    BATCH.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Run `f`, which makes several hooks, as one batch (see the module docs). Only for when
+/// nothing else maps, unmaps or runs the hooked code meanwhile: a library's constructor,
+/// single-threaded. Memory the engine maps itself is accounted for. When the batch ends the
+/// protections are restored and the signal mask put back.
+pub fn batch<R>(f: impl FnOnce() -> R) -> R {
+    // Without a reading of the maps there is no batch: each hook then reads them itself.
+    *open() = maps::read_self_maps().ok().map(|m| Batch { mappings: Arc::new(m), unlocked: Vec::new(), signals: None });
+    let result = f();
+    if let Some(batch) = open().take() {
+        for (start, end, prot) in batch.unlocked {
+            // SAFETY: the protection the range had when the batch made it writable.
+            let _ = unsafe { sys::mprotect(start, end - start, prot) };
+        }
+        if let Some(mask) = batch.signals {
+            sys::restore_signals(mask);
+        }
+    }
+    result
+}
+
+/// The open batch's snapshot of the mappings.
+pub(crate) fn mappings() -> Option<Arc<Vec<Mapping>>> {
+    open().as_ref().map(|b| Arc::clone(&b.mappings))
+}
+
+/// The engine mapped `start..end` (read-write): the snapshot includes it from now on.
+pub(crate) fn mapped(start: u64, end: u64) {
+    if let Some(batch) = open().as_mut() {
+        let mut mappings = batch.mappings.as_ref().clone();
+        let at = mappings.partition_point(|m| m.start < start);
+        mappings.insert(at, Mapping { start, end, prot: PROT_READ | PROT_WRITE, name: String::new() });
+        batch.mappings = Arc::new(mappings);
+    }
+}
+
+/// Inside a batch: make `start..end` writable (keeping it readable and executable) until the
+/// batch ends, when it gets `restore` back; `None` outside a batch, where the caller changes
+/// and restores the protection around its own write.
+///
+/// # Safety
+/// `start..end` must be whole mappings (or whole ranges of one) of this process that hold
+/// code, whose protection is `restore` now.
+pub(crate) unsafe fn unlock(start: u64, end: u64, restore: u32) -> Option<Result<(), i32>> {
+    let mut guard = open();
+    let batch = guard.as_mut()?;
+    if batch.unlocked.iter().any(|&(s, e, _)| s <= start && end <= e) {
+        return Some(Ok(()));
+    }
+    // SAFETY: adds write permission, keeping read and execute, to code the caller vouches for.
+    let result = unsafe { sys::mprotect(start, end - start, PROT_READ | PROT_WRITE | PROT_EXEC) };
+    if result.is_ok() {
+        batch.unlocked.push((start, end, restore));
+    }
+    Some(result)
+}
+
+/// Inside a batch: block every signal until it ends (true); outside, do nothing (false).
+pub(crate) fn block_signals() -> bool {
+    let mut guard = open();
+    let Some(batch) = guard.as_mut() else { return false };
+    if batch.signals.is_none() {
+        batch.signals = Some(sys::block_signals());
+    }
+    true
+}
