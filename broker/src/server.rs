@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,6 +46,8 @@ pub struct Shared {
     live: Mutex<usize>,
     idle: Condvar,
     next_id: AtomicUsize,
+    /// The listening socket, to see connections still waiting to be accepted.
+    listening: RawFd,
 }
 
 /// A bound, ready broker.
@@ -84,6 +86,11 @@ impl Broker {
         self.doors
     }
 
+    /// Where the run's processes find the board.
+    pub fn board_path(&self) -> String {
+        self.engine.board_path()
+    }
+
     /// The library functions the policy hooks.
     pub fn hooks(&self) -> &[ApiHook] {
         &self.hooks
@@ -100,8 +107,15 @@ impl Broker {
         let Broker { listener, engine, sink, .. } = self;
         let sink = Arc::new(sink);
         engine.start(&sink)?;
-        let shared =
-            Arc::new(Shared { engine, sink, live: Mutex::new(0), idle: Condvar::new(), next_id: AtomicUsize::new(0) });
+        let listening = listener.as_raw_fd();
+        let shared = Arc::new(Shared {
+            engine,
+            sink,
+            live: Mutex::new(0),
+            idle: Condvar::new(),
+            next_id: AtomicUsize::new(0),
+            listening,
+        });
         let accepting = Arc::clone(&shared);
         std::thread::Builder::new().name("hermes-accept".into()).spawn(move || {
             for stream in listener.incoming() {
@@ -135,12 +149,23 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Wait until no connection is open, or `timeout` passes. Returns how many remain.
+    /// Wait until no connection is open, nor waiting to be accepted (a process that
+    /// connected, reported and exited before the accept thread got to it), or `timeout`
+    /// passes. Returns how many remain.
     pub fn drain(&self, timeout: Duration) -> usize {
-        let live = lock(&self.shared.live);
-        let (live, _) =
-            self.shared.idle.wait_timeout_while(live, timeout, |n| *n > 0).unwrap_or_else(|e| e.into_inner());
-        *live
+        let deadline = Instant::now() + timeout;
+        loop {
+            let live = lock(&self.shared.live);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (live, _) =
+                self.shared.idle.wait_timeout_while(live, left, |n| *n > 0).unwrap_or_else(|e| e.into_inner());
+            let waiting = self.shared.waiting_to_be_accepted();
+            if (*live == 0 && !waiting) || Instant::now() >= deadline {
+                return *live + usize::from(waiting);
+            }
+            drop(live);
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Enforce `policy` from now on; returns its generation.
@@ -179,6 +204,13 @@ impl Handle {
 }
 
 impl Shared {
+    fn waiting_to_be_accepted(&self) -> bool {
+        let mut pfd = libc::pollfd { fd: self.listening, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd, zero timeout; the listener lives as long as the accept
+        // thread, which runs until the process exits.
+        unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+    }
+
     fn connection_closed(&self) {
         let mut live = lock(&self.live);
         *live -= 1;

@@ -57,7 +57,7 @@ pub enum Reload {
 }
 
 pub fn run(args: &BrokerArgs) -> ExitCode {
-    let broker = match start(args) {
+    let (broker, loaded) = match start(args) {
         Ok(b) => b,
         Err(msg) => {
             println!("error {}", msg.replace('\n', " "));
@@ -83,22 +83,26 @@ pub fn run(args: &BrokerArgs) -> ExitCode {
         list => list,
     };
     let doors = broker.doors();
-    let handle = match broker.spawn() {
-        Ok(h) => h,
-        Err(e) => {
-            println!("error cannot start the broker thread: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let handle = Arc::new(handle);
-    if let Err(e) = watch(args, &handle) {
-        eprintln!("hermes: cannot watch the policy for changes (hot reload is off): {e}");
-    }
-    let board = handle.board_path();
+    let board = broker.board_path();
+    // Ready before the threads start: the socket is listening (a target that connects now
+    // waits in its backlog), and the target starts meanwhile.
     let mut out = std::io::stdout().lock();
     if writeln!(out, "ready {mask} {hooks} {doors} {board}").and_then(|()| out.flush()).is_err() {
         return ExitCode::from(2);
     }
+    let handle = match broker.spawn() {
+        Ok(h) => h,
+        Err(e) => {
+            // The launcher finds our stdout closed: mediated calls fail closed (EPERM).
+            eprintln!("hermes: cannot start the broker threads: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let handle = Arc::new(handle);
+    if let Err(e) = watch(args, &handle, loaded) {
+        eprintln!("hermes: cannot watch the policy for changes (hot reload is off): {e}");
+    }
+    drop(out);
     // Serve until the launcher goes away.
     let mut sink = [0u8; 64];
     while !matches!(std::io::stdin().read(&mut sink), Ok(0) | Err(_)) {}
@@ -117,21 +121,38 @@ pub fn run(args: &BrokerArgs) -> ExitCode {
         };
         eprintln!("hermes: shadow policy differed from the enforced one on {differed} call(s){dropped}");
     }
+    release_stdout();
     ExitCode::SUCCESS
+}
+
+/// Tell the launcher the run is complete (every trace line written) by closing our end of
+/// its pipe now rather than at exit: the process's teardown can take milliseconds (closing
+/// the inotify descriptor waits for an RCU grace period) that nobody needs to wait for.
+fn release_stdout() {
+    let Ok(null) = std::fs::File::open("/dev/null") else { return };
+    // SAFETY: dup2 onto descriptor 1, which Rust's stdout keeps writing to (into /dev/null
+    // from now on); `null` stays open until after the call.
+    unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) };
 }
 
 /// Start the hot-reload thread: the policy file (and the shadow's) are watched; a
 /// change is compiled and swapped in, or reported with the old policy kept.
-fn watch(args: &BrokerArgs, handle: &Arc<Handle>) -> std::io::Result<()> {
+fn watch(args: &BrokerArgs, handle: &Arc<Handle>, loaded: Loaded) -> std::io::Result<()> {
     let mut files = Vec::new();
     let mut roles = Vec::new();
+    // What is loaded now: a save that changes nothing keeps the generation (and so every
+    // cached decision in the targets). Taken from the loaded sources, so that a change made
+    // while the broker started is a change.
+    let mut last_hash = Vec::new();
     if let (Some(policy), false) = (&args.policy, args.reload == Reload::Off) {
         files.push(policy.clone());
         roles.push(args.reload);
+        last_hash.push(loaded.policy);
     }
     if let Some(shadow) = &args.shadow {
         files.push(shadow.clone());
         roles.push(Reload::Shadow);
+        last_hash.push(loaded.shadow);
     }
     if files.is_empty() {
         return Ok(());
@@ -140,10 +161,6 @@ fn watch(args: &BrokerArgs, handle: &Arc<Handle>) -> std::io::Result<()> {
     let handle = Arc::clone(handle);
     let timeout = Duration::from_millis(args.timeout_ms);
     std::thread::Builder::new().name("hermes-reload".into()).spawn(move || {
-        // What is loaded now: a save that changes nothing keeps the generation (and
-        // so every cached decision in the targets).
-        let mut last_hash: Vec<Option<String>> =
-            files.iter().map(|f| std::fs::read(f).ok().map(|src| policy::source_hash(&src))).collect();
         // A load that failed while the file may still be being written: retried once
         // things are quiet, reported only if it still fails.
         let mut unsettled: Option<usize> = None;
@@ -200,7 +217,13 @@ fn watch(args: &BrokerArgs, handle: &Arc<Handle>) -> std::io::Result<()> {
 /// How long a failed load of a file that may still be being written waits for more.
 const RETRY_AFTER: Duration = Duration::from_millis(300);
 
-fn start(args: &BrokerArgs) -> Result<Broker, String> {
+/// The hashes of the sources the broker started with.
+struct Loaded {
+    policy: Option<String>,
+    shadow: Option<String>,
+}
+
+fn start(args: &BrokerArgs) -> Result<(Broker, Loaded), String> {
     let timeout = Duration::from_millis(args.timeout_ms);
     let policy = match &args.policy {
         Some(path) => Policy::load(path, timeout),
@@ -209,6 +232,7 @@ fn start(args: &BrokerArgs) -> Result<Broker, String> {
         }
     }
     .map_err(|e| e.to_string())?;
+    let mut loaded = Loaded { policy: Some(policy.hash().to_owned()), shadow: None };
     let trace = match &args.trace {
         Some(path) => {
             Some(std::fs::File::create(path).map_err(|e| format!("cannot create trace {}: {e}", path.display()))?)
@@ -218,7 +242,9 @@ fn start(args: &BrokerArgs) -> Result<Broker, String> {
     let broker = Broker::bind(args.socket.as_bytes(), policy, Sink::new(trace, args.verbose))
         .map_err(|e| format!("cannot bind the broker socket: {e}"))?;
     if let Some(shadow) = &args.shadow {
-        broker.set_shadow(Policy::load(shadow, timeout).map_err(|e| format!("shadow policy: {e}"))?);
+        let shadow = Policy::load(shadow, timeout).map_err(|e| format!("shadow policy: {e}"))?;
+        loaded.shadow = Some(shadow.hash().to_owned());
+        broker.set_shadow(shadow);
     }
-    Ok(broker)
+    Ok((broker, loaded))
 }
