@@ -105,6 +105,16 @@ pub fn inline_hooks() -> bool {
     env(ENV_INLINE).is_none_or(|v| v != b"0")
 }
 
+/// The path this process was exec'd by (`AT_EXECFN`).
+fn exec_path() -> Option<Vec<u8>> {
+    // SAFETY: getauxval only reads the auxiliary vector; AT_EXECFN, when present, is the
+    // address of a NUL-terminated string the kernel put on the initial stack, which lives
+    // as long as the process.
+    let at = unsafe { libc::getauxval(libc::AT_EXECFN) } as *const c_char;
+    // SAFETY: see above.
+    (!at.is_null()).then(|| unsafe { CStr::from_ptr(at) }.to_bytes().to_vec())
+}
+
 fn env(name: &str) -> Option<Vec<u8>> {
     std::env::var_os(name).map(|v| v.into_encoded_bytes())
 }
@@ -132,8 +142,8 @@ pub fn init() {
     let inject: Vec<CString> = PROPAGATED.iter().filter_map(|k| env(k).map(|v| kv(k, &v))).collect();
     let ld_preload = kv("LD_PRELOAD", &lib);
     let bin = env(ENV_BIN);
-    let me = std::fs::read_link("/proc/self/exe").ok().map(|p| p.into_os_string().into_encoded_bytes());
-    let inert = bin.is_some() && me == bin;
+    // The preload execs `hermes exec-traced` by exactly this path (no /proc/self/exe to read).
+    let inert = bin.is_some() && exec_path() == bin;
     let bin = bin.and_then(|b| CString::new(b).ok());
     let _ = CONFIG.set(Config { socket, lib, inject, bin, inert, ld_preload });
 

@@ -3,7 +3,9 @@
 //! page twice per hook (each `mprotect` splitting and merging the mapping), and block and
 //! unblock signals per patch. Inside [`batch`] the maps are read once, each mapping written to
 //! is made writable once and restored when the batch ends, and signals stay blocked from the
-//! first patch to the end.
+//! first patch to the end. A hook on code of a loaded ELF object finds its mapping from the
+//! dynamic loader's program headers, and a trampoline chunk is first tried where the kernel puts
+//! a mapping by itself: a batch whose hooks all fit reads `/proc/self/maps` not at all.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -11,7 +13,8 @@ use crate::maps::{self, Mapping};
 use crate::sys::{self, PROT_EXEC, PROT_READ, PROT_WRITE};
 
 struct Batch {
-    mappings: Arc<Vec<Mapping>>,
+    /// Read on first need.
+    mappings: Option<Arc<Vec<Mapping>>>,
     /// Ranges made writable, with the protection each gets back at the end.
     unlocked: Vec<(u64, u64, u32)>,
     /// The signal mask from before the first patch blocked them all.
@@ -29,8 +32,7 @@ fn open() -> MutexGuard<'static, Option<Batch>> {
 /// single-threaded. Memory the engine maps itself is accounted for. When the batch ends the
 /// protections are restored and the signal mask put back.
 pub fn batch<R>(f: impl FnOnce() -> R) -> R {
-    // Without a reading of the maps there is no batch: each hook then reads them itself.
-    *open() = maps::read_self_maps().ok().map(|m| Batch { mappings: Arc::new(m), unlocked: Vec::new(), signals: None });
+    *open() = Some(Batch { mappings: None, unlocked: Vec::new(), signals: None });
     let result = f();
     if let Some(batch) = open().take() {
         for (start, end, prot) in batch.unlocked {
@@ -44,18 +46,32 @@ pub fn batch<R>(f: impl FnOnce() -> R) -> R {
     result
 }
 
-/// The open batch's snapshot of the mappings.
+/// The open batch's snapshot of the mappings, read now if it was not yet; `None` outside a
+/// batch (or when the maps cannot be read: each caller then reads them itself).
 pub(crate) fn mappings() -> Option<Arc<Vec<Mapping>>> {
-    open().as_ref().map(|b| Arc::clone(&b.mappings))
+    let mut guard = open();
+    let batch = guard.as_mut()?;
+    if batch.mappings.is_none() {
+        batch.mappings = maps::read_self_maps().ok().map(Arc::new);
+    }
+    batch.mappings.clone()
+}
+
+/// Inside a batch: the mapping of the loaded object's segment holding `addr`, from the
+/// dynamic loader, when there is one.
+pub(crate) fn segment(addr: u64) -> Option<Mapping> {
+    open().as_ref()?;
+    let (start, end, prot) = sys::elf_segment(addr)?;
+    Some(Mapping { start, end, prot, name: String::new() })
 }
 
 /// The engine mapped `start..end` (read-write): the snapshot includes it from now on.
 pub(crate) fn mapped(start: u64, end: u64) {
-    if let Some(batch) = open().as_mut() {
-        let mut mappings = batch.mappings.as_ref().clone();
+    if let Some(Batch { mappings: Some(snapshot), .. }) = open().as_mut() {
+        let mut mappings = snapshot.as_ref().clone();
         let at = mappings.partition_point(|m| m.start < start);
         mappings.insert(at, Mapping { start, end, prot: PROT_READ | PROT_WRITE, name: String::new() });
-        batch.mappings = Arc::new(mappings);
+        *snapshot = Arc::new(mappings);
     }
 }
 

@@ -159,7 +159,7 @@ impl Hook {
         let addr = target as u64;
         let detour = detour as u64;
         let mut pool = engine();
-        let mappings = maps::current()?;
+        let mappings = maps::around(addr)?;
         // SAFETY: the caller vouches that `target` is code of this process.
         let code = unsafe { read_prologue(&mappings, addr) }?;
         let (plan, recipe) = Steal::new(&code, addr, recipes)?;

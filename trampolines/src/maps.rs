@@ -24,6 +24,15 @@ impl Mapping {
     }
 }
 
+/// Mappings that include the one holding `addr` (and the page after it): in a batch, the
+/// loaded object's segment when `addr` is in one (see `batch`), else [`current`].
+pub(crate) fn around(addr: u64) -> Result<Arc<Vec<Mapping>>, HookError> {
+    match crate::batch::segment(addr) {
+        Some(segment) if segment.contains(addr + crate::relocate::PATCH_LEN as u64 + 4) => Ok(Arc::new(vec![segment])),
+        _ => current(),
+    }
+}
+
 /// The mappings: the open batch's snapshot, else `/proc/self/maps` read now.
 pub(crate) fn current() -> Result<Arc<Vec<Mapping>>, HookError> {
     match crate::batch::mappings() {

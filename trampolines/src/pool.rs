@@ -112,9 +112,19 @@ fn align_up(value: u64) -> u64 {
     value.saturating_add(ALIGN - 1) & !(ALIGN - 1)
 }
 
-/// Maps a new chunk whose every byte lies in `[window.0, window.1 + MAX_CODE)`, as close to
-/// `near` as possible, in a hole of the address space found in `/proc/self/maps`.
+/// Maps a new chunk whose every byte lies in `[window.0, window.1 + MAX_CODE)`: where the
+/// kernel puts a mapping by itself (just below the libraries, usually) when that is inside,
+/// else as close to `near` as possible in a hole of the address space found in
+/// `/proc/self/maps`.
 fn map_near(addr: u64, window: (u64, u64), near: u64) -> Result<u64, HookError> {
+    if let Ok(base) = sys::map_anywhere(CHUNK_SIZE) {
+        if base >= window.0 && base + CHUNK_SIZE <= window.1 {
+            batch::mapped(base, base + CHUNK_SIZE);
+            return Ok(base);
+        }
+        // SAFETY: the mapping just made, which nothing else knows of.
+        unsafe { sys::unmap(base, CHUNK_SIZE) };
+    }
     let mappings = maps::current()?;
     let candidates = candidates(&mappings, window, near);
     for base in candidates.into_iter().take(MAX_MAP_ATTEMPTS) {

@@ -208,3 +208,60 @@ pub(crate) unsafe fn write_bytes(addr: u64, bytes: &[u8]) {
         unsafe { core::ptr::write_volatile((addr as *mut u8).add(i), *byte) };
     }
 }
+
+/// Maps `len` bytes of fresh anonymous read-write memory wherever the kernel chooses.
+pub(crate) fn map_anywhere(len: u64) -> Result<u64, i32> {
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    let prot = u64::from(PROT_READ | PROT_WRITE);
+    // SAFETY: a new anonymous mapping at an address the kernel picks: nothing in use changes.
+    check(unsafe { syscall6(libc::SYS_mmap, 0, len, prot, flags, u64::MAX, 0) })
+}
+
+/// Unmaps `addr..addr + len`.
+///
+/// # Safety
+/// The range must be a mapping of the caller's that nothing uses.
+pub(crate) unsafe fn unmap(addr: u64, len: u64) {
+    // SAFETY: the caller's contract.
+    let _ = unsafe { syscall6(libc::SYS_munmap, addr, len, 0, 0, 0, 0) };
+}
+
+/// The loadable segment of a loaded ELF object (the program, a library) that contains `addr`:
+/// page-rounded start and end, and its protection from the program header's flags. Asks the
+/// dynamic loader, not the kernel: no `/proc/self/maps` to read and parse.
+pub(crate) fn elf_segment(addr: u64) -> Option<(u64, u64, u32)> {
+    struct Search {
+        addr: u64,
+        found: Option<(u64, u64, u32)>,
+    }
+    extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: usize, data: *mut core::ffi::c_void) -> libc::c_int {
+        // SAFETY: the loader passes a valid info for this call; `data` is the Search below.
+        let (info, search) = unsafe { (&*info, &mut *data.cast::<Search>()) };
+        if info.dlpi_phdr.is_null() {
+            return 0;
+        }
+        // SAFETY: dlpi_phdr points to dlpi_phnum program headers of a loaded object.
+        let headers = unsafe { core::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
+        for ph in headers.iter().filter(|ph| ph.p_type == libc::PT_LOAD) {
+            let start = info.dlpi_addr.wrapping_add(ph.p_vaddr);
+            let end = start.wrapping_add(ph.p_memsz);
+            if (start..end).contains(&search.addr) {
+                let mut prot = 0;
+                for (flag, bit) in [(libc::PF_R, PROT_READ), (libc::PF_W, PROT_WRITE), (libc::PF_X, PROT_EXEC)] {
+                    if ph.p_flags & flag != 0 {
+                        prot |= bit;
+                    }
+                }
+                let end = end.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+                search.found = Some((start & !(PAGE_SIZE - 1), end, prot));
+                return 1;
+            }
+        }
+        0
+    }
+    let mut search = Search { addr, found: None };
+    // SAFETY: `visit` matches the callback type and only reads what the loader hands it;
+    // `search` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(visit), (&raw mut search).cast()) };
+    search.found
+}
