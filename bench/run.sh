@@ -70,6 +70,10 @@ for variant in workload workload-static; do
         gcc -O2 -Wall -Wextra -pthread "${static[@]}" -o "$out/$variant" bench/workload.c
     fi
 done
+# repeat: runs a real program N times inside one hermes session (start-up excluded).
+if [[ ! -x $out/repeat || bench/repeat.c -nt $out/repeat ]]; then
+    gcc -O2 -Wall -Wextra -o "$out/repeat" bench/repeat.c
+fi
 
 # --- peers ---------------------------------------------------------------------------
 command -v strace >/dev/null || say "strace is not installed: its columns are skipped (apt-get install strace)"

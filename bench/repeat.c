@@ -1,0 +1,48 @@
+/* repeat REPORT N PROG ARGS...: run PROG N times, one after the other (stdin, stdout and
+ * stderr on /dev/null), and write the median wall time of one run in nanoseconds to
+ * REPORT. Under `hermes launch` this measures what a program costs inside a running
+ * session: HERMES's start-up (launcher, broker) is paid once, outside the timed runs. */
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+
+extern char **environ;
+
+static int by_value(const void *a, const void *b) {
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return (x > y) - (x < y);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 4) {
+        fprintf(stderr, "usage: repeat REPORT N PROG ARGS...\n");
+        return 2;
+    }
+    int n = atoi(argv[2]);
+    if (n < 1 || n > 1000) return 2;
+    long long *runs = calloc(n, sizeof *runs);
+    posix_spawn_file_actions_t quiet;
+    posix_spawn_file_actions_init(&quiet);
+    for (int fd = 0; fd <= 2; fd++) posix_spawn_file_actions_addopen(&quiet, fd, "/dev/null", fd ? O_WRONLY : O_RDONLY, 0);
+    for (int i = 0; i < n; i++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        pid_t pid;
+        if (posix_spawnp(&pid, argv[3], &quiet, NULL, argv + 3, environ) != 0) return 127;
+        int status;
+        if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "repeat: %s failed (status %d)\n", argv[3], status);
+            return 1;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        runs[i] = (b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec);
+    }
+    qsort(runs, n, sizeof *runs, by_value);
+    FILE *report = fopen(argv[1], "w");
+    if (!report) return 1;
+    fprintf(report, "%lld\n", runs[n / 2]);
+    return fclose(report) ? 1 : 0;
+}
