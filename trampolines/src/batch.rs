@@ -3,10 +3,12 @@
 //! page twice per hook (each `mprotect` splitting and merging the mapping), and block and
 //! unblock signals per patch. Inside [`batch`] the maps are read once, each mapping written to
 //! is made writable once and restored when the batch ends, and signals stay blocked from the
-//! first patch to the end. A hook on code of a loaded ELF object finds its mapping from the
+//! first patch to the end; in a process that never had a second thread, no core barrier is
+//! needed between the steps of a patch either. A hook on code of a loaded ELF object finds its mapping from the
 //! dynamic loader's program headers, and a trampoline chunk is first tried where the kernel puts
 //! a mapping by itself: a batch whose hooks all fit reads `/proc/self/maps` not at all.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::maps::{self, Mapping};
@@ -33,7 +35,9 @@ fn open() -> MutexGuard<'static, Option<Batch>> {
 /// protections are restored and the signal mask put back.
 pub fn batch<R>(f: impl FnOnce() -> R) -> R {
     *open() = Some(Batch { mappings: None, unlocked: Vec::new(), signals: None });
+    sys::ALONE.store(sys::single_threaded(), Ordering::Relaxed);
     let result = f();
+    sys::ALONE.store(false, Ordering::Relaxed);
     if let Some(batch) = open().take() {
         for (start, end, prot) in batch.unlocked {
             // SAFETY: the protection the range had when the batch made it writable.

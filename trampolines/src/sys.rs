@@ -133,6 +133,17 @@ const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE: u64 = 1 << 6;
 
 /// 0: not yet probed, 1: registered, 2: unavailable.
 static SYNC_CORE: AtomicU8 = AtomicU8::new(0);
+/// Set while a batch runs in a process that has never had a second thread: no other core can
+/// be running stale bytes of ours, and this one sees its own stores.
+pub(crate) static ALONE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Whether the process has never started a second thread (glibc's `__libc_single_threaded`).
+pub(crate) fn single_threaded() -> bool {
+    // SAFETY: a symbol lookup with a NUL-terminated name.
+    let flag = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__libc_single_threaded".as_ptr()) } as *const u8;
+    // SAFETY: glibc's `char __libc_single_threaded`, which lives as long as libc.
+    !flag.is_null() && unsafe { core::ptr::read_volatile(flag) } != 0
+}
 
 /// Makes every thread of the process execute a serializing instruction before it runs user
 /// code again (`membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)`, Linux ≥ 4.16), so no
@@ -141,6 +152,9 @@ static SYNC_CORE: AtomicU8 = AtomicU8::new(0);
 /// call does nothing: x86 cores snoop stores into code, and the writes below are ordered so
 /// that any mix of old and new bytes a core could fetch is still safe.
 pub(crate) fn sync_cores() {
+    if ALONE.load(Ordering::Relaxed) {
+        return;
+    }
     let mut state = SYNC_CORE.load(Ordering::Acquire);
     if state == 0 {
         // SAFETY: membarrier with QUERY/REGISTER touches no user memory.
