@@ -35,12 +35,17 @@ pub struct BrokerArgs {
     reload: Reload,
 }
 
-impl Reload {
-    pub fn as_arg(self) -> &'static str {
-        match self {
-            Reload::Enforce => "enforce",
-            Reload::Shadow => "shadow",
-            Reload::Off => "off",
+impl BrokerArgs {
+    /// The arguments `hermes launch` gives the broker it starts.
+    pub fn new(socket: &str, launch: &crate::LaunchArgs) -> Self {
+        BrokerArgs {
+            socket: socket.to_owned(),
+            policy: launch.policy.clone(),
+            trace: launch.trace.clone(),
+            verbose: launch.verbose,
+            timeout_ms: launch.timeout().as_millis() as u64,
+            shadow: launch.shadow.clone(),
+            reload: launch.reload,
         }
     }
 }
@@ -57,11 +62,16 @@ pub enum Reload {
 }
 
 pub fn run(args: &BrokerArgs) -> ExitCode {
+    ExitCode::from(serve(args))
+}
+
+/// [`run`], returning the exit status: what a forked broker exits with.
+pub fn serve(args: &BrokerArgs) -> u8 {
     let (broker, loaded) = match start(args) {
         Ok(b) => b,
         Err(msg) => {
             println!("error {}", msg.replace('\n', " "));
-            return ExitCode::from(2);
+            return 2;
         }
     };
     // SAFETY: no thread has been started yet (the accept thread starts after this),
@@ -69,10 +79,10 @@ pub fn run(args: &BrokerArgs) -> ExitCode {
     match unsafe { libc::fork() } {
         -1 => {
             println!("error fork: {}", std::io::Error::last_os_error());
-            return ExitCode::from(2);
+            return 2;
         }
         0 => {}
-        _ => return ExitCode::SUCCESS,
+        _ => return 0,
     }
     // SAFETY: setsid has no memory effects. A session of its own keeps the terminal's
     // ^C (meant for the target) away from the broker.
@@ -88,14 +98,14 @@ pub fn run(args: &BrokerArgs) -> ExitCode {
     // waits in its backlog), and the target starts meanwhile.
     let mut out = std::io::stdout().lock();
     if writeln!(out, "ready {mask} {hooks} {doors} {board}").and_then(|()| out.flush()).is_err() {
-        return ExitCode::from(2);
+        return 2;
     }
     let handle = match broker.spawn() {
         Ok(h) => h,
         Err(e) => {
             // The launcher finds our stdout closed: mediated calls fail closed (EPERM).
             eprintln!("hermes: cannot start the broker threads: {e}");
-            return ExitCode::from(2);
+            return 2;
         }
     };
     let handle = Arc::new(handle);
@@ -122,7 +132,7 @@ pub fn run(args: &BrokerArgs) -> ExitCode {
         eprintln!("hermes: shadow policy differed from the enforced one on {differed} call(s){dropped}");
     }
     release_stdout();
-    ExitCode::SUCCESS
+    0
 }
 
 /// Tell the launcher the run is complete (every trace line written) by closing our end of

@@ -2,12 +2,14 @@
 //! whole process tree, pass the target's exit status through.
 
 use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
@@ -177,8 +179,8 @@ fn reap_tree(target: Child) -> u8 {
 }
 
 struct BrokerProc {
-    lifeline: Option<ChildStdin>,
-    out: BufReader<ChildStdout>,
+    lifeline: Option<File>,
+    out: BufReader<File>,
     mask: u64,
     /// The policy's `hermes.hook` list (`LIB:SYMBOL=KINDS;…`).
     hooks: String,
@@ -189,32 +191,42 @@ struct BrokerProc {
 }
 
 impl BrokerProc {
+    /// Fork the broker (no exec: it is this binary, and loading it again costs a
+    /// millisecond) and wait for its `ready` line.
     fn start(args: &LaunchArgs, socket: &str) -> Result<Self, Refusal> {
-        let me = std::env::current_exe().map_err(|e| Refusal(2, format!("cannot find the hermes binary: {e}")))?;
-        let mut cmd = Command::new(me);
-        cmd.arg("broker").arg("--socket").arg(socket).arg("--timeout-ms").arg(args.timeout().as_millis().to_string());
-        if let Some(p) = &args.policy {
-            cmd.arg("--policy").arg(p);
+        let broker_args = crate::broker_proc::BrokerArgs::new(socket, args);
+        let cannot = |e: std::io::Error| Refusal(2, format!("cannot start the broker: {e}"));
+        let (stdin_r, stdin_w) = pipe().map_err(cannot)?;
+        let (stdout_r, stdout_w) = pipe().map_err(cannot)?;
+        // SAFETY: the launcher has started no thread yet, so the child is a complete copy
+        // of a single-threaded process, free to allocate.
+        match unsafe { libc::fork() } {
+            -1 => Err(cannot(std::io::Error::last_os_error())),
+            0 => {
+                // SAFETY: dup2 onto 0 and 1 (the launcher's own are not the broker's
+                // business); then every other descriptor the launcher had is closed, our
+                // ends of the pipes included, so the lifeline's EOF reaches the broker.
+                unsafe {
+                    libc::dup2(stdin_r.as_raw_fd(), 0);
+                    libc::dup2(stdout_w.as_raw_fd(), 1);
+                    libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                    libc::prctl(libc::PR_SET_NAME, c"hermes-broker".as_ptr());
+                }
+                std::mem::forget((stdin_r, stdin_w, stdout_r, stdout_w)); // closed above
+                std::process::exit(i32::from(crate::broker_proc::serve(&broker_args)));
+            }
+            pid => {
+                drop((stdin_r, stdout_w));
+                // The first process forks the real broker and exits at once.
+                let mut status = 0;
+                // SAFETY: waits for our own child; the status goes into a live local.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                Self::ready(File::from(stdin_w), BufReader::new(File::from(stdout_r)))
+            }
         }
-        if let Some(t) = &args.trace {
-            cmd.arg("--trace").arg(t);
-        }
-        if args.verbose > 0 {
-            cmd.arg("--verbose").arg(args.verbose.to_string());
-        }
-        if let Some(s) = &args.shadow {
-            cmd.arg("--shadow").arg(s);
-        }
-        cmd.arg("--reload").arg(args.reload.as_arg());
-        let mut child: Child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| Refusal(2, format!("cannot start the broker: {e}")))?;
-        let lifeline = child.stdin.take();
-        let mut out = BufReader::new(child.stdout.take().ok_or_else(|| Refusal(2, "broker has no stdout".into()))?);
-        // The first process forks the real broker and exits at once.
-        let _ = child.wait();
+    }
+
+    fn ready(lifeline: File, mut out: BufReader<File>) -> Result<Self, Refusal> {
         let mut line = String::new();
         let _ = out.read_line(&mut line);
         let line = line.trim_end();
@@ -225,7 +237,7 @@ impl BrokerProc {
             let hooks = fields.next().filter(|h| *h != "-").unwrap_or_default().to_owned();
             let doors = fields.next().unwrap_or("-").to_owned();
             let board = fields.next().unwrap_or_default().to_owned();
-            Ok(BrokerProc { lifeline, out, mask, hooks, doors, board })
+            Ok(BrokerProc { lifeline: Some(lifeline), out, mask, hooks, doors, board })
         } else if let Some(msg) = line.strip_prefix("error ") {
             Err(Refusal(2, msg.to_owned()))
         } else {
@@ -276,6 +288,17 @@ fn api_hooks(cli: &[String], backtrace: bool, from_policy: &str) -> Result<Strin
         hooks.push(declared);
     }
     Ok(ApiHook::env_list(&hooks))
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the live array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: two new descriptors nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Find the program as execvp would; 127/126 errors as a shell gives them.
