@@ -16,6 +16,7 @@ pub mod board;
 pub mod cache;
 mod doors;
 pub mod elf;
+pub mod ring;
 pub use doors::Doors;
 mod sockaddr;
 pub use serde_bytes;
