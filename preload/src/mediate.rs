@@ -1,15 +1,18 @@
 //! Asking the broker: the guard, the per-thread connection, and the exchange of one
 //! call. Nothing here allocates or takes a lock; requests are built on the stack (with
 //! an mmap fallback for huge exec requests), replies are read into the caller's buffer.
+//! One-way frames (an observed call, a result) go into the thread's event ring when it
+//! has one ([`crate::ring`]): no system call.
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicI32, Ordering::Relaxed};
 
 use hermes_wire::cache::{Cache, Cached, Key, KeyBuilder};
+use hermes_wire::ring::Pushed;
 use hermes_wire::{self as wire, Args, Call, ClientMsg, Context, Decision, Done, Hello, Layer, Op, Reply, Welcome};
 use serde::Serialize;
 
-use crate::{board, config, fds, sys};
+use crate::{board, config, fds, ring, sys};
 
 /// Decisions the policy marked cacheable: 1024 slots, 48 KiB.
 static CACHE: Cache<1024> = Cache::new();
@@ -307,13 +310,14 @@ impl Session {
         // it); then it is reconnected once.
         let mut len = 0;
         for attempt in 0..2 {
-            self.fd = if self.one_shot { connect(pid, tid)? } else { thread_conn(pid, tid)? };
+            self.fd = if self.one_shot { connect(pid, tid, false)?.0 } else { thread_conn(pid, tid)? };
             self.seq = if self.one_shot { 1 } else { next_seq() };
             let call = Call { seq: self.seq, func, pid, tid, image: 0, args: clone_args(args), ctx: context(payload) };
             let exchanged = if observe {
-                send(self.fd, &ClientMsg::Observe(call)).map(|()| 0)
+                post(self.fd, self.one_shot, &ClientMsg::Observe(call)).map(|()| 0)
             } else {
-                send(self.fd, &ClientMsg::Call(call)).and_then(|()| recv_frame(self.fd, reply.get()).map(<[u8]>::len))
+                send(self.fd, &ClientMsg::Call(call))
+                    .and_then(|()| recv_frame(self.fd, reply.get(), None).map(<[u8]>::len))
             };
             match exchanged {
                 Ok(n) => {
@@ -404,7 +408,7 @@ impl Pending {
             let duration_ns = sys::monotonic_ns().saturating_sub(self.start);
             let msg: ClientMsg<'_, ()> =
                 ClientMsg::Done(Done { seq: self.seq, ret, errno: if ret < 0 { errno } else { 0 }, duration_ns });
-            let _ = send(self.fd, &msg);
+            let _ = post(self.fd, self.one_shot, &msg);
             sys::set_errno(errno);
         }
         self.release();
@@ -440,7 +444,7 @@ fn next_seq() -> u32 {
     })
 }
 
-/// This thread's connection, made on first use.
+/// This thread's connection (and its ring), made on first use.
 fn thread_conn(pid: i32, tid: i32) -> Result<i32, i32> {
     let (fd, seq) = CONN.with(Cell::get);
     if fd >= 0 && fds::is_ours(fd, tid) {
@@ -449,11 +453,13 @@ fn thread_conn(pid: i32, tid: i32) -> Result<i32, i32> {
     if fd >= 0 {
         // The program closed or replaced it: the number is not ours any more.
         CONN.with(|c| c.set((-1, seq)));
+        ring::install(0);
     }
-    let fd = connect(pid, tid)?;
+    let (fd, at) = connect(pid, tid, true)?;
     fds::mark_ours(fd, tid);
     config::on_thread_exit_close(fd);
     CONN.with(|c| c.set((fd, seq)));
+    ring::install(at);
     Ok(fd)
 }
 
@@ -463,6 +469,7 @@ fn drop_thread_conn() {
         sys::close(fd);
     }
     CONN.with(|c| c.set((-1, seq)));
+    ring::install(0);
 }
 
 /// Whether the caller shares this memory without having forked through libc: a vfork
@@ -471,32 +478,47 @@ pub fn in_shared_memory_child() -> bool {
     sys::getpid() != PROCESS_PID.load(Relaxed)
 }
 
-/// In a fork child: the inherited connections are the parent's; close our copies.
+/// In a fork child: the inherited connections are the parent's; close our copies, and
+/// unmap the forking thread's ring, which is its parent's (the child makes its own
+/// when it reconnects). Other threads' rings stay mapped, unused, until an exec: no
+/// thread of the child owns them.
 pub fn after_fork_child() {
     BUSY.with(|b| b.set(0));
     fds::close_all_ours();
     CONN.with(|c| c.set((-1, 0)));
+    ring::install(0);
     // A slot some other thread of the parent was writing stays locked here: start over.
     CACHE.clear();
     PROCESS_PID.store(sys::getpid(), Relaxed);
 }
 
-/// Thread exit: close the connection the thread made, if it still is its own.
+/// Thread exit: close the connection the thread made, if it still is its own, and
+/// unmap its ring.
 pub fn close_thread_conn(fd: i32) {
     if fds::release(fd, sys::gettid()) {
         sys::close(fd);
     }
+    ring::install(0);
 }
 
-fn connect(pid: i32, tid: i32) -> Result<i32, i32> {
+/// Connect to the broker; with `want_ring`, ask for an event ring as well. Returns
+/// the descriptor and the ring's mapping (0: none).
+fn connect(pid: i32, tid: i32, want_ring: bool) -> Result<(i32, usize), i32> {
     let fd = sys::connect_abstract(config::get().socket())?;
     let fd = sys::move_high(fd, HIGH_FD);
     sys::set_timeouts(fd, BROKER_TIMEOUT_SECS);
-    let hello: ClientMsg<'_, ()> =
-        ClientMsg::Hello(Hello { version: wire::PROTOCOL_VERSION, layer: Layer::Preload, pid, tid, client: "preload" });
+    let hello: ClientMsg<'_, ()> = ClientMsg::Hello(Hello {
+        version: wire::PROTOCOL_VERSION,
+        layer: Layer::Preload,
+        pid,
+        tid,
+        client: "preload",
+        ring: want_ring,
+    });
+    let mut passed = -1;
     let welcome = send(fd, &hello).and_then(|()| {
         let mut buf = [0u8; 64];
-        let body = recv_frame(fd, &mut buf)?;
+        let body = recv_frame(fd, &mut buf, Some(&mut passed))?;
         wire::decode::<Welcome>(body).map_err(|_| libc::EPROTO)
     });
     match welcome {
@@ -505,40 +527,79 @@ fn connect(pid: i32, tid: i32) -> Result<i32, i32> {
             board::set_fallback(board::MASK, w.mask);
             board::set_fallback(board::OBSERVE, w.observe);
             board::set_fallback(board::FLAGS, if w.report { board::REPORT } else { 0 });
-            Ok(fd)
+            let at = match passed {
+                -1 => 0,
+                ring_fd if w.ring && want_ring => ring::map(ring_fd),
+                other => {
+                    sys::close(other);
+                    0
+                }
+            };
+            Ok((fd, at))
         }
         Err(e) => {
+            if passed >= 0 {
+                sys::close(passed);
+            }
             sys::close(fd);
             Err(e)
         }
     }
 }
 
-fn send<T: Serialize>(fd: i32, msg: &T) -> Result<(), i32> {
+/// Encode `msg` as a frame (on the stack, or in a mapping for a huge one) and hand
+/// it to `f`.
+fn with_frame<T: Serialize>(msg: &T, f: impl FnOnce(&[u8]) -> Result<(), i32>) -> Result<(), i32> {
     let mut stack = [0u8; REQUEST_STACK];
     match wire::encode(msg, &mut stack) {
-        Ok(frame) => sys::write_all(fd, frame),
+        Ok(frame) => f(frame),
         Err(wire::FrameError::BufferFull) => {
             let mut big = sys::Mapping::new(wire::MAX_FRAME + 4).ok_or(libc::ENOMEM)?;
-            let frame = wire::encode(msg, big.bytes()).map_err(|_| libc::E2BIG)?;
-            sys::write_all(fd, frame)
+            f(wire::encode(msg, big.bytes()).map_err(|_| libc::E2BIG)?)
         }
         Err(_) => Err(libc::E2BIG),
     }
 }
 
+fn send<T: Serialize>(fd: i32, msg: &T) -> Result<(), i32> {
+    with_frame(msg, |frame| sys::write_all(fd, frame))
+}
+
+/// Send a one-way frame: into this thread's ring when `fd` is the thread's own
+/// connection and the ring takes it, else on the socket (the ring and the broker
+/// keep the two in order: see [`hermes_wire::ring`]).
+fn post<T: Serialize>(fd: i32, one_shot: bool, msg: &T) -> Result<(), i32> {
+    let own = !one_shot && CONN.with(Cell::get).0 == fd;
+    with_frame(msg, |frame| match own.then(|| ring::push(frame)).flatten() {
+        Some(Pushed::Stored) => Ok(()),
+        Some(Pushed::HalfFull) => {
+            // Ask for an early read. The frame is in the ring whatever becomes of the
+            // nudge: the broker also reads it periodically and when the connection ends.
+            let nudge: ClientMsg<'_, ()> = ClientMsg::Nudge;
+            let _ = send(fd, &nudge);
+            Ok(())
+        }
+        None => sys::write_all(fd, frame),
+    })
+}
+
 /// Read one frame into `buf` (header included) and return its body. The broker
 /// writes a frame in one piece and sends nothing unasked, so one read usually has it
-/// all; more than one frame's worth is a protocol error.
-fn recv_frame(fd: i32, buf: &mut [u8]) -> Result<&[u8], i32> {
+/// all; more than one frame's worth is a protocol error. With `passed`, a descriptor
+/// sent with the frame (SCM_RIGHTS) is stored there.
+fn recv_frame<'b>(fd: i32, buf: &'b mut [u8], mut passed: Option<&mut i32>) -> Result<&'b [u8], i32> {
+    let mut read = |fd: i32, buf: &mut [u8]| match passed.as_deref_mut() {
+        Some(slot) => sys::recv_some_with_fd(fd, buf, slot),
+        None => sys::read_some(fd, buf),
+    };
     let mut got = 0;
     while got < 4 {
-        got += sys::read_some(fd, &mut buf[got..])?;
+        got += read(fd, &mut buf[got..])?;
     }
     let header = [buf[0], buf[1], buf[2], buf[3]];
     let len = wire::body_len(header, buf.len() - 4).map_err(|_| libc::EPROTO)?;
     while got < 4 + len {
-        got += sys::read_some(fd, &mut buf[got..4 + len])?;
+        got += read(fd, &mut buf[got..4 + len])?;
     }
     if got != 4 + len {
         return Err(libc::EPROTO);

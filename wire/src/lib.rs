@@ -3,9 +3,18 @@
 //!
 //! Every message travels as a frame: a little-endian `u32` body length followed by a
 //! postcard-encoded body. The client sends [`ClientMsg`]s, the broker answers
-//! [`Hello`] with a [`Welcome`] and each [`Call`] with a [`Reply`]; [`Done`] is
-//! one-way. The crate is `no_std` and allocation-free so the preload can build
-//! requests in stack buffers, even in a vfork child or a signal handler.
+//! [`Hello`] with a [`Welcome`] and each [`Call`] with a [`Reply`]; [`Done`],
+//! [`ClientMsg::Observe`] and [`ClientMsg::Nudge`] are one-way.
+//!
+//! A preload thread asks for an event [`ring`] in its Hello; the broker attaches one
+//! to the Welcome. From then on the thread writes its one-way frames into the ring,
+//! where the broker reads them without a system call on either side, and sends on the
+//! socket only the frames that wait for an answer (and one-way frames the ring has no
+//! room for). The broker reads the ring before each frame that arrives on the socket,
+//! so the thread's frames are handled in the order it sent them.
+//!
+//! The crate is `no_std` and allocation-free so the preload can build requests in
+//! stack buffers, even in a vfork child or a signal handler.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -23,7 +32,7 @@ pub use serde_bytes;
 pub use sockaddr::{SockAddr, SOCKADDR_MAX};
 
 /// Bump when a message changes shape; the broker refuses other versions.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Largest frame body either side accepts. exec requests carry argv and envp, which
 /// the kernel caps at a quarter of the stack limit (2 MiB by default).
@@ -118,6 +127,9 @@ pub enum ClientMsg<'a, L> {
     /// call starts, without waiting for an answer; a [`Done`] follows when results
     /// are reported.
     Observe(Call<'a, L>),
+    /// One-way, on the socket: the client's [`ring`] just passed half full; read it
+    /// now rather than at the next periodic drain.
+    Nudge,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -128,6 +140,10 @@ pub struct Hello<'a> {
     pub tid: i32,
     /// Free-form client name for diagnostics (`"preload"`, `"ptrace"`).
     pub client: &'a str,
+    /// The client would write its one-way frames into an event [`ring`]. Only a
+    /// thread's own connection asks: not the ptrace tracer, not a vfork child's
+    /// one-shot connection (it shares its parent's memory).
+    pub ring: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +155,10 @@ pub struct Welcome {
     pub observe: u64,
     /// Whether the client should send [`Done`] after allowed calls.
     pub report: bool,
+    /// The descriptor of an event [`ring`] (a memfd of [`ring::SIZE`] bytes) is
+    /// attached to this frame (SCM_RIGHTS). `false` when the Hello did not ask or
+    /// the broker could not make one: one-way frames then go on the socket.
+    pub ring: bool,
 }
 
 /// One intercepted call.

@@ -22,9 +22,15 @@
 //! (the broker, which serialises its readers with a lock). The producer writes a
 //! record's words, then publishes `head` with a Release store; the consumer loads
 //! `head` with Acquire, copies records out, then publishes `tail` with a Release store.
-//! A record that does not fit (no room, or larger than [`MAX_FRAME`]) is sent on the
-//! socket instead: the broker drains the ring before it handles any socket frame, so
-//! the thread's order is kept.
+//!
+//! A frame that does not fit (no room, or larger than [`MAX_FRAME`]) is sent on the
+//! socket instead, and the thread's order is kept both ways: the broker reads the
+//! ring before it handles any frame from the socket (so what was in the ring before
+//! goes first), and the producer writes nothing more into the ring until the broker
+//! has handled every one-way frame it sent on the socket (so a reader of the ring,
+//! which cannot see the socket, never overtakes them). For the second rule the
+//! header holds `acked`: how many one-way frames the broker has handled from the
+//! socket ([`Ring::acknowledge`]); the producer counts those it sent.
 //!
 //! Every word is writable by the target. The consumer checks every position and
 //! length against its own copy of `tail` and reports a ring that breaks the rules
@@ -52,9 +58,10 @@ pub const RECORD_HEADER: usize = 16;
 /// `b"HERMESR1"`: a mapping with anything else in word 0 is not a ring.
 pub const MAGIC_VALUE: u64 = u64::from_le_bytes(*b"HERMESR1");
 const MAGIC: usize = 0;
-/// Word indices of the positions, a cache line apart.
+/// Word indices of the positions and the socket count, a cache line apart.
 const HEAD: usize = 8;
 const TAIL: usize = 16;
+const ACKED: usize = 24;
 const DATA_AT: usize = HEADER / 8;
 const DATA_WORDS: u64 = (DATA / 8) as u64;
 
@@ -64,7 +71,8 @@ pub struct Ring<'a> {
     words: &'a [AtomicU64],
 }
 
-/// The producer could not append the record: no room, or the frame is too large.
+/// The producer must send the frame on the socket: the ring has no room, the frame
+/// is too large, or frames sent on the socket before are not all handled yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Full;
 
@@ -133,6 +141,7 @@ impl<'a> Ring<'a> {
     pub fn init(self) {
         self.words[HEAD].store(0, Relaxed);
         self.words[TAIL].store(0, Relaxed);
+        self.words[ACKED].store(0, Relaxed);
         self.words[MAGIC].store(MAGIC_VALUE, Release);
     }
 
@@ -146,9 +155,11 @@ impl<'a> Ring<'a> {
         &self.words[DATA_AT + ((pos / 8) % DATA_WORDS) as usize]
     }
 
-    /// Producer: append `frame`, stamped `mono_ns`.
-    pub fn push(self, mono_ns: u64, frame: &[u8]) -> Result<Pushed, Full> {
-        if frame.len() > MAX_FRAME {
+    /// Producer: append `frame`, stamped `mono_ns`. `on_socket` counts the one-way
+    /// frames the producer has sent on the socket so far; until the broker has
+    /// handled them all, the ring takes nothing.
+    pub fn push(self, mono_ns: u64, frame: &[u8], on_socket: u64) -> Result<Pushed, Full> {
+        if frame.len() > MAX_FRAME || self.words[ACKED].load(Acquire) != on_socket {
             return Err(Full);
         }
         let need = (RECORD_HEADER + padded(frame.len())) as u64;
@@ -189,7 +200,7 @@ impl<'a> Ring<'a> {
         if avail == 0 {
             return Ok(None);
         }
-        if avail > DATA as u64 || avail % 8 != 0 || avail < RECORD_HEADER as u64 {
+        if avail > DATA as u64 || avail & 7 != 0 || avail < RECORD_HEADER as u64 {
             return Err(Corrupt::Head);
         }
         let len = self.slot(tail).load(Relaxed);
@@ -227,6 +238,19 @@ impl<'a> Ring<'a> {
     /// Consumer: everything before `tail` is read; the producer may reuse its room.
     pub fn release(self, tail: u64) {
         self.words[TAIL].store(tail, Release);
+    }
+
+    /// Consumer: `handled` one-way frames from the socket are handled (a running
+    /// count): once it matches the producer's, the producer may use the ring again.
+    pub fn acknowledge(self, handled: u64) {
+        self.words[ACKED].store(handled, Release);
+    }
+
+    /// Consumer: read no more (the ring broke the rules). The producer sees the ring
+    /// as full from now on, and sends its frames on the socket.
+    pub fn shut(self) {
+        let head = self.words[HEAD].load(Relaxed);
+        self.words[TAIL].store(head.wrapping_add(1 << 63), Release);
     }
 }
 
@@ -279,7 +303,7 @@ mod tests {
             for i in 0..(batch % 37) + 1 {
                 let body: Vec<u8> = (0..(n % 301) as u8).map(|b| b ^ i as u8).collect();
                 let f = frame(&body);
-                ring.push(n, &f).unwrap();
+                ring.push(n, &f, 0).unwrap();
                 sent.push((n, f));
                 n += 1;
             }
@@ -303,7 +327,7 @@ mod tests {
                 let mut n = 0;
                 while n < N {
                     let body: Vec<u8> = (0..n % 97).map(|b| (b ^ n) as u8).collect();
-                    if ring.push(n, &frame(&body)).is_ok() {
+                    if ring.push(n, &frame(&body), 0).is_ok() {
                         n += 1;
                     } else {
                         std::thread::yield_now();
@@ -331,7 +355,7 @@ mod tests {
         let mut pushed = 0;
         let mut half = 0;
         loop {
-            match ring.push(pushed, &f) {
+            match ring.push(pushed, &f, 0) {
                 Ok(Pushed::HalfFull) => half += 1,
                 Ok(Pushed::Stored) => {}
                 Err(Full) => break,
@@ -342,16 +366,33 @@ mod tests {
         assert_eq!(pushed as usize, DATA / (RECORD_HEADER + padded(f.len())));
         let mut tail = 0;
         assert_eq!(drain(ring, &mut tail).unwrap().len(), pushed as usize);
-        assert!(ring.push(0, &f).is_ok());
-        assert_eq!(ring.push(0, &frame(&vec![0; MAX_FRAME])), Err(Full), "too large for the ring");
+        assert!(ring.push(0, &f, 0).is_ok());
+        assert_eq!(ring.push(0, &frame(&vec![0; MAX_FRAME]), 0), Err(Full), "too large for the ring");
     }
 
     #[test]
-    fn a_scribbled_tail_reads_as_full_to_the_producer() {
+    fn a_scribbled_or_shut_ring_reads_as_full_to_the_producer() {
         let words = fresh();
         let ring = Ring::new(&words).unwrap();
         words[TAIL].store(u64::MAX / 2, Relaxed);
-        assert_eq!(ring.push(0, &frame(b"x")), Err(Full));
+        assert_eq!(ring.push(0, &frame(b"x"), 0), Err(Full));
+        let words = fresh();
+        let ring = Ring::new(&words).unwrap();
+        ring.push(0, &frame(b"x"), 0).unwrap();
+        ring.shut();
+        assert_eq!(ring.push(0, &frame(b"x"), 0), Err(Full));
+    }
+
+    #[test]
+    fn frames_sent_on_the_socket_keep_the_ring_closed_until_handled() {
+        let words = fresh();
+        let ring = Ring::new(&words).unwrap();
+        // Two frames went on the socket: the ring must not overtake them.
+        assert_eq!(ring.push(0, &frame(b"x"), 2), Err(Full));
+        ring.acknowledge(1);
+        assert_eq!(ring.push(0, &frame(b"x"), 2), Err(Full));
+        ring.acknowledge(2);
+        assert_eq!(ring.push(0, &frame(b"x"), 2), Ok(Pushed::Stored));
     }
 
     #[test]
@@ -359,7 +400,7 @@ mod tests {
         let words = fresh();
         let ring = Ring::new(&words).unwrap();
         let f = frame(b"hello");
-        ring.push(1, &f).unwrap();
+        ring.push(1, &f, 0).unwrap();
         let head = ring.published();
         // head behind the consumer, too far ahead, or mid-word
         assert_eq!(ring.peek(head + 8, head), Err(Corrupt::Head));
@@ -392,12 +433,13 @@ mod tests {
         let ring = Ring::new(&words).unwrap();
         for round in 0..2000 {
             for i in 0..1 + next() % 8 {
-                let _ = ring.push(i, &frame(&vec![round as u8; (next() % 64) as usize]));
+                let _ = ring.push(i, &frame(&vec![round as u8; (next() % 64) as usize]), 0);
             }
             for _ in 0..next() % 4 {
-                let at = match next() % 4 {
+                let at = match next() % 5 {
                     0 => HEAD,
                     1 => TAIL,
+                    2 => ACKED,
                     _ => DATA_AT + (next() % DATA_WORDS) as usize,
                 };
                 let value = if next() % 2 == 0 { next() } else { next() % 512 };
