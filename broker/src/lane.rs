@@ -28,6 +28,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::ops::{Deref, DerefMut};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, SystemTime};
@@ -39,7 +40,7 @@ use crate::event::{monotonic_ns, Event, ProcInfo};
 use crate::policy::{self, Outcome, Verdict};
 use crate::server::{ClientFrame, Shared};
 use crate::shm::{self, Mapping};
-use crate::trace::{CallResult, Record};
+use crate::trace::{CallResult, Record, Sink};
 
 /// How often every ring is read, whatever its thread does.
 pub const PERIOD: Duration = Duration::from_millis(10);
@@ -97,6 +98,34 @@ struct LaneState {
     broken: bool,
     /// The frame being handled, copied out of the ring.
     frame: Vec<u8>,
+    /// Trace lines made while the lane is held, written when it is let go.
+    lines: String,
+}
+
+/// A lane's state, held. The trace lines made meanwhile (a ring's worth, often) are
+/// written in one go when it is let go, in the order they were made.
+struct Held<'a> {
+    state: MutexGuard<'a, LaneState>,
+    sink: &'a Sink,
+}
+
+impl Deref for Held<'_> {
+    type Target = LaneState;
+    fn deref(&self) -> &LaneState {
+        &self.state
+    }
+}
+
+impl DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut LaneState {
+        &mut self.state
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.sink.write_lines(&mut self.state.lines);
+    }
 }
 
 /// Whether a reader waits for a lane another reader holds.
@@ -115,13 +144,13 @@ impl Lane {
     pub fn new(shared: &Shared, peer_pid: i32, tid: i32, layer: Layer, ring: Option<RingMap>) -> Self {
         let lane = Lane { peer_pid, tid, layer, ring, state: Mutex::default() };
         if layer == Layer::Preload {
-            lane.lock().process(shared, layer, peer_pid, 0);
+            lane.hold(shared).process(shared, layer, peer_pid, 0);
         }
         lane
     }
 
-    fn lock(&self) -> MutexGuard<'_, LaneState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn hold<'a>(&'a self, shared: &'a Shared) -> Held<'a> {
+        Held { state: self.state.lock().unwrap_or_else(|e| e.into_inner()), sink: &shared.sink }
     }
 
     fn has_news(&self) -> bool {
@@ -143,20 +172,20 @@ impl Lane {
         if !self.has_news() {
             return;
         }
-        let mut state = match (wait, self.state.try_lock()) {
-            (_, Ok(state)) => state,
-            (_, Err(TryLockError::Poisoned(e))) => e.into_inner(),
+        let mut held = match (wait, self.state.try_lock()) {
+            (_, Ok(state)) => Held { state, sink: &shared.sink },
+            (_, Err(TryLockError::Poisoned(e))) => Held { state: e.into_inner(), sink: &shared.sink },
             (Wait::No, Err(TryLockError::WouldBlock)) => return,
-            (Wait::Yes, Err(TryLockError::WouldBlock)) => self.lock(),
+            (Wait::Yes, Err(TryLockError::WouldBlock)) => self.hold(shared),
         };
-        state.drain(self, shared);
+        held.drain(self, shared);
     }
 
     /// A one-way frame from the socket: read the ring first, since everything in it
     /// was sent before; then tell the producer it may use the ring again, if this was
     /// the last of the frames it sent on the socket.
     pub fn socket_frame(&self, shared: &Shared, msg: ClientFrame<'_>) -> Result<(), &'static str> {
-        let mut state = self.lock();
+        let mut state = self.hold(shared);
         state.drain(self, shared);
         let counted = matches!(msg, ClientMsg::Observe(_) | ClientMsg::Done(_));
         state.one_way(self, shared, msg, None)?;
@@ -169,7 +198,7 @@ impl Lane {
 
     /// The event for a call to decide.
     pub fn event(&self, shared: &Shared, call: &Call<'_, Vec<&[u8]>>) -> Event {
-        self.lock().event(self, shared, call, false)
+        self.hold(shared).event(self, shared, call, false)
     }
 
     /// Answer a decided call with `send`, and keep its record until its result comes.
@@ -182,7 +211,7 @@ impl Lane {
         mut record: Record,
         send: impl FnOnce(&mut Record) -> Result<(), crate::server::ConnError>,
     ) -> Result<(), crate::server::ConnError> {
-        let mut state = self.lock();
+        let mut state = self.hold(shared);
         let sent = send(&mut record);
         state.await_result(shared, seq, record);
         sent
@@ -191,10 +220,10 @@ impl Lane {
     /// The connection ended: read what is left in the ring, and write the records
     /// whose results will not come.
     pub fn close(&self, shared: &Shared) {
-        let mut state = self.lock();
+        let mut state = self.hold(shared);
         state.drain(self, shared);
         for (_, record) in std::mem::take(&mut state.pending) {
-            shared.sink.emit(&record);
+            shared.sink.emit_into(&record, &mut state.lines);
         }
     }
 }
@@ -240,6 +269,7 @@ impl LaneState {
             "hermes: broker: the event ring of pid {} (tid {}) is corrupt ({why}); it is ignored from now on",
             lane.peer_pid, lane.tid
         );
+        shared.sink.write_lines(&mut self.lines); // what was read before, first
         shared.sink.note("ring_error", serde_json::json!({ "pid": lane.peer_pid, "tid": lane.tid, "error": why }));
     }
 
@@ -274,7 +304,8 @@ impl LaneState {
             ClientMsg::Done(done) => {
                 if let Some(at) = self.pending.iter().position(|(seq, _)| *seq == done.seq) {
                     let (_, record) = self.pending.remove(at);
-                    finish(shared, record, &done);
+                    let record = finish(shared, record, &done);
+                    shared.sink.emit_into(&record, &mut self.lines);
                 }
             }
             // The ring was read before this frame was handled.
@@ -323,11 +354,11 @@ impl LaneState {
             if self.pending.len() >= MAX_PENDING {
                 // A client that never reports: keep the trace flowing.
                 let (_, oldest) = self.pending.remove(0);
-                shared.sink.emit(&oldest);
+                shared.sink.emit_into(&oldest, &mut self.lines);
             }
             self.pending.push((seq, record));
         } else {
-            shared.sink.emit(&record);
+            shared.sink.emit_into(&record, &mut self.lines);
         }
     }
 }
@@ -341,8 +372,8 @@ pub fn record(event: Event, outcome: Outcome, policy_hash: Arc<str>, time: Syste
     Record { time, event, outcome, redirected_to, policy_hash, latency: Duration::ZERO, result: None, observed: false }
 }
 
-/// The call ran: record its result, learn from it, write the record.
-fn finish(shared: &Shared, mut record: Record, done: &wire::Done) {
+/// The call ran: record its result and learn from it.
+fn finish(shared: &Shared, mut record: Record, done: &wire::Done) -> Record {
     record.result =
         Some(CallResult { ret: done.ret, errno: done.errno, duration: Duration::from_nanos(done.duration_ns) });
     let state = shared.engine.state();
@@ -360,7 +391,7 @@ fn finish(shared: &Shared, mut record: Record, done: &wire::Done) {
         }
         _ => {}
     }
-    shared.sink.emit(&record);
+    record
 }
 
 fn returns_file_pointer(func: &str) -> bool {
