@@ -34,6 +34,24 @@ thread_local! {
     static BUSY: Cell<i32> = const { Cell::new(0) };
     /// This thread's broker connection (-1: none yet) and its next sequence number.
     static CONN: Cell<(i32, u32)> = const { Cell::new((-1, 0)) };
+    /// This thread's tid and its process's pid, once learned. A caller whose tid is
+    /// this one is this thread, in this process: a vfork or posix_spawn child sharing
+    /// the memory has a tid of its own. So the pid costs no system call.
+    static SELF: Cell<(i32, i32)> = const { Cell::new((0, 0)) };
+}
+
+/// The pid of the calling thread, whose tid is `tid`.
+fn pid_of(tid: i32) -> i32 {
+    let (known, pid) = SELF.with(Cell::get);
+    if known == tid && tid > 0 {
+        return pid;
+    }
+    let pid = sys::getpid();
+    // Only this process's own thread fills the cache, never a child sharing it.
+    if pid == PROCESS_PID.load(Relaxed) {
+        SELF.with(|s| s.set((tid, pid)));
+    }
+    pid
 }
 
 /// How long a broker may take to answer before the call fails closed.
@@ -178,7 +196,9 @@ impl Token {
     ) -> (Verdict<'r>, Session) {
         debug_assert_eq!(args.op(), self.op);
         let generation = board::word(board::GENERATION);
-        let key = cache_key(func, &args);
+        // An observed operation's only decision is a constant allow: never cached.
+        let observe = board::word(board::OBSERVE) & self.op.bit() != 0 && observable(self.op);
+        let key = if observe { None } else { cache_key(func, &args) };
         if let Some(key) = &key {
             if let Some(hit) = CACHE.get(key, generation) {
                 if let Some(guard) = Guard::cached() {
@@ -188,12 +208,10 @@ impl Token {
         }
         let Some(guard) = Guard::take() else { return (Verdict::Allow, Session::unguarded()) };
         let errno = sys::errno();
-        let pid = sys::getpid();
+        let pid = pid_of(guard.tid);
         let shared_memory = pid != PROCESS_PID.load(Relaxed);
-        let observe = board::word(board::OBSERVE) & self.op.bit() != 0;
         let mut session = Session { fd: -1, seq: 0, one_shot: shared_memory, start: 0, guard: Some(guard) };
         let payload = payload.map(|p| &p[..p.len().min(board::word(board::PAYLOAD) as usize)]);
-        let observe = observe && observable(self.op);
         let verdict = match session.exchange((func, pid), &args, payload.filter(|p| !p.is_empty()), reply, observe) {
             Ok((v, cacheable)) => {
                 if let (true, Some(key)) = (cacheable, &key) {
@@ -314,7 +332,7 @@ impl Session {
             self.seq = if self.one_shot { 1 } else { next_seq() };
             let call = Call { seq: self.seq, func, pid, tid, image: 0, args: clone_args(args), ctx: context(payload) };
             let exchanged = if observe {
-                post(self.fd, self.one_shot, &ClientMsg::Observe(call)).map(|()| 0)
+                post(self.fd, self.one_shot, &ClientMsg::Observe(call), sys::monotonic_ns()).map(|()| 0)
             } else {
                 send(self.fd, &ClientMsg::Call(call))
                     .and_then(|()| recv_frame(self.fd, reply.get(), None).map(<[u8]>::len))
@@ -352,9 +370,16 @@ impl Session {
         Ok((verdict, reply.cache))
     }
 
-    /// The real call ran and returned `ret`; tell the broker if it asked.
+    /// The real call ran and returned `ret`; tell the broker if it asked (under the
+    /// call's guard, still held).
     pub fn done(self, ret: i64) {
-        self.detach().done(ret);
+        let Session { fd, seq, one_shot, start, guard } = self;
+        let pending = Pending { fd, seq, one_shot, start };
+        if pending.reports() {
+            pending.report(ret);
+        }
+        pending.release();
+        drop(guard);
     }
 
     /// Release the guard but keep what reporting the result needs: for calls whose
@@ -404,14 +429,20 @@ impl Pending {
     pub fn done(self, ret: i64) {
         if self.reports() {
             let _guard = Guard::take();
-            let errno = sys::errno();
-            let duration_ns = sys::monotonic_ns().saturating_sub(self.start);
-            let msg: ClientMsg<'_, ()> =
-                ClientMsg::Done(Done { seq: self.seq, ret, errno: if ret < 0 { errno } else { 0 }, duration_ns });
-            let _ = post(self.fd, self.one_shot, &msg);
-            sys::set_errno(errno);
+            self.report(ret);
         }
         self.release();
+    }
+
+    /// Send the `Done` (the caller holds the guard).
+    fn report(&self, ret: i64) {
+        let errno = sys::errno();
+        let end = sys::monotonic_ns();
+        let duration_ns = end.saturating_sub(self.start);
+        let msg: ClientMsg<'_, ()> =
+            ClientMsg::Done(Done { seq: self.seq, ret, errno: if ret < 0 { errno } else { 0 }, duration_ns });
+        let _ = post(self.fd, self.one_shot, &msg, end);
+        sys::set_errno(errno);
     }
 
     fn release(self) {
@@ -486,6 +517,7 @@ pub fn after_fork_child() {
     BUSY.with(|b| b.set(0));
     fds::close_all_ours();
     CONN.with(|c| c.set((-1, 0)));
+    SELF.with(|s| s.set((0, 0)));
     ring::install(0);
     // A slot some other thread of the parent was writing stays locked here: start over.
     CACHE.clear();
@@ -565,12 +597,12 @@ fn send<T: Serialize>(fd: i32, msg: &T) -> Result<(), i32> {
     with_frame(msg, |frame| sys::write_all(fd, frame))
 }
 
-/// Send a one-way frame: into this thread's ring when `fd` is the thread's own
-/// connection and the ring takes it, else on the socket (the ring and the broker
-/// keep the two in order: see [`hermes_wire::ring`]).
-fn post<T: Serialize>(fd: i32, one_shot: bool, msg: &T) -> Result<(), i32> {
+/// Send a one-way frame, made at `mono_ns`: into this thread's ring when `fd` is the
+/// thread's own connection and the ring takes it, else on the socket (the ring and
+/// the broker keep the two in order: see [`hermes_wire::ring`]).
+fn post<T: Serialize>(fd: i32, one_shot: bool, msg: &T, mono_ns: u64) -> Result<(), i32> {
     let own = !one_shot && CONN.with(Cell::get).0 == fd;
-    with_frame(msg, |frame| match own.then(|| ring::push(frame)).flatten() {
+    with_frame(msg, |frame| match own.then(|| ring::push(frame, mono_ns)).flatten() {
         Some(Pushed::Stored) => Ok(()),
         Some(Pushed::HalfFull) => {
             // Ask for an early read. The frame is in the ring whatever becomes of the

@@ -55,15 +55,15 @@ pub fn install(at: usize) {
     }
 }
 
-/// Append `frame` to this thread's ring, stamped with the time now. `None` when the
-/// thread has no ring or the ring cannot take it: the caller sends it on the socket,
-/// and the ring takes nothing more until the broker has handled it.
-pub fn push(frame: &[u8]) -> Option<Pushed> {
+/// Append `frame` to this thread's ring, stamped `mono_ns` (when it was made).
+/// `None` when the thread has no ring or the ring cannot take it: the caller sends it
+/// on the socket, and the ring takes nothing more until the broker has handled it.
+pub fn push(frame: &[u8], mono_ns: u64) -> Option<Pushed> {
     let (at, on_socket) = RING.with(Cell::get);
     if at == 0 {
         return None;
     }
-    let pushed = with_ring(at, |ring| ring.push(sys::monotonic_ns(), frame, on_socket).ok()).flatten();
+    let pushed = with_ring(at, |ring| ring.push(mono_ns, frame, on_socket).ok()).flatten();
     if pushed.is_none() {
         RING.with(|r| r.set((at, on_socket + 1)));
     }
