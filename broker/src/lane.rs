@@ -157,6 +157,11 @@ impl Lane {
         self.ring.as_ref().and_then(RingMap::ring).is_some_and(Ring::has_news)
     }
 
+    /// The process the connection speaks for (the tracer's: its own).
+    pub fn peer_pid(&self) -> i32 {
+        self.peer_pid
+    }
+
     /// The process a call comes from: the kernel's word on who is calling beats the
     /// message's, for the preload.
     pub fn caller(&self, call: &Call<'_, Vec<&[u8]>>) -> i32 {
@@ -310,7 +315,7 @@ impl LaneState {
             }
             // The ring was read before this frame was handled.
             ClientMsg::Nudge => {}
-            ClientMsg::Call(_) => return Err("a call among one-way frames"),
+            ClientMsg::Call(_) | ClientMsg::Flush { .. } => return Err("a frame that waits for an answer"),
             ClientMsg::Hello(_) => return Err("a second Hello"),
         }
         Ok(())

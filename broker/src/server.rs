@@ -325,6 +325,7 @@ impl<'s> Connection<'s> {
             let buf = std::mem::take(&mut self.buf);
             let handled = match wire::decode::<ClientFrame>(&buf) {
                 Ok(ClientMsg::Call(call)) => self.on_call(lane, &call),
+                Ok(ClientMsg::Flush { seq }) => self.on_flush(lane, seq),
                 Ok(msg) => lane.socket_frame(self.shared, msg).map_err(ConnError::Protocol),
                 Err(_) => Err(ConnError::Protocol("malformed frame")),
             };
@@ -367,6 +368,13 @@ impl<'s> Connection<'s> {
             record.latency = started.elapsed();
             sent
         })
+    }
+
+    /// A process about to exit waits until everything it sent is handled.
+    fn on_flush(&mut self, lane: &Lane, seq: u32) -> Result<(), ConnError> {
+        self.replier.begin(seq);
+        self.shared.lanes.drain_process(self.shared, lane.peer_pid());
+        self.replier.answer(&Reply { seq, decision: Decision::Allow, cache: false })
     }
 
     fn read_frame(&mut self) -> Result<(), ConnError> {

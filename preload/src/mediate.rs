@@ -518,10 +518,48 @@ pub fn after_fork_child() {
     fds::close_all_ours();
     CONN.with(|c| c.set((-1, 0)));
     SELF.with(|s| s.set((0, 0)));
-    ring::install(0);
+    ring::forget_after_fork();
     // A slot some other thread of the parent was writing stays locked here: start over.
     CACHE.clear();
     PROCESS_PID.store(sys::getpid(), Relaxed);
+}
+
+/// Runs as the process exits (exit(), or main returning), after the program's own
+/// atexit handlers.
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = flush_at_exit;
+
+/// At exit, wait until the broker has read every ring of this process, while the
+/// process is still whole: its observed calls' relative paths resolve against the
+/// working directory and descriptors they used. (After `_exit` or a kill the broker
+/// still reads them all, later.)
+extern "C" fn flush_at_exit() {
+    if !READY.load(Relaxed) || !ring::had_ring() || in_shared_memory_child() {
+        return;
+    }
+    let Some(guard) = Guard::take() else { return };
+    let errno = sys::errno();
+    let (own, _) = CONN.with(Cell::get);
+    let (fd, seq, one_shot) = if own >= 0 && fds::is_ours(own, guard.tid) {
+        (own, next_seq(), false)
+    } else {
+        match connect(pid_of(guard.tid), guard.tid, false) {
+            Ok((fd, _)) => (fd, 1, true),
+            Err(_) => return,
+        }
+    };
+    let flush: ClientMsg<'_, ()> = ClientMsg::Flush { seq };
+    // Whatever the answer, the process goes on exiting.
+    let _ = send(fd, &flush).and_then(|()| {
+        let mut buf = [0u8; 64];
+        let body = recv_frame(fd, &mut buf, None)?;
+        wire::decode::<Reply>(body).map(|r| r.seq).map_err(|_| libc::EPROTO)
+    });
+    if one_shot {
+        sys::close(fd);
+    }
+    sys::set_errno(errno);
 }
 
 /// Thread exit: close the connection the thread made, if it still is its own, and

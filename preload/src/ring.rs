@@ -6,11 +6,15 @@
 //! never touches it (it uses a one-shot connection of its own).
 
 use core::cell::Cell;
-use core::sync::atomic::AtomicU64;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use hermes_wire::ring::{self, Pushed, Ring};
 
 use crate::sys;
+
+/// Whether a thread of this process has had a ring: then its exit waits until the
+/// broker has read them ([`crate::mediate`]'s exit flush).
+static HAD_RING: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     /// The address of this thread's ring mapping (0: none), and how many one-way
@@ -47,12 +51,26 @@ fn with_ring<R>(at: usize, f: impl FnOnce(Ring<'_>) -> R) -> Option<R> {
 /// the one it replaces: the broker keeps its own mapping and reads what was published
 /// there when the old connection closes.
 pub fn install(at: usize) {
+    if at != 0 {
+        HAD_RING.store(true, Relaxed);
+    }
     let (old, _) = RING.with(|r| r.replace((at, 0)));
     if old != 0 {
         // SAFETY: `old` was this thread's ring, mapped by `map`; it was just taken out
         // of RING, the only place that refers to it.
         unsafe { sys::unmap(old, ring::SIZE) };
     }
+}
+
+/// In a fork child: the ring this thread holds is its parent's; unmap it, and forget
+/// that the process had any.
+pub fn forget_after_fork() {
+    install(0);
+    HAD_RING.store(false, Relaxed);
+}
+
+pub fn had_ring() -> bool {
+    HAD_RING.load(Relaxed)
 }
 
 /// Append `frame` to this thread's ring, stamped `mono_ns` (when it was made).

@@ -3,8 +3,8 @@
 //!
 //! Every message travels as a frame: a little-endian `u32` body length followed by a
 //! postcard-encoded body. The client sends [`ClientMsg`]s, the broker answers
-//! [`Hello`] with a [`Welcome`] and each [`Call`] with a [`Reply`]; [`Done`],
-//! [`ClientMsg::Observe`] and [`ClientMsg::Nudge`] are one-way.
+//! [`Hello`] with a [`Welcome`] and each [`Call`] (and [`ClientMsg::Flush`]) with a
+//! [`Reply`]; [`Done`], [`ClientMsg::Observe`] and [`ClientMsg::Nudge`] are one-way.
 //!
 //! A preload thread asks for an event [`ring`] in its Hello; the broker attaches one
 //! to the Welcome. From then on the thread writes its one-way frames into the ring,
@@ -130,6 +130,11 @@ pub enum ClientMsg<'a, L> {
     /// One-way, on the socket: the client's [`ring`] just passed half full; read it
     /// now rather than at the next periodic drain.
     Nudge,
+    /// Answered by a [`Reply`] (allow, with this `seq`) once the broker has handled
+    /// everything the process sent before, through every thread's [`ring`]. A
+    /// process sends it as it exits, while what the broker reads of it in /proc (its
+    /// working directory, its descriptors) still holds.
+    Flush { seq: u32 },
 }
 
 #[derive(Serialize, Deserialize, Debug)]
