@@ -14,6 +14,9 @@
  *                                         the main thread then sends on that socket
  *   ring_events hold PATH                 a thread opens PATH and waits; the main thread
  *                                         then sends on that descriptor (ENOTSOCK if run)
+ *   ring_events dirs N DIR_A DIR_B        N times: open DIR_A (then DIR_B, in turn) as a
+ *                                         directory, openat(it, "f"), close both: the
+ *                                         directory's descriptor number is reused each time
  *   ring_events sleep N PATH MARKER MS    N open+close, mkdir MARKER, sleep MS ms
  *   ring_events scribble HOW N PATH       N open+close, then overwrite this thread's ring
  *                                         (HOW: head, length, garbage), N more, exit(7)
@@ -256,6 +259,16 @@ int main(int argc, char **argv) {
         return held(mode, connector, argv[2]);
     } else if (strcmp(mode, "hold") == 0 && argc == 3) {
         return held(mode, holder, argv[2]);
+    } else if (strcmp(mode, "dirs") == 0 && argc == 5) {
+        int ok = 0;
+        for (int i = 0; i < atoi(argv[2]); i++) {
+            int dir = open(argv[3 + i % 2], O_RDONLY | O_DIRECTORY);
+            int fd = openat(dir, "f", O_RDONLY);
+            ok += fd >= 0;
+            close(fd);
+            close(dir);
+        }
+        printf("dirs = ok=%d\n", ok);
     } else if (strcmp(mode, "sleep") == 0 && argc == 6) {
         printf("sleep = ok=%d\n", timed_open_loop(argv[3], atoi(argv[2])));
         mkdir(argv[4], 0755);

@@ -231,6 +231,43 @@ fn a_decided_call_sees_the_open_another_thread_observed_just_before() {
     run.check(recs.len() == 1 && recs[0]["observed"] == true, "the open was observed");
 }
 
+#[test]
+fn relative_paths_resolve_against_the_working_directory_of_a_process_that_exits() {
+    let (dir, f) = target_file();
+    let run =
+        launch(OBSERVE_OPENS, ring_events(), &["opens", "300", "f"]).current_dir(dir.path()).timeout(TIMEOUT).run();
+    run.check(run.code == 0, "ring_events exits 0");
+    // Read after the calls, but before the process was gone (it waits at exit).
+    let recs = opens_of(&run.trace, &f);
+    run.check(
+        recs.len() == 300 && recs.iter().all(|r| r["args"]["raw_path"] == "f"),
+        &format!("300 opens of \"f\" resolved to {f}, got {}", recs.len()),
+    );
+}
+
+#[test]
+fn paths_relative_to_a_reused_directory_descriptor_resolve_against_the_directory_it_was() {
+    let dir = Scratch::new();
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    for d in [&a, &b] {
+        std::fs::create_dir(d).expect("mkdir");
+        std::fs::write(d.join("f"), "x\n").expect("write");
+    }
+    let (a, b) = (a.display().to_string(), b.display().to_string());
+    let run = launch(OBSERVE_OPENS, ring_events(), &["dirs", "400", &a, &b]).timeout(TIMEOUT).run();
+    run.check(run.code == 0 && run.stdout.contains("dirs = ok=400"), "ring_events exits 0, every openat succeeded");
+    // By the time the broker reads an openat, its directory descriptor's number may
+    // name the other directory: the process's reported opens say which it was.
+    let paths: Vec<&str> = run
+        .calls("open")
+        .into_iter()
+        .filter(|r| r["args"]["raw_path"] == "f")
+        .filter_map(|r| r["args"]["path"].as_str())
+        .collect();
+    let want: Vec<String> = (0..400).map(|i| format!("{}/f", if i % 2 == 0 { &a } else { &b })).collect();
+    run.check(paths == want, &format!("each openat resolved in its own directory: {paths:?}"));
+}
+
 /// Whole lines of a trace that is still being written.
 fn trace_so_far(path: &Path) -> Vec<Json> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
