@@ -396,6 +396,17 @@ pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
     }
 }
 
+/// A small deterministic generator for the tests that feed hostile input.
+#[cfg(test)]
+pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate alloc;
@@ -481,13 +492,7 @@ mod tests {
     /// Hostile input: random bytes and mutated valid frames never panic the decoder.
     #[test]
     fn random_and_mutated_frames_decode_or_fail_cleanly() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let argv: &[&[u8]] = &[b"/bin/sh", b"-c", b"true"];
         let mut buf = [0u8; 256];
         let valid = encode(

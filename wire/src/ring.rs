@@ -422,13 +422,7 @@ mod tests {
     /// outside the ring, and every record it accepts lies inside what was published.
     #[test]
     fn random_scribbles_are_read_or_refused_cleanly() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::xorshift(0x9e37_79b9_7f4a_7c15);
         let words = fresh();
         let ring = Ring::new(&words).unwrap();
         for round in 0..2000 {
@@ -442,7 +436,7 @@ mod tests {
                     2 => ACKED,
                     _ => DATA_AT + (next() % DATA_WORDS) as usize,
                 };
-                let value = if next() % 2 == 0 { next() } else { next() % 512 };
+                let value = if next() & 1 == 0 { next() } else { next() % 512 };
                 words[at].store(value, Relaxed);
             }
             let start = words[TAIL].load(Relaxed);
