@@ -30,9 +30,12 @@ impl Viewer {
     fn base(self, dirfd: i32) -> Option<Vec<u8>> {
         let read = |link: String| std::fs::read_link(link).ok().map(|p| p.into_os_string().into_encoded_bytes());
         if dirfd == AT_FDCWD {
-            // A thread that has exited since its (observed) call: its process's, which
-            // threads share.
-            read(format!("/proc/{}/cwd", self.tid)).or_else(|| read(format!("/proc/{}/cwd", self.pid)))
+            read(format!("/proc/{}/cwd", self.tid)).or_else(|| {
+                // A thread gone since its (observed) call: its process's, which threads
+                // share. A live thread whose own is unreadable gets no guess.
+                let gone = !Path::new(&format!("/proc/{}/task/{}", self.pid, self.tid)).exists();
+                gone.then(|| read(format!("/proc/{}/cwd", self.pid))).flatten()
+            })
         } else {
             read(format!("/proc/{}/fd/{}", self.pid, dirfd))
         }

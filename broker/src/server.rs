@@ -340,6 +340,7 @@ impl<'s> Connection<'s> {
         // Everything the process published before this call (through any of its
         // threads' rings, this one's included) is handled before the policy decides.
         self.shared.lanes.drain_process(self.shared, lane.caller(call));
+        let time = SystemTime::now();
         let event = lane.event(self.shared, call);
         let engine = &self.shared.engine;
         let (outcome, policy_hash) = if event.unresolved {
@@ -355,7 +356,7 @@ impl<'s> Connection<'s> {
             let late: Arc<dyn Late> = Arc::clone(&self.replier) as Arc<dyn Late>;
             engine.decide(&event, late)
         };
-        let record = lane::record(event, outcome, policy_hash, SystemTime::now());
+        let record = lane::record(event, outcome, policy_hash, time);
         if let (EventArgs::Exec { path, argv, .. }, true) = (&record.event.args, record.outcome.verdict.runs()) {
             engine.state().exec(record.event.pid, path, argv);
         }
@@ -413,10 +414,10 @@ fn send_fd(stream: &UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<
     msg.msg_control = control.as_mut_ptr().cast();
     // SAFETY: CMSG_SPACE is a constant computation.
     msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    // SAFETY: msg_control points at `control`, which holds CMSG_SPACE(4) bytes (checked
-    // by the assertion), so the first header and its one descriptor fit.
+    assert!(msg.msg_controllen <= std::mem::size_of_val(&control), "room for one descriptor");
+    // SAFETY: msg_control points at `control`, which holds the CMSG_SPACE(4) bytes
+    // (asserted above) that the first header and its one descriptor take.
     unsafe {
-        assert!(msg.msg_controllen <= std::mem::size_of_val(&control));
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;

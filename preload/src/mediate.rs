@@ -539,7 +539,6 @@ extern "C" fn flush_at_exit() {
         return;
     }
     let Some(guard) = Guard::take() else { return };
-    let errno = sys::errno();
     let (own, _) = CONN.with(Cell::get);
     let (fd, seq, one_shot) = if own >= 0 && fds::is_ours(own, guard.tid) {
         (own, next_seq(), false)
@@ -559,7 +558,6 @@ extern "C" fn flush_at_exit() {
     if one_shot {
         sys::close(fd);
     }
-    sys::set_errno(errno);
 }
 
 /// Thread exit: close the connection the thread made, if it still is its own, and
