@@ -99,7 +99,7 @@ struct LaneState {
     /// The frame being handled, copied out of the ring.
     frame: Vec<u8>,
     /// Trace lines made while the lane is held, written when it is let go.
-    lines: String,
+    lines: Vec<u8>,
 }
 
 /// A lane's state, held. The trace lines made meanwhile (a ring's worth, often) are

@@ -261,17 +261,17 @@ impl Sink {
 
     fn write(&self, j: &Json) {
         if self.trace.is_some() {
-            let mut line = j.to_string();
-            line.push('\n');
+            let mut line = Vec::new();
+            push_line(&mut line, j);
             self.write_lines(&mut line);
         }
     }
 
     /// Write whole trace lines in one `write`, and empty `lines`.
-    pub fn write_lines(&self, lines: &mut String) {
+    pub fn write_lines(&self, lines: &mut Vec<u8>) {
         if let (Some(trace), false) = (&self.trace, lines.is_empty()) {
             let mut file = trace.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = file.write_all(lines.as_bytes()) {
+            if let Err(e) = file.write_all(lines) {
                 eprintln!("hermes: cannot write trace: {e}");
             }
         }
@@ -279,26 +279,33 @@ impl Sink {
     }
 
     pub fn emit(&self, record: &Record) {
-        let mut line = String::new();
+        let mut line = Vec::new();
         self.emit_into(record, &mut line);
         self.write_lines(&mut line);
     }
 
     /// [`Sink::emit`], but the trace line is added to `lines`, for the caller to
     /// write with others ([`Sink::write_lines`]); written at once past [`BATCH_MAX`].
-    pub fn emit_into(&self, record: &Record, lines: &mut String) {
+    pub fn emit_into(&self, record: &Record, lines: &mut Vec<u8>) {
         let decided = record.outcome.handler != "default" || record.outcome.verdict != Verdict::Allow;
         if self.verbose >= 2 || (self.verbose == 1 && decided) {
             eprintln!("{}", record.to_line());
         }
         if self.trace.is_some() {
-            lines.push_str(&record.to_json().to_string());
-            lines.push('\n');
+            push_line(lines, &record.to_json());
             if lines.len() >= BATCH_MAX {
                 self.write_lines(lines);
             }
         }
     }
+}
+
+/// Append `j` and a newline to `lines` (serialised straight into the buffer, not
+/// through `Display`, which goes by way of `fmt::Write`).
+fn push_line(lines: &mut Vec<u8>, j: &Json) {
+    // Writing into a Vec cannot fail, nor can serialising a Value (its keys are strings).
+    let _ = serde_json::to_writer(&mut *lines, j);
+    lines.push(b'\n');
 }
 
 /// Bytes of trace lines a batch holds before they are written.
