@@ -35,7 +35,7 @@
 ---@field raw? integer[] api: the six integer argument registers rdi, rsi, rdx, rcx, r8, r9
 ---@field args? (integer|string)[] api: arguments decoded by the declared signature (ints, pointers as integers, cstr/buf as strings); empty without one
 ---@field backtrace? string[] when asked for (hermes.want, or hermes.hook's option): return addresses as "FILE+0xOFFSET", innermost first
----@field time_ns integer when the broker received the call: CLOCK_MONOTONIC in nanoseconds
+---@field time_ns integer when the broker received the call (an observed call: when the program made it): CLOCK_MONOTONIC in nanoseconds
 ---@field data? string sendto/sendmsg, with hermes.want{payload=N}: the first N bytes of the payload
 ---@field regs? table<string, integer> ptrace layer, with hermes.want{"registers"}: rax, rbx, …, rip, eflags, orig_rax
 ---@field maps? string with hermes.want{"maps"}: the text of /proc/PID/maps

@@ -219,13 +219,33 @@ const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O
 impl Event {
     /// Decode a wire request, resolving its paths in the caller's view.
     pub fn new(func: &str, pid: i32, tid: i32, layer: Layer, proc: ProcInfo, args: &Args<Vec<&[u8]>>) -> Self {
+        Event::observed(func, pid, tid, layer, proc, args, |_| None)
+    }
+
+    /// [`Event::new`] for a call that ran before the broker read it (an observed call):
+    /// by then its directory descriptor may have been closed and its number reused, so
+    /// a path relative to one starts from `dirs(dirfd)`, the directory the process's
+    /// reported opens left at that number, when known.
+    pub fn observed(
+        func: &str,
+        pid: i32,
+        tid: i32,
+        layer: Layer,
+        proc: ProcInfo,
+        args: &Args<Vec<&[u8]>>,
+        dirs: impl Fn(i32) -> Option<Vec<u8>>,
+    ) -> Self {
         let viewer = Viewer { pid, tid };
         let op = args.op();
         let mut unresolved = false;
         let args = match *args {
             Args::Open { dirfd, path, flags, mode } => EventArgs::Open {
                 dirfd,
-                path: viewer.resolve(dirfd, path, flags & O_NOFOLLOW == 0).unwrap_or_else(|| {
+                path: {
+                    let known = (dirfd != resolve::AT_FDCWD && path.first() != Some(&b'/')).then(|| dirs(dirfd));
+                    viewer.resolve_from(known.flatten(), dirfd, path, flags & O_NOFOLLOW == 0)
+                }
+                .unwrap_or_else(|| {
                     unresolved = true;
                     path.to_vec()
                 }),

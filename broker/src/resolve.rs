@@ -28,12 +28,17 @@ impl Viewer {
     /// The directory a relative path starts from, or `None` when it cannot be read
     /// (the process is gone, or the dirfd is not open).
     fn base(self, dirfd: i32) -> Option<Vec<u8>> {
-        let link = if dirfd == AT_FDCWD {
-            format!("/proc/{}/cwd", self.tid)
+        let read = |link: String| std::fs::read_link(link).ok().map(|p| p.into_os_string().into_encoded_bytes());
+        if dirfd == AT_FDCWD {
+            read(format!("/proc/{}/cwd", self.tid)).or_else(|| {
+                // A thread gone since its (observed) call: its process's, which threads
+                // share. A live thread whose own is unreadable gets no guess.
+                let gone = !Path::new(&format!("/proc/{}/task/{}", self.pid, self.tid)).exists();
+                gone.then(|| read(format!("/proc/{}/cwd", self.pid))).flatten()
+            })
         } else {
-            format!("/proc/{}/fd/{}", self.pid, dirfd)
-        };
-        std::fs::read_link(link).ok().map(|p| p.into_os_string().into_encoded_bytes())
+            read(format!("/proc/{}/fd/{}", self.pid, dirfd))
+        }
     }
 
     /// Resolve `raw` as the viewer's `openat(dirfd, raw, …)` would. `follow_last` is
@@ -42,7 +47,17 @@ impl Viewer {
     /// read (the process is gone, not dumpable, or in another PID namespace): the
     /// caller must not guess.
     pub fn resolve(self, dirfd: i32, raw: &[u8], follow_last: bool) -> Option<Vec<u8>> {
-        let start = if raw.first() == Some(&b'/') { Vec::new() } else { self.base(dirfd)? };
+        self.resolve_from(None, dirfd, raw, follow_last)
+    }
+
+    /// [`Viewer::resolve`] where a relative path starts from `known`, when the caller
+    /// knows what `dirfd` was at the call, instead of from what /proc says now.
+    pub fn resolve_from(self, known: Option<Vec<u8>>, dirfd: i32, raw: &[u8], follow_last: bool) -> Option<Vec<u8>> {
+        let start = match known {
+            _ if raw.first() == Some(&b'/') => Vec::new(),
+            Some(dir) => dir,
+            None => self.base(dirfd)?,
+        };
         let mut walker = Walker { viewer: self, out: start, links: 0 };
         walker.walk(raw, follow_last);
         if walker.out.is_empty() {

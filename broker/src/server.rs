@@ -1,10 +1,11 @@
 //! The broker's socket: one connection per target thread, one server thread per
-//! connection. Each connection is a typed exchange: `Hello` → `Welcome`, then any
-//! number of `Call` → `Reply`, with one-way `Done`s reporting results.
+//! connection. Each connection is a typed exchange: `Hello` → `Welcome` (with an
+//! event ring attached when the client asks for one), then any number of `Call` →
+//! `Reply`, with one-way `Observe`s and `Done`s, on the socket or through the ring
+//! ([`crate::lane`]).
 
-use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,16 +15,12 @@ use std::time::{Duration, Instant, SystemTime};
 use hermes_wire::{self as wire, Call, ClientMsg, Decision, Doors, Layer, Reply, Welcome};
 
 use crate::engine::{Engine, Late};
-use crate::event::{Event, EventArgs, ProcInfo};
-use crate::policy::{self, ApiHook, Outcome, Policy, Verdict};
-use crate::trace::{CallResult, Record, Sink};
+use crate::event::EventArgs;
+use crate::lane::{self, Lane, Lanes, RingMap};
+use crate::policy::{ApiHook, Outcome, Policy, Verdict};
+use crate::trace::{Record, Sink};
 
-type ClientFrame<'a> = ClientMsg<'a, Vec<&'a [u8]>>;
-
-/// Calls in flight per connection whose results are still awaited.
-const MAX_PENDING: usize = 256;
-/// Processes whose /proc details a connection keeps.
-const MAX_PROCS: usize = 4096;
+pub(crate) type ClientFrame<'a> = ClientMsg<'a, Vec<&'a [u8]>>;
 
 /// Why a connection was dropped.
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +38,10 @@ pub enum ConnError {
 
 /// State shared by all connections.
 pub struct Shared {
-    engine: Engine,
-    sink: Arc<Sink>,
+    pub(crate) engine: Engine,
+    pub(crate) sink: Arc<Sink>,
+    /// The connections' lanes that have event rings.
+    lanes: Lanes,
     live: Mutex<usize>,
     idle: Condvar,
     next_id: AtomicUsize,
@@ -111,11 +110,17 @@ impl Broker {
         let shared = Arc::new(Shared {
             engine,
             sink,
+            lanes: Lanes::default(),
             live: Mutex::new(0),
             idle: Condvar::new(),
             next_id: AtomicUsize::new(0),
             listening,
         });
+        let draining = Arc::clone(&shared);
+        std::thread::Builder::new().name("hermes-rings".into()).spawn(move || loop {
+            std::thread::sleep(lane::PERIOD);
+            draining.lanes.drain_all(&draining);
+        })?;
         let accepting = Arc::clone(&shared);
         std::thread::Builder::new().name("hermes-accept".into()).spawn(move || {
             for stream in listener.incoming() {
@@ -255,6 +260,15 @@ impl Replier {
     fn send<T: serde::Serialize>(&self, msg: &T) -> Result<(), ConnError> {
         write_frame(&mut lock(&self.out).stream, msg)
     }
+
+    /// Send `msg` with `fd` attached (SCM_RIGHTS).
+    fn send_with_fd<T: serde::Serialize>(&self, msg: &T, fd: BorrowedFd<'_>) -> Result<(), ConnError> {
+        let frame = frame(msg)?;
+        let mut out = lock(&self.out);
+        let sent = send_fd(&out.stream, &frame, fd)?;
+        out.stream.write_all(&frame[sent..])?;
+        Ok(())
+    }
 }
 
 impl Late for Replier {
@@ -266,17 +280,10 @@ impl Late for Replier {
 
 struct Connection<'s> {
     shared: &'s Shared,
-    /// Buffered: a frame (often several: an Observe and its Done) comes in one read.
+    /// Buffered: a frame (often several) comes in one read.
     reader: BufReader<UnixStream>,
     replier: Arc<Replier>,
     peer_pid: i32,
-    layer: Layer,
-    /// What was read of each (pid, image) seen on this connection.
-    procs: HashMap<(i32, u32), ProcInfo>,
-    /// Allowed calls waiting for their `Done`, oldest first. More than one when calls
-    /// nest (a hooked library function that opens a file) or, for the tracer's single
-    /// connection, when several tracees have calls in flight.
-    pending: Vec<(u32, Record)>,
     buf: Vec<u8>,
 }
 
@@ -294,52 +301,59 @@ impl<'s> Connection<'s> {
             reader: BufReader::with_capacity(64 * 1024, stream),
             replier: Arc::new(Replier { out: Mutex::new(out) }),
             peer_pid: cred.pid,
-            layer: Layer::Preload,
-            procs: HashMap::new(),
-            pending: Vec::new(),
             buf: Vec::new(),
         })
     }
 
     fn run(mut self) -> Result<(), ConnError> {
-        let result = self.exchange();
-        for (_, record) in std::mem::take(&mut self.pending) {
-            self.shared.sink.emit(&record);
-        }
+        let lane = Arc::new(self.welcome()?);
+        self.shared.lanes.add(&lane);
+        let result = self.serve(&lane);
+        lane.close(self.shared);
+        self.shared.lanes.remove(&lane);
         result
     }
 
-    fn exchange(&mut self) -> Result<(), ConnError> {
+    /// `Hello` → `Welcome`, with a ring when the client asks for one and can have it.
+    fn welcome(&mut self) -> Result<Lane, ConnError> {
         self.read_frame()?;
         let hello = match wire::decode::<ClientFrame>(&self.buf) {
             Ok(ClientMsg::Hello(h)) if h.version == wire::PROTOCOL_VERSION => h,
             Ok(ClientMsg::Hello(_)) => return Err(ConnError::Protocol("unsupported protocol version")),
             _ => return Err(ConnError::Protocol("expected Hello")),
         };
-        self.layer = hello.layer;
         let engine = &self.shared.engine;
-        let welcome = Welcome { mask: engine.decided(), observe: engine.observe(), report: engine.reports() };
-        self.replier.send(&welcome)?;
+        let mut welcome =
+            Welcome { mask: engine.decided(), observe: engine.observe(), report: engine.reports(), ring: false };
+        // Only a preload thread writes a ring: the tracer's calls stop the tracee anyway.
+        let (ring, fd) = match (hello.ring && hello.layer == Layer::Preload).then(RingMap::create) {
+            Some(Ok((map, fd))) => (Some(map), Some(fd)),
+            Some(Err(e)) => {
+                eprintln!("hermes: broker: no event ring for pid {} ({e}); its events go on the socket", self.peer_pid);
+                (None, None)
+            }
+            None => (None, None),
+        };
+        // Before the Welcome, while the client waits for it.
+        let lane = Lane::new(self.shared, self.peer_pid, hello.tid, hello.layer, ring);
+        match fd {
+            Some(fd) => {
+                welcome.ring = true;
+                self.replier.send_with_fd(&welcome, fd.as_fd())?;
+            }
+            None => self.replier.send(&welcome)?,
+        }
+        Ok(lane)
+    }
+
+    fn serve(&mut self, lane: &Lane) -> Result<(), ConnError> {
         loop {
             self.read_frame()?;
             let buf = std::mem::take(&mut self.buf);
             let handled = match wire::decode::<ClientFrame>(&buf) {
-                Ok(ClientMsg::Call(call)) => self.on_call(&call),
-                Ok(ClientMsg::Done(done)) => {
-                    if let Some(at) = self.pending.iter().position(|(seq, _)| *seq == done.seq) {
-                        let (_, record) = self.pending.remove(at);
-                        self.finish(record, &done);
-                    }
-                    Ok(())
-                }
-                Ok(ClientMsg::Observe(call)) => {
-                    let mut record = self.record(&call, true);
-                    record.observed = true;
-                    self.shared.engine.observed(&record.event, &record.outcome);
-                    self.await_result(call.seq, record);
-                    Ok(())
-                }
-                Ok(ClientMsg::Hello(_)) => Err(ConnError::Protocol("second Hello")),
+                Ok(ClientMsg::Call(call)) => self.on_call(lane, &call),
+                Ok(ClientMsg::Flush { seq }) => self.on_flush(lane, seq),
+                Ok(msg) => lane.socket_frame(self.shared, msg).map_err(ConnError::Protocol),
                 Err(_) => Err(ConnError::Protocol("malformed frame")),
             };
             self.buf = buf;
@@ -347,110 +361,48 @@ impl<'s> Connection<'s> {
         }
     }
 
-    fn on_call(&mut self, call: &Call<'_, Vec<&[u8]>>) -> Result<(), ConnError> {
+    fn on_call(&mut self, lane: &Lane, call: &Call<'_, Vec<&[u8]>>) -> Result<(), ConnError> {
         let started = Instant::now();
         self.replier.begin(call.seq);
-        let mut record = self.record(call, false);
-        let mut cpath = Vec::new();
-        let decision = wire_decision(&record, &mut cpath);
-        let cache = record.outcome.cache && record.outcome.error.is_none();
-        let sent = self.replier.answer(&Reply { seq: call.seq, decision, cache });
-        record.latency = started.elapsed();
-        if let (EventArgs::Exec { path, argv, .. }, true) = (&record.event.args, record.outcome.verdict.runs()) {
-            self.shared.engine.state().exec(record.event.pid, path, argv);
-        }
-        self.await_result(call.seq, record);
-        sent
-    }
-
-    /// Hold the record until the call's `Done`, when results are reported and the
-    /// call runs; else write it now.
-    fn await_result(&mut self, seq: u32, record: Record) {
-        if record.implied_result().is_none() && self.shared.engine.reports() {
-            if self.pending.len() >= MAX_PENDING {
-                // A client that never reports: keep the trace flowing.
-                let (_, oldest) = self.pending.remove(0);
-                self.shared.sink.emit(&oldest);
-            }
-            self.pending.push((seq, record));
-        } else {
-            self.shared.sink.emit(&record);
-        }
-    }
-
-    /// The call ran: record its result, learn from it, write the record.
-    fn finish(&self, mut record: Record, done: &wire::Done) {
-        record.result =
-            Some(CallResult { ret: done.ret, errno: done.errno, duration: Duration::from_nanos(done.duration_ns) });
-        let state = self.shared.engine.state();
-        let pid = record.event.pid;
-        match &record.event.args {
-            // fopen and freopen return a FILE *, not a descriptor.
-            EventArgs::Open { path, .. } if done.ret >= 0 && !returns_file_pointer(&record.event.func) => {
-                match &record.outcome.verdict {
-                    Verdict::Redirect(to) => state.opened(pid, done.ret, to),
-                    _ => state.opened(pid, done.ret, path),
-                }
-            }
-            EventArgs::Connect { fd, addr } if done.ret == 0 || done.errno == libc::EINPROGRESS => {
-                state.connected(pid, *fd, record.redirected_to.as_ref().unwrap_or(addr))
-            }
-            _ => {}
-        }
-        self.shared.sink.emit(&record);
-    }
-
-    /// Decide one call (or, `observed`, record the allow its constant handler gives).
-    fn record(&mut self, call: &Call<'_, Vec<&[u8]>>, observed: bool) -> Record {
-        let (func, tid, image, args) = (call.func, call.tid, call.image, &call.args);
-        // The kernel's word on who is calling beats the message's, for the preload.
-        let pid = if self.layer == Layer::Preload { self.peer_pid } else { call.pid };
-        // A preload connection lives in one process image (it is close-on-exec); the
-        // tracer's single connection sees many, numbered by `image`.
-        let key = (pid, if self.layer == Layer::Preload { 0 } else { image });
-        let proc = match self.procs.get(&key) {
-            Some(info) => info.clone(),
-            None => {
-                let info = ProcInfo::read(pid);
-                self.shared.engine.state().seen(pid, &info);
-                if self.procs.len() >= MAX_PROCS {
-                    self.procs.clear();
-                }
-                self.procs.insert(key, info.clone());
-                info
-            }
-        };
+        // Everything the process published before this call (through any of its
+        // threads' rings, this one's included) is handled before the policy decides.
+        self.shared.lanes.drain_process(self.shared, lane.caller(call));
         let time = SystemTime::now();
+        let event = lane.event(self.shared, call);
         let engine = &self.shared.engine;
-        let event = Event::new(func, pid, tid, self.layer, proc, args).with_context(&call.ctx, engine.wants().maps);
-        let (outcome, policy_hash) = if observed {
-            (Outcome::fixed(Verdict::Allow, engine.observer(event.op), None), engine.hash())
-        } else if event.unresolved {
+        let (outcome, policy_hash) = if event.unresolved {
             // A rule on /etc/shadow must not be dodged by chdir("/etc") in a process
             // whose cwd the broker cannot read: fail closed.
             let why = format!(
-                "cannot resolve the relative path: /proc/{tid}/cwd (or the dirfd) is unreadable \
-                 (a non-dumpable process, or another PID namespace)"
+                "cannot resolve the relative path: /proc/{}/cwd (or the dirfd) is unreadable \
+                 (a non-dumpable process, or another PID namespace)",
+                call.tid
             );
             (Outcome::fixed(Verdict::Deny(libc::EPERM), "error", Some(why)), engine.hash())
         } else {
             let late: Arc<dyn Late> = Arc::clone(&self.replier) as Arc<dyn Late>;
             engine.decide(&event, late)
         };
-        if let Some(error) = &outcome.error {
-            eprintln!("hermes: policy error, call denied (EPERM): {error}");
+        let record = lane::record(event, outcome, policy_hash, time);
+        if let (EventArgs::Exec { path, argv, .. }, true) = (&record.event.args, record.outcome.verdict.runs()) {
+            engine.state().exec(record.event.pid, path, argv);
         }
-        let redirected_to = policy::redirect_target(&event, &outcome.verdict);
-        Record {
-            time,
-            event,
-            outcome,
-            redirected_to,
-            policy_hash,
-            latency: Duration::ZERO,
-            result: None,
-            observed: false,
-        }
+        let replier = &self.replier;
+        lane.answer(self.shared, call.seq, record, |record| {
+            let mut cpath = Vec::new();
+            let decision = wire_decision(record, &mut cpath);
+            let cache = record.outcome.cache && record.outcome.error.is_none();
+            let sent = replier.answer(&Reply { seq: call.seq, decision, cache });
+            record.latency = started.elapsed();
+            sent
+        })
+    }
+
+    /// A process about to exit waits until everything it sent is handled.
+    fn on_flush(&mut self, lane: &Lane, seq: u32) -> Result<(), ConnError> {
+        self.replier.begin(seq);
+        self.shared.lanes.drain_process(self.shared, lane.peer_pid());
+        self.replier.answer(&Reply { seq, decision: Decision::Allow, cache: false })
     }
 
     fn read_frame(&mut self) -> Result<(), ConnError> {
@@ -463,17 +415,53 @@ impl<'s> Connection<'s> {
     }
 }
 
-fn write_frame<T: serde::Serialize>(stream: &mut UnixStream, msg: &T) -> Result<(), ConnError> {
+fn frame<T: serde::Serialize>(msg: &T) -> Result<Vec<u8>, ConnError> {
     let body = postcard::to_allocvec(msg).map_err(|_| ConnError::Protocol("cannot encode reply"))?;
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
     frame.extend_from_slice(&body);
-    stream.write_all(&frame)?;
+    Ok(frame)
+}
+
+fn write_frame<T: serde::Serialize>(stream: &mut UnixStream, msg: &T) -> Result<(), ConnError> {
+    stream.write_all(&frame(msg)?)?;
     Ok(())
 }
 
-fn returns_file_pointer(func: &str) -> bool {
-    func.starts_with("fopen") || func.starts_with("freopen")
+/// One sendmsg of (a first part of) `bytes` with `fd` attached; returns how many
+/// bytes went.
+fn send_fd(stream: &UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
+    // A cmsghdr and one descriptor, aligned for cmsghdr.
+    let mut control = [0u64; 4];
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a constant computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    assert!(msg.msg_controllen <= std::mem::size_of_val(&control), "room for one descriptor");
+    // SAFETY: msg_control points at `control`, which holds the CMSG_SPACE(4) bytes
+    // (asserted above) that the first header and its one descriptor take.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
+        libc::CMSG_DATA(cmsg).cast::<i32>().write_unaligned(fd.as_raw_fd());
+    }
+    loop {
+        // SAFETY: `msg` describes the live `bytes` and `control`; the socket is ours.
+        let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// The reply for a record; a redirect path gets its C terminator in `cpath`.

@@ -137,6 +137,15 @@ impl State {
         })
     }
 
+    /// The directory `fd` of `pid` was opened on, as recorded (not checked: it
+    /// resolves an observed call's path, read after the descriptor may have changed).
+    pub fn recorded_dir(&self, pid: i32, fd: i32) -> Option<Vec<u8>> {
+        match self.recorded_fd(pid, fd)? {
+            FdInfo::File(path) => Some(path),
+            _ => None,
+        }
+    }
+
     /// A descriptor's record, inherited from the parent when this process has none
     /// (a fork child sees its parent's descriptors).
     fn recorded_fd(&self, pid: i32, fd: i32) -> Option<FdInfo> {

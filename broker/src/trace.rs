@@ -189,7 +189,9 @@ fn errno_json(e: i32) -> Json {
 }
 
 /// Where records are written. Each record is one `write` of one line, so a broker
-/// that is killed loses at most the line it was writing.
+/// that is killed loses at most the line it was writing; records made in a batch
+/// (a ring's worth, read at once) are written together, in one `write` of whole
+/// lines ([`Sink::emit_into`]).
 pub struct Sink {
     trace: Option<Mutex<File>>,
     /// 0: quiet; 1: calls a policy handler decided, and every denial; 2: every call.
@@ -258,23 +260,53 @@ impl Sink {
     }
 
     fn write(&self, j: &Json) {
-        if let Some(trace) = &self.trace {
-            let mut line = j.to_string();
-            line.push('\n');
-            let mut file = trace.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = file.write_all(line.as_bytes()) {
-                eprintln!("hermes: cannot write trace: {e}");
-            }
+        if self.trace.is_some() {
+            let mut line = Vec::new();
+            push_line(&mut line, j);
+            self.write_lines(&mut line);
         }
     }
 
+    /// Write whole trace lines in one `write`, and empty `lines`.
+    pub fn write_lines(&self, lines: &mut Vec<u8>) {
+        if let (Some(trace), false) = (&self.trace, lines.is_empty()) {
+            let mut file = trace.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = file.write_all(lines) {
+                eprintln!("hermes: cannot write trace: {e}");
+            }
+        }
+        lines.clear();
+    }
+
     pub fn emit(&self, record: &Record) {
+        let mut line = Vec::new();
+        self.emit_into(record, &mut line);
+        self.write_lines(&mut line);
+    }
+
+    /// [`Sink::emit`], but the trace line is added to `lines`, for the caller to
+    /// write with others ([`Sink::write_lines`]); written at once past [`BATCH_MAX`].
+    pub fn emit_into(&self, record: &Record, lines: &mut Vec<u8>) {
         let decided = record.outcome.handler != "default" || record.outcome.verdict != Verdict::Allow;
         if self.verbose >= 2 || (self.verbose == 1 && decided) {
             eprintln!("{}", record.to_line());
         }
         if self.trace.is_some() {
-            self.write(&record.to_json());
+            push_line(lines, &record.to_json());
+            if lines.len() >= BATCH_MAX {
+                self.write_lines(lines);
+            }
         }
     }
 }
+
+/// Append `j` and a newline to `lines` (serialised straight into the buffer, not
+/// through `Display`, which goes by way of `fmt::Write`).
+fn push_line(lines: &mut Vec<u8>, j: &Json) {
+    // Writing into a Vec cannot fail, nor can serialising a Value (its keys are strings).
+    let _ = serde_json::to_writer(&mut *lines, j);
+    lines.push(b'\n');
+}
+
+/// Bytes of trace lines a batch holds before they are written.
+pub const BATCH_MAX: usize = 256 * 1024;

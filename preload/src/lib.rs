@@ -15,6 +15,7 @@ mod config;
 mod fds;
 mod hooks;
 mod mediate;
+mod ring;
 mod static_exec;
 mod strict;
 mod sys;

@@ -1,15 +1,18 @@
 //! Asking the broker: the guard, the per-thread connection, and the exchange of one
 //! call. Nothing here allocates or takes a lock; requests are built on the stack (with
 //! an mmap fallback for huge exec requests), replies are read into the caller's buffer.
+//! One-way frames (an observed call, a result) go into the thread's event ring when it
+//! has one ([`crate::ring`]): no system call.
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicI32, Ordering::Relaxed};
 
 use hermes_wire::cache::{Cache, Cached, Key, KeyBuilder};
+use hermes_wire::ring::Pushed;
 use hermes_wire::{self as wire, Args, Call, ClientMsg, Context, Decision, Done, Hello, Layer, Op, Reply, Welcome};
 use serde::Serialize;
 
-use crate::{board, config, fds, sys};
+use crate::{board, config, fds, ring, sys};
 
 /// Decisions the policy marked cacheable: 1024 slots, 48 KiB.
 static CACHE: Cache<1024> = Cache::new();
@@ -31,6 +34,24 @@ thread_local! {
     static BUSY: Cell<i32> = const { Cell::new(0) };
     /// This thread's broker connection (-1: none yet) and its next sequence number.
     static CONN: Cell<(i32, u32)> = const { Cell::new((-1, 0)) };
+    /// This thread's tid and its process's pid, once learned. A caller whose tid is
+    /// this one is this thread, in this process: a vfork or posix_spawn child sharing
+    /// the memory has a tid of its own. So the pid costs no system call.
+    static SELF: Cell<(i32, i32)> = const { Cell::new((0, 0)) };
+}
+
+/// The pid of the calling thread, whose tid is `tid`.
+fn pid_of(tid: i32) -> i32 {
+    let (known, pid) = SELF.with(Cell::get);
+    if known == tid && tid > 0 {
+        return pid;
+    }
+    let pid = sys::getpid();
+    // Only this process's own thread fills the cache, never a child sharing it.
+    if pid == PROCESS_PID.load(Relaxed) {
+        SELF.with(|s| s.set((tid, pid)));
+    }
+    pid
 }
 
 /// How long a broker may take to answer before the call fails closed.
@@ -175,7 +196,9 @@ impl Token {
     ) -> (Verdict<'r>, Session) {
         debug_assert_eq!(args.op(), self.op);
         let generation = board::word(board::GENERATION);
-        let key = cache_key(func, &args);
+        // An observed operation's only decision is a constant allow: never cached.
+        let observe = board::word(board::OBSERVE) & self.op.bit() != 0 && observable(self.op);
+        let key = if observe { None } else { cache_key(func, &args) };
         if let Some(key) = &key {
             if let Some(hit) = CACHE.get(key, generation) {
                 if let Some(guard) = Guard::cached() {
@@ -185,12 +208,10 @@ impl Token {
         }
         let Some(guard) = Guard::take() else { return (Verdict::Allow, Session::unguarded()) };
         let errno = sys::errno();
-        let pid = sys::getpid();
+        let pid = pid_of(guard.tid);
         let shared_memory = pid != PROCESS_PID.load(Relaxed);
-        let observe = board::word(board::OBSERVE) & self.op.bit() != 0;
         let mut session = Session { fd: -1, seq: 0, one_shot: shared_memory, start: 0, guard: Some(guard) };
         let payload = payload.map(|p| &p[..p.len().min(board::word(board::PAYLOAD) as usize)]);
-        let observe = observe && observable(self.op);
         let verdict = match session.exchange((func, pid), &args, payload.filter(|p| !p.is_empty()), reply, observe) {
             Ok((v, cacheable)) => {
                 if let (true, Some(key)) = (cacheable, &key) {
@@ -307,13 +328,14 @@ impl Session {
         // it); then it is reconnected once.
         let mut len = 0;
         for attempt in 0..2 {
-            self.fd = if self.one_shot { connect(pid, tid)? } else { thread_conn(pid, tid)? };
+            self.fd = if self.one_shot { connect(pid, tid, false)?.0 } else { thread_conn(pid, tid)? };
             self.seq = if self.one_shot { 1 } else { next_seq() };
             let call = Call { seq: self.seq, func, pid, tid, image: 0, args: clone_args(args), ctx: context(payload) };
             let exchanged = if observe {
-                send(self.fd, &ClientMsg::Observe(call)).map(|()| 0)
+                post(self.fd, self.one_shot, &ClientMsg::Observe(call), sys::monotonic_ns()).map(|()| 0)
             } else {
-                send(self.fd, &ClientMsg::Call(call)).and_then(|()| recv_frame(self.fd, reply.get()).map(<[u8]>::len))
+                send(self.fd, &ClientMsg::Call(call))
+                    .and_then(|()| recv_frame(self.fd, reply.get(), None).map(<[u8]>::len))
             };
             match exchanged {
                 Ok(n) => {
@@ -348,9 +370,16 @@ impl Session {
         Ok((verdict, reply.cache))
     }
 
-    /// The real call ran and returned `ret`; tell the broker if it asked.
+    /// The real call ran and returned `ret`; tell the broker if it asked (under the
+    /// call's guard, still held).
     pub fn done(self, ret: i64) {
-        self.detach().done(ret);
+        let Session { fd, seq, one_shot, start, guard } = self;
+        let pending = Pending { fd, seq, one_shot, start };
+        if pending.reports() {
+            pending.report(ret);
+        }
+        pending.release();
+        drop(guard);
     }
 
     /// Release the guard but keep what reporting the result needs: for calls whose
@@ -400,14 +429,20 @@ impl Pending {
     pub fn done(self, ret: i64) {
         if self.reports() {
             let _guard = Guard::take();
-            let errno = sys::errno();
-            let duration_ns = sys::monotonic_ns().saturating_sub(self.start);
-            let msg: ClientMsg<'_, ()> =
-                ClientMsg::Done(Done { seq: self.seq, ret, errno: if ret < 0 { errno } else { 0 }, duration_ns });
-            let _ = send(self.fd, &msg);
-            sys::set_errno(errno);
+            self.report(ret);
         }
         self.release();
+    }
+
+    /// Send the `Done` (the caller holds the guard).
+    fn report(&self, ret: i64) {
+        let errno = sys::errno();
+        let end = sys::monotonic_ns();
+        let duration_ns = end.saturating_sub(self.start);
+        let msg: ClientMsg<'_, ()> =
+            ClientMsg::Done(Done { seq: self.seq, ret, errno: if ret < 0 { errno } else { 0 }, duration_ns });
+        let _ = post(self.fd, self.one_shot, &msg, end);
+        sys::set_errno(errno);
     }
 
     fn release(self) {
@@ -440,7 +475,7 @@ fn next_seq() -> u32 {
     })
 }
 
-/// This thread's connection, made on first use.
+/// This thread's connection (and its ring), made on first use.
 fn thread_conn(pid: i32, tid: i32) -> Result<i32, i32> {
     let (fd, seq) = CONN.with(Cell::get);
     if fd >= 0 && fds::is_ours(fd, tid) {
@@ -449,11 +484,13 @@ fn thread_conn(pid: i32, tid: i32) -> Result<i32, i32> {
     if fd >= 0 {
         // The program closed or replaced it: the number is not ours any more.
         CONN.with(|c| c.set((-1, seq)));
+        ring::install(0);
     }
-    let fd = connect(pid, tid)?;
+    let (fd, at) = connect(pid, tid, true)?;
     fds::mark_ours(fd, tid);
     config::on_thread_exit_close(fd);
     CONN.with(|c| c.set((fd, seq)));
+    ring::install(at);
     Ok(fd)
 }
 
@@ -463,6 +500,7 @@ fn drop_thread_conn() {
         sys::close(fd);
     }
     CONN.with(|c| c.set((-1, seq)));
+    ring::install(0);
 }
 
 /// Whether the caller shares this memory without having forked through libc: a vfork
@@ -471,32 +509,84 @@ pub fn in_shared_memory_child() -> bool {
     sys::getpid() != PROCESS_PID.load(Relaxed)
 }
 
-/// In a fork child: the inherited connections are the parent's; close our copies.
+/// In a fork child: the inherited connections are the parent's; close our copies, and
+/// unmap the forking thread's ring, which is its parent's (the child makes its own
+/// when it reconnects). Other threads' rings stay mapped, unused, until an exec: no
+/// thread of the child owns them.
 pub fn after_fork_child() {
     BUSY.with(|b| b.set(0));
     fds::close_all_ours();
     CONN.with(|c| c.set((-1, 0)));
+    SELF.with(|s| s.set((0, 0)));
+    ring::forget_after_fork();
     // A slot some other thread of the parent was writing stays locked here: start over.
     CACHE.clear();
     PROCESS_PID.store(sys::getpid(), Relaxed);
 }
 
-/// Thread exit: close the connection the thread made, if it still is its own.
-pub fn close_thread_conn(fd: i32) {
-    if fds::release(fd, sys::gettid()) {
+/// Runs as the process exits (exit(), or main returning), after the program's own
+/// atexit handlers.
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = flush_at_exit;
+
+/// At exit, wait until the broker has read every ring of this process, while the
+/// process is still whole: its observed calls' relative paths resolve against the
+/// working directory and descriptors they used. (After `_exit` or a kill the broker
+/// still reads them all, later.)
+extern "C" fn flush_at_exit() {
+    if !READY.load(Relaxed) || !ring::had_ring() || in_shared_memory_child() {
+        return;
+    }
+    let Some(guard) = Guard::take() else { return };
+    let (own, _) = CONN.with(Cell::get);
+    let (fd, seq, one_shot) = if own >= 0 && fds::is_ours(own, guard.tid) {
+        (own, next_seq(), false)
+    } else {
+        match connect(pid_of(guard.tid), guard.tid, false) {
+            Ok((fd, _)) => (fd, 1, true),
+            Err(_) => return,
+        }
+    };
+    let flush: ClientMsg<'_, ()> = ClientMsg::Flush { seq };
+    // Whatever the answer, the process goes on exiting.
+    let _ = send(fd, &flush).and_then(|()| {
+        let mut buf = [0u8; 64];
+        let body = recv_frame(fd, &mut buf, None)?;
+        wire::decode::<Reply>(body).map(|r| r.seq).map_err(|_| libc::EPROTO)
+    });
+    if one_shot {
         sys::close(fd);
     }
 }
 
-fn connect(pid: i32, tid: i32) -> Result<i32, i32> {
+/// Thread exit: close the connection the thread made, if it still is its own, and
+/// unmap its ring.
+pub fn close_thread_conn(fd: i32) {
+    if fds::release(fd, sys::gettid()) {
+        sys::close(fd);
+    }
+    ring::install(0);
+}
+
+/// Connect to the broker; with `want_ring`, ask for an event ring as well. Returns
+/// the descriptor and the ring's mapping (0: none).
+fn connect(pid: i32, tid: i32, want_ring: bool) -> Result<(i32, usize), i32> {
     let fd = sys::connect_abstract(config::get().socket())?;
     let fd = sys::move_high(fd, HIGH_FD);
     sys::set_timeouts(fd, BROKER_TIMEOUT_SECS);
-    let hello: ClientMsg<'_, ()> =
-        ClientMsg::Hello(Hello { version: wire::PROTOCOL_VERSION, layer: Layer::Preload, pid, tid, client: "preload" });
+    let hello: ClientMsg<'_, ()> = ClientMsg::Hello(Hello {
+        version: wire::PROTOCOL_VERSION,
+        layer: Layer::Preload,
+        pid,
+        tid,
+        client: "preload",
+        ring: want_ring,
+    });
+    let mut passed = -1;
     let welcome = send(fd, &hello).and_then(|()| {
         let mut buf = [0u8; 64];
-        let body = recv_frame(fd, &mut buf)?;
+        let body = recv_frame(fd, &mut buf, Some(&mut passed))?;
         wire::decode::<Welcome>(body).map_err(|_| libc::EPROTO)
     });
     match welcome {
@@ -505,40 +595,79 @@ fn connect(pid: i32, tid: i32) -> Result<i32, i32> {
             board::set_fallback(board::MASK, w.mask);
             board::set_fallback(board::OBSERVE, w.observe);
             board::set_fallback(board::FLAGS, if w.report { board::REPORT } else { 0 });
-            Ok(fd)
+            let at = match passed {
+                -1 => 0,
+                ring_fd if w.ring && want_ring => ring::map(ring_fd),
+                other => {
+                    sys::close(other);
+                    0
+                }
+            };
+            Ok((fd, at))
         }
         Err(e) => {
+            if passed >= 0 {
+                sys::close(passed);
+            }
             sys::close(fd);
             Err(e)
         }
     }
 }
 
-fn send<T: Serialize>(fd: i32, msg: &T) -> Result<(), i32> {
+/// Encode `msg` as a frame (on the stack, or in a mapping for a huge one) and hand
+/// it to `f`.
+fn with_frame<T: Serialize>(msg: &T, f: impl FnOnce(&[u8]) -> Result<(), i32>) -> Result<(), i32> {
     let mut stack = [0u8; REQUEST_STACK];
     match wire::encode(msg, &mut stack) {
-        Ok(frame) => sys::write_all(fd, frame),
+        Ok(frame) => f(frame),
         Err(wire::FrameError::BufferFull) => {
             let mut big = sys::Mapping::new(wire::MAX_FRAME + 4).ok_or(libc::ENOMEM)?;
-            let frame = wire::encode(msg, big.bytes()).map_err(|_| libc::E2BIG)?;
-            sys::write_all(fd, frame)
+            f(wire::encode(msg, big.bytes()).map_err(|_| libc::E2BIG)?)
         }
         Err(_) => Err(libc::E2BIG),
     }
 }
 
+fn send<T: Serialize>(fd: i32, msg: &T) -> Result<(), i32> {
+    with_frame(msg, |frame| sys::write_all(fd, frame))
+}
+
+/// Send a one-way frame, made at `mono_ns`: into this thread's ring when `fd` is the
+/// thread's own connection and the ring takes it, else on the socket (the ring and
+/// the broker keep the two in order: see [`hermes_wire::ring`]).
+fn post<T: Serialize>(fd: i32, one_shot: bool, msg: &T, mono_ns: u64) -> Result<(), i32> {
+    let own = !one_shot && CONN.with(Cell::get).0 == fd;
+    with_frame(msg, |frame| match own.then(|| ring::push(frame, mono_ns)).flatten() {
+        Some(Pushed::Stored) => Ok(()),
+        Some(Pushed::HalfFull) => {
+            // Ask for an early read. The frame is in the ring whatever becomes of the
+            // nudge: the broker also reads it periodically and when the connection ends.
+            let nudge: ClientMsg<'_, ()> = ClientMsg::Nudge;
+            let _ = send(fd, &nudge);
+            Ok(())
+        }
+        None => sys::write_all(fd, frame),
+    })
+}
+
 /// Read one frame into `buf` (header included) and return its body. The broker
 /// writes a frame in one piece and sends nothing unasked, so one read usually has it
-/// all; more than one frame's worth is a protocol error.
-fn recv_frame(fd: i32, buf: &mut [u8]) -> Result<&[u8], i32> {
+/// all; more than one frame's worth is a protocol error. With `passed`, a descriptor
+/// sent with the frame (SCM_RIGHTS) is stored there.
+fn recv_frame<'b>(fd: i32, buf: &'b mut [u8], mut passed: Option<&mut i32>) -> Result<&'b [u8], i32> {
+    let mut read = |fd: i32, buf: &mut [u8]| match passed.as_deref_mut() {
+        Some(slot) => sys::recv_some_with_fd(fd, buf, slot),
+        None => sys::read_some(fd, buf),
+    };
     let mut got = 0;
     while got < 4 {
-        got += sys::read_some(fd, &mut buf[got..])?;
+        got += read(fd, &mut buf[got..])?;
     }
     let header = [buf[0], buf[1], buf[2], buf[3]];
     let len = wire::body_len(header, buf.len() - 4).map_err(|_| libc::EPROTO)?;
     while got < 4 + len {
-        got += sys::read_some(fd, &mut buf[got..4 + len])?;
+        got += read(fd, &mut buf[got..4 + len])?;
     }
     if got != 4 + len {
         return Err(libc::EPROTO);

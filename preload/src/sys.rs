@@ -99,6 +99,96 @@ pub fn read_some(fd: i32, buf: &mut [u8]) -> Result<usize, i32> {
     }
 }
 
+/// [`read_some`] by recvmsg(2): a descriptor the peer passed with the bytes
+/// (SCM_RIGHTS, made close-on-exec) lands in `*passed` when that is still -1; any
+/// other passed descriptor is closed.
+pub fn recv_some_with_fd(fd: i32, buf: &mut [u8], passed: &mut i32) -> Result<usize, i32> {
+    // Room for one cmsghdr and a few descriptors, aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    loop {
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = core::mem::size_of_val(&control);
+        // SAFETY: `msg` points at `iov` (the live, writable `buf`) and at `control`, both
+        // of the lengths given.
+        let n = unsafe {
+            syscall3(
+                libc::SYS_recvmsg,
+                fd as usize,
+                &mut msg as *mut libc::msghdr as usize,
+                libc::MSG_CMSG_CLOEXEC as usize,
+            )
+        };
+        if n == -(libc::EINTR as isize) {
+            continue;
+        }
+        take_passed_fds(&msg, passed);
+        return match n {
+            n if n > 0 => Ok(n as usize),
+            0 => Err(libc::EPIPE),
+            n => Err(-n as i32),
+        };
+    }
+}
+
+/// The descriptors in `msg`'s SCM_RIGHTS messages: the first into `*passed` (if
+/// empty), the others closed.
+fn take_passed_fds(msg: &libc::msghdr, passed: &mut i32) {
+    // SAFETY: `msg` is the header recvmsg just filled in: msg_control points at our
+    // buffer and msg_controllen says how much of it the kernel wrote, which the CMSG
+    // helpers stay within.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
+    while !cmsg.is_null() {
+        // SAFETY: a non-null header from CMSG_FIRSTHDR/CMSG_NXTHDR lies inside the buffer.
+        let (level, kind, len) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) is a constant computation.
+            let count = (len - unsafe { libc::CMSG_LEN(0) } as usize) / core::mem::size_of::<i32>();
+            for i in 0..count {
+                // SAFETY: the kernel wrote `count` descriptors after the header, inside
+                // msg_controllen; they may be unaligned.
+                let fd = unsafe { libc::CMSG_DATA(cmsg).cast::<i32>().add(i).read_unaligned() };
+                if *passed < 0 {
+                    *passed = fd;
+                } else {
+                    close(fd);
+                }
+            }
+        }
+        // SAFETY: as above; returns null after the last header.
+        cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
+    }
+}
+
+/// A new read-write mapping of `len` bytes (`flags`: MAP_SHARED or MAP_PRIVATE, with
+/// MAP_ANONYMOUS and `fd` -1 for plain memory); the address, or `None`.
+fn map(len: usize, flags: i32, fd: i32) -> Option<usize> {
+    // SAFETY: a new mapping at an address the kernel picks, of memory or of a
+    // descriptor the caller holds: nothing existing is touched.
+    let p = unsafe {
+        syscall6(libc::SYS_mmap, 0, len, (libc::PROT_READ | libc::PROT_WRITE) as usize, flags as usize, fd as usize, 0)
+    };
+    (!(-4095..0).contains(&p)).then_some(p as usize)
+}
+
+/// Map `len` bytes of `fd` shared and read-write; the address, or `None`.
+pub fn map_shared(fd: i32, len: usize) -> Option<usize> {
+    map(len, libc::MAP_SHARED, fd)
+}
+
+/// Unmap a region [`map_shared`] (or [`Mapping`]) mapped.
+///
+/// # Safety
+/// `at` and `len` are such a mapping, and nothing refers to it any more.
+pub unsafe fn unmap(at: usize, len: usize) {
+    // SAFETY: the caller vouches that the region is ours and unused.
+    unsafe { syscall3(libc::SYS_munmap, at, len, 0) };
+}
+
 /// Connect a new close-on-exec stream socket to the abstract Unix name `name`.
 pub fn connect_abstract(name: &[u8]) -> Result<i32, i32> {
     // SAFETY: plain integer arguments.
@@ -189,19 +279,7 @@ pub struct Mapping {
 
 impl Mapping {
     pub fn new(len: usize) -> Option<Self> {
-        // SAFETY: an anonymous private mapping; the kernel picks the address.
-        let p = unsafe {
-            syscall6(
-                libc::SYS_mmap,
-                0,
-                len,
-                (libc::PROT_READ | libc::PROT_WRITE) as usize,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as usize,
-                usize::MAX,
-                0,
-            )
-        };
-        (!(-4095..0).contains(&p)).then_some(Mapping { ptr: p as *mut u8, len })
+        map(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1).map(|p| Mapping { ptr: p as *mut u8, len })
     }
 
     pub fn bytes(&mut self) -> &mut [u8] {
@@ -212,8 +290,8 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: unmapping exactly the region this value mapped.
-        unsafe { syscall3(libc::SYS_munmap, self.ptr as usize, self.len, 0) };
+        // SAFETY: exactly the region this value mapped, which dies with it.
+        unsafe { unmap(self.ptr as usize, self.len) };
     }
 }
 

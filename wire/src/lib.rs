@@ -3,9 +3,19 @@
 //!
 //! Every message travels as a frame: a little-endian `u32` body length followed by a
 //! postcard-encoded body. The client sends [`ClientMsg`]s, the broker answers
-//! [`Hello`] with a [`Welcome`] and each [`Call`] with a [`Reply`]; [`Done`] is
-//! one-way. The crate is `no_std` and allocation-free so the preload can build
-//! requests in stack buffers, even in a vfork child or a signal handler.
+//! [`Hello`] with a [`Welcome`] and each [`Call`] (and [`ClientMsg::Flush`]) with a
+//! [`Reply`]; [`Done`], [`ClientMsg::Observe`] and [`ClientMsg::Nudge`] are one-way.
+//!
+//! A preload thread asks for an event [`ring`] in its Hello; the broker attaches one
+//! to the Welcome. From then on the thread writes its one-way frames into the ring,
+//! where the broker reads them without a system call on either side, and sends on the
+//! socket only the frames that wait for an answer (and one-way frames the ring has no
+//! room for). The broker reads the ring before each frame that arrives on the socket,
+//! and the ring takes nothing while one-way frames sent on the socket are unhandled,
+//! so the thread's frames are handled in the order it sent them ([`ring`]).
+//!
+//! The crate is `no_std` and allocation-free so the preload can build requests in
+//! stack buffers, even in a vfork child or a signal handler.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -16,13 +26,14 @@ pub mod board;
 pub mod cache;
 mod doors;
 pub mod elf;
+pub mod ring;
 pub use doors::Doors;
 mod sockaddr;
 pub use serde_bytes;
 pub use sockaddr::{SockAddr, SOCKADDR_MAX};
 
 /// Bump when a message changes shape; the broker refuses other versions.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Largest frame body either side accepts. exec requests carry argv and envp, which
 /// the kernel caps at a quarter of the stack limit (2 MiB by default).
@@ -117,6 +128,14 @@ pub enum ClientMsg<'a, L> {
     /// call starts, without waiting for an answer; a [`Done`] follows when results
     /// are reported.
     Observe(Call<'a, L>),
+    /// One-way, on the socket: the client's [`ring`] just passed half full; read it
+    /// now rather than at the next periodic drain.
+    Nudge,
+    /// Answered by a [`Reply`] (allow, with this `seq`) once the broker has handled
+    /// everything the process sent before, through every thread's [`ring`]. A
+    /// process sends it as it exits, while what the broker reads of it in /proc (its
+    /// working directory, its descriptors) still holds.
+    Flush { seq: u32 },
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -127,6 +146,10 @@ pub struct Hello<'a> {
     pub tid: i32,
     /// Free-form client name for diagnostics (`"preload"`, `"ptrace"`).
     pub client: &'a str,
+    /// The client would write its one-way frames into an event [`ring`]. Only a
+    /// thread's own connection asks: not the ptrace tracer, not a vfork child's
+    /// one-shot connection (it shares its parent's memory).
+    pub ring: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +161,10 @@ pub struct Welcome {
     pub observe: u64,
     /// Whether the client should send [`Done`] after allowed calls.
     pub report: bool,
+    /// The descriptor of an event [`ring`] (a memfd of [`ring::SIZE`] bytes) is
+    /// attached to this frame (SCM_RIGHTS). `false` when the Hello did not ask or
+    /// the broker could not make one: one-way frames then go on the socket.
+    pub ring: bool,
 }
 
 /// One intercepted call.
@@ -370,6 +397,17 @@ pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
     }
 }
 
+/// A small deterministic generator for the tests that feed hostile input.
+#[cfg(test)]
+pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate alloc;
@@ -455,13 +493,7 @@ mod tests {
     /// Hostile input: random bytes and mutated valid frames never panic the decoder.
     #[test]
     fn random_and_mutated_frames_decode_or_fail_cleanly() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let argv: &[&[u8]] = &[b"/bin/sh", b"-c", b"true"];
         let mut buf = [0u8; 256];
         let valid = encode(

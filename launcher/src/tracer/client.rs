@@ -89,6 +89,8 @@ impl Client {
             // SAFETY: gettid has no preconditions.
             tid: unsafe { libc::gettid() },
             client: "ptrace",
+            // The tracer's calls stop the tracee anyway: it keeps to the socket.
+            ring: false,
         });
         send(&mut stream, &hello, &mut self.buf)?;
         let welcome = recv(&mut stream, &mut self.buf, 64)?;

@@ -1,0 +1,89 @@
+//! This thread's event ring ([`hermes_wire::ring`]): shared memory the broker gave the
+//! thread's connection, into which the thread writes its one-way frames instead of
+//! sending them. Mapped when the thread connects; unmapped with the connection
+//! (dropped, or the thread exits) and in a fork child, whose copy of the mapping is
+//! its parent's ring. A vfork or posix_spawn child shares its parent's memory and
+//! never touches it (it uses a one-shot connection of its own).
+
+use core::cell::Cell;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use hermes_wire::ring::{self, Pushed, Ring};
+
+use crate::sys;
+
+/// Whether a thread of this process has had a ring: then its exit waits until the
+/// broker has read them ([`crate::mediate`]'s exit flush).
+static HAD_RING: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// The address of this thread's ring mapping (0: none), and how many one-way
+    /// frames went on its connection's socket instead.
+    static RING: Cell<(usize, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// Map the ring whose memfd the broker attached to its Welcome, and close the
+/// descriptor. The address, or 0 when it cannot be mapped or is not a ring.
+pub fn map(fd: i32) -> usize {
+    let at = sys::map_shared(fd, ring::SIZE);
+    sys::close(fd);
+    match at {
+        Some(at) if with_ring(at, |ring| ring.valid()) == Some(true) => at,
+        Some(at) => {
+            // SAFETY: our own fresh mapping, which nothing else has seen.
+            unsafe { sys::unmap(at, ring::SIZE) };
+            0
+        }
+        None => 0,
+    }
+}
+
+/// Run `f` on the ring mapped at `at` (from [`map`]).
+fn with_ring<R>(at: usize, f: impl FnOnce(Ring<'_>) -> R) -> Option<R> {
+    // SAFETY: `at` is a live, page-aligned mapping of ring::SIZE bytes made by `map`.
+    // Only the thread that holds it unmaps it (`install`), never while `f` runs, and
+    // its words are only accessed through atomics (the broker writes them too).
+    let words = unsafe { core::slice::from_raw_parts(at as *const AtomicU64, ring::WORDS) };
+    Ring::new(words).map(f)
+}
+
+/// Make the mapping at `at` (from [`map`]; 0 for none) this thread's ring, unmapping
+/// the one it replaces: the broker keeps its own mapping and reads what was published
+/// there when the old connection closes.
+pub fn install(at: usize) {
+    if at != 0 {
+        HAD_RING.store(true, Relaxed);
+    }
+    let (old, _) = RING.with(|r| r.replace((at, 0)));
+    if old != 0 {
+        // SAFETY: `old` was this thread's ring, mapped by `map`; it was just taken out
+        // of RING, the only place that refers to it.
+        unsafe { sys::unmap(old, ring::SIZE) };
+    }
+}
+
+/// In a fork child: the ring this thread holds is its parent's; unmap it, and forget
+/// that the process had any.
+pub fn forget_after_fork() {
+    install(0);
+    HAD_RING.store(false, Relaxed);
+}
+
+pub fn had_ring() -> bool {
+    HAD_RING.load(Relaxed)
+}
+
+/// Append `frame` to this thread's ring, stamped `mono_ns` (when it was made).
+/// `None` when the thread has no ring or the ring cannot take it: the caller sends it
+/// on the socket, and the ring takes nothing more until the broker has handled it.
+pub fn push(frame: &[u8], mono_ns: u64) -> Option<Pushed> {
+    let (at, on_socket) = RING.with(Cell::get);
+    if at == 0 {
+        return None;
+    }
+    let pushed = with_ring(at, |ring| ring.push(mono_ns, frame, on_socket).ok()).flatten();
+    if pushed.is_none() {
+        RING.with(|r| r.set((at, on_socket + 1)));
+    }
+    pushed
+}

@@ -1,0 +1,361 @@
+//! The event ring: observed calls and their results reach the broker through shared
+//! memory instead of the socket. Real programs (tests/c/ring_events.c) under a real
+//! `hermes launch --trace`: nothing published is lost (many opens, threads, `_exit`,
+//! SIGKILL, fork, vfork and posix_spawn children), a decided call sees what its
+//! process observed before it, a quiet long-running target's events arrive while it
+//! runs, and a target that scribbles on its ring neither crashes nor hangs the broker.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hermes_tests::{c_program, hermes, launch, EchoServer, Outcome, Scratch};
+use serde_json::Value as Json;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const OBSERVE_OPENS: &str = "on_open = hermes.allow()\n";
+
+fn ring_events() -> PathBuf {
+    c_program("ring_events")
+}
+
+/// A file to open, in a fresh scratch directory.
+fn target_file() -> (Scratch, String) {
+    let dir = Scratch::new();
+    let f = dir.write("f", "content\n").display().to_string();
+    (dir, f)
+}
+
+/// Call records (not the trace's own lines) of opens of `path`.
+fn opens_of<'a>(trace: &'a [Json], path: &str) -> Vec<&'a Json> {
+    trace.iter().filter(|r| r.get("type").is_none() && r["op"] == "open" && r["args"]["path"] == path).collect()
+}
+
+/// How many records each process (or thread) has, keyed by the record's `key` field.
+fn count_by(records: &[&Json], key: &str) -> BTreeMap<i64, usize> {
+    let mut by = BTreeMap::new();
+    for r in records {
+        *by.entry(r[key].as_i64().unwrap_or(-1)).or_default() += 1;
+    }
+    by
+}
+
+/// Every record is an observed open that succeeded, with its result and duration.
+fn check_observed_with_results(run: &Outcome, recs: &[&Json]) {
+    let bad: Vec<&&Json> = recs
+        .iter()
+        .filter(|r| {
+            r["observed"] != true || r["result"].as_i64().is_none_or(|fd| fd < 0) || !r["duration_us"].is_number()
+        })
+        .collect();
+    run.check(
+        bad.is_empty(),
+        &format!("every record observed, with its result: {} are not, e.g. {:?}", bad.len(), bad.first()),
+    );
+}
+
+/// The value after `key=` in the line of stdout starting with `prefix`.
+fn field(run: &Outcome, prefix: &str, key: &str) -> i64 {
+    let line = run.stdout.lines().find(|l| l.starts_with(prefix)).unwrap_or_default();
+    let value = line.split(' ').find_map(|w| w.strip_prefix(&format!("{key}=")));
+    value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {key}= in {prefix:?} of:\n{}", run.stdout))
+}
+
+/// The `mono START END` line: CLOCK_MONOTONIC around the program's opens.
+fn mono_window(run: &Outcome) -> (u64, u64) {
+    let line = run.stdout.lines().find_map(|l| l.strip_prefix("mono ")).unwrap_or_default();
+    let mut w = line.split(' ').map(|v| v.parse::<u64>().unwrap_or_else(|_| panic!("bad mono line {line:?}")));
+    (w.next().unwrap_or(0), w.next().unwrap_or(0))
+}
+
+#[test]
+fn five_thousand_opens_in_one_thread_are_all_traced_in_order() {
+    let (_dir, f) = target_file();
+    let run = launch(OBSERVE_OPENS, ring_events(), &["opens", "5000", &f]).timeout(TIMEOUT).run();
+    run.check(run.code == 0, "ring_events exits 0");
+    run.check(field(&run, "opens =", "ok") == 5000, "every open succeeded");
+    let recs = opens_of(&run.trace, &f);
+    run.check(recs.len() == 5000, &format!("5000 records, got {}", recs.len()));
+    check_observed_with_results(&run, &recs);
+    // Through the ring or (when the broker lags and the ring is full) on the socket,
+    // in the order the calls were made.
+    let stamps: Vec<u64> = recs.iter().filter_map(|r| r["mono_ns"].as_u64()).collect();
+    run.check(stamps.windows(2).all(|w| w[0] <= w[1]), "in the order the calls were made");
+}
+
+#[test]
+fn observed_calls_are_stamped_with_the_time_the_target_made_them() {
+    let (_dir, f) = target_file();
+    // Few enough to fit the ring: every record comes through it.
+    let run = launch(OBSERVE_OPENS, ring_events(), &["opens", "300", &f]).timeout(TIMEOUT).run();
+    run.check(run.code == 0, "ring_events exits 0");
+    let recs = opens_of(&run.trace, &f);
+    run.check(recs.len() == 300, &format!("300 records, got {}", recs.len()));
+    // Not when the broker read the ring (a drain period later, or at exit).
+    let (start, end) = mono_window(&run);
+    let stamps: Vec<u64> = recs.iter().filter_map(|r| r["mono_ns"].as_u64()).collect();
+    run.check(
+        stamps.len() == 300 && stamps.iter().all(|t| (start..=end).contains(t)),
+        &format!("every mono_ns within the program's own window {start}..{end}: {stamps:?}"),
+    );
+}
+
+#[test]
+fn four_threads_opening_at_once_lose_nothing() {
+    let (_dir, f) = target_file();
+    let run = launch(OBSERVE_OPENS, ring_events(), &["threads", "4", "2000", &f]).timeout(TIMEOUT).run();
+    run.check(run.code == 0, "ring_events exits 0");
+    run.check(field(&run, "threads =", "ok") == 8000, "every open succeeded");
+    let recs = opens_of(&run.trace, &f);
+    check_observed_with_results(&run, &recs);
+    let per_thread = count_by(&recs, "tid");
+    run.check(
+        per_thread.len() == 4 && per_thread.values().all(|&n| n == 2000),
+        &format!("2000 records from each of the 4 threads: {per_thread:?}"),
+    );
+}
+
+fn check_exit_keeps_everything(how: &str, code: i32) {
+    let (_dir, f) = target_file();
+    let run = launch(OBSERVE_OPENS, ring_events(), &["exit", how, "3000", &f]).timeout(TIMEOUT).run();
+    run.check(run.code == code, &format!("the target's status ({code}) passes through"));
+    run.check(field(&run, "exit =", "ok") == 3000, "every open succeeded");
+    let recs = opens_of(&run.trace, &f);
+    run.check(recs.len() == 3000, &format!("3000 records, got {}", recs.len()));
+    check_observed_with_results(&run, &recs);
+}
+
+#[test]
+fn a_target_that_exits_with_underscore_exit_loses_nothing_it_published() {
+    check_exit_keeps_everything("_exit", 3);
+}
+
+#[test]
+fn a_target_killed_by_sigkill_right_after_its_opens_loses_nothing_it_published() {
+    check_exit_keeps_everything("kill", 128 + libc::SIGKILL);
+}
+
+#[test]
+fn a_fork_child_and_its_parent_each_trace_their_own_opens() {
+    let (_dir, f) = target_file();
+    let run = launch(OBSERVE_OPENS, ring_events(), &["fork", "500", &f]).timeout(TIMEOUT).run();
+    run.check(run.code == 0, "ring_events exits 0");
+    let (parent, child) = (field(&run, "fork parent =", "pid"), field(&run, "fork parent =", "child"));
+    run.check(field(&run, "fork child =", "ok") == 500 && field(&run, "fork parent =", "ok") == 1000, "opens ran");
+    let recs = opens_of(&run.trace, &f);
+    check_observed_with_results(&run, &recs);
+    let per_pid = count_by(&recs, "pid");
+    // A child writing into the ring it inherited would show up as the parent's.
+    run.check(
+        per_pid == BTreeMap::from([(parent, 1000), (child, 500)]),
+        &format!("1000 records of the parent {parent}, 500 of the child {child}: {per_pid:?}"),
+    );
+}
+
+/// A vfork or posix_spawn child shares its parent's memory: its open goes on a socket
+/// of its own, the parent's ring is untouched, and both are traced.
+fn check_shared_memory_child(mode: &str) {
+    let (_dir, f) = target_file();
+    let run = launch(OBSERVE_OPENS, ring_events(), &[mode, "300", &f]).timeout(TIMEOUT).run();
+    run.check(run.code == 0, "ring_events exits 0");
+    let prefix = format!("{mode} =");
+    run.check(field(&run, &prefix, "ok") == 600 && field(&run, &prefix, "exit") == 0, "the opens and the child ran");
+    let child = field(&run, &prefix, "child");
+    let recs = opens_of(&run.trace, &f);
+    check_observed_with_results(&run, &recs);
+    let per_pid = count_by(&recs, "pid");
+    let parent = per_pid.keys().copied().find(|&p| p != child).unwrap_or(-1);
+    run.check(
+        per_pid == BTreeMap::from([(parent, 600), (child, 1)]),
+        &format!("600 records of the parent, the child's ({child}) one open: {per_pid:?}"),
+    );
+}
+
+#[test]
+fn a_vfork_child_observes_without_touching_the_parents_ring() {
+    check_shared_memory_child("vfork");
+}
+
+#[test]
+fn a_posix_spawn_child_observes_without_touching_the_parents_ring() {
+    check_shared_memory_child("spawn");
+}
+
+/// A thread of the process makes a descriptor (an observed call, reported through
+/// its ring) and stays alive; then the main thread sends on it, and the policy
+/// decides by what `hermes.fd` says of it.
+fn decided_after_observed(mode: &str, arg: &str, check: &str) -> Outcome {
+    let src = format!(
+        "on_open = hermes.allow()\non_connect = hermes.allow()\n\
+         function on_sendto(ev)\n  local d = hermes.fd(ev.pid, ev.fd)\n  \
+         if d and {check} then return hermes.allow() end\n  \
+         hermes.log('unknown fd ' .. ev.fd)\n  return hermes.deny('EACCES')\nend\n"
+    );
+    let run = launch(&src, ring_events(), &[mode, arg]).timeout(TIMEOUT).run();
+    run.check(run.code == 0, "ring_events exits 0");
+    run
+}
+
+#[test]
+fn a_decided_call_sees_the_connect_another_thread_observed_just_before() {
+    let server = EchoServer::start();
+    let port = server.port.to_string();
+    // Only the reported connect tells the broker the socket's peer: /proc does not.
+    let run = decided_after_observed("connect", &port, &format!("d.type == 'socket' and d.port == {port}"));
+    run.check(run.stdout.contains("connect = OK"), "the send was allowed: hermes.fd knew the peer");
+    run.check(server.wait_for(1) == ["x"], "and the listener got it");
+    let connects = run.calls("connect");
+    run.check(connects.len() == 1 && connects[0]["observed"] == true && connects[0]["result"] == 0, "connect observed");
+}
+
+/// (hermes.fd also asks /proc about a file, so this one holds without the ring being
+/// read first too; the connect above is the one only the reported result tells.)
+#[test]
+fn a_decided_call_sees_the_open_another_thread_observed_just_before() {
+    let (_dir, f) = target_file();
+    let run = decided_after_observed("hold", &f, &format!("d.type == 'file' and d.path == '{f}'"));
+    // Allowed, so the send ran: on a file it fails on its own.
+    run.check(run.stdout.contains("hold = ENOTSOCK"), "the send was allowed (and failed with ENOTSOCK)");
+    let recs = opens_of(&run.trace, &f);
+    run.check(recs.len() == 1 && recs[0]["observed"] == true, "the open was observed");
+}
+
+#[test]
+fn relative_paths_resolve_against_the_working_directory_of_a_process_that_exits() {
+    let (dir, f) = target_file();
+    let run =
+        launch(OBSERVE_OPENS, ring_events(), &["opens", "300", "f"]).current_dir(dir.path()).timeout(TIMEOUT).run();
+    run.check(run.code == 0, "ring_events exits 0");
+    // Read after the calls, but before the process was gone (it waits at exit).
+    let recs = opens_of(&run.trace, &f);
+    run.check(
+        recs.len() == 300 && recs.iter().all(|r| r["args"]["raw_path"] == "f"),
+        &format!("300 opens of \"f\" resolved to {f}, got {}", recs.len()),
+    );
+}
+
+#[test]
+fn paths_relative_to_a_reused_directory_descriptor_resolve_against_the_directory_it_was() {
+    let dir = Scratch::new();
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    for d in [&a, &b] {
+        std::fs::create_dir(d).expect("mkdir");
+        std::fs::write(d.join("f"), "x\n").expect("write");
+    }
+    let (a, b) = (a.display().to_string(), b.display().to_string());
+    let run = launch(OBSERVE_OPENS, ring_events(), &["dirs", "400", &a, &b]).timeout(TIMEOUT).run();
+    run.check(run.code == 0 && run.stdout.contains("dirs = ok=400"), "ring_events exits 0, every openat succeeded");
+    // By the time the broker reads an openat, its directory descriptor's number may
+    // name the other directory: the process's reported opens say which it was.
+    let paths: Vec<&str> = run
+        .calls("open")
+        .into_iter()
+        .filter(|r| r["args"]["raw_path"] == "f")
+        .filter_map(|r| r["args"]["path"].as_str())
+        .collect();
+    let want: Vec<String> = (0..400).map(|i| format!("{}/f", if i % 2 == 0 { &a } else { &b })).collect();
+    run.check(paths == want, &format!("each openat resolved in its own directory: {paths:?}"));
+}
+
+/// Whole lines of a trace that is still being written.
+fn trace_so_far(path: &Path) -> Vec<Json> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    whole.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("trace line {l:?}: {e}"))).collect()
+}
+
+#[test]
+fn a_quiet_long_running_targets_events_arrive_while_it_runs() {
+    let dir = Scratch::new();
+    let f = dir.write("f", "content\n").display().to_string();
+    let (trace, marker, side) = (dir.join("trace.jsonl"), dir.join("opened"), dir.join("side-effect"));
+    let policy = dir.write("policy.lua", OBSERVE_OPENS);
+    // A shadow policy runs Lua on every observed call: its side effect shows when the
+    // broker handled the events.
+    let shadow = dir.write(
+        "shadow.lua",
+        &format!(
+            "function on_open(ev)\n  if ev.path == '{f}' then\n    local out = io.open('{}', 'a')\n    \
+             out:write(ev.path, '\\n')\n    out:close()\n  end\nend\n",
+            side.display()
+        ),
+    );
+    let s = |p: &Path| p.display().to_string();
+    let prog = s(&ring_events());
+    let args = [
+        "launch",
+        "--policy",
+        &s(&policy),
+        "--shadow",
+        &s(&shadow),
+        "--trace",
+        &s(&trace),
+        "--",
+        &prog,
+        "sleep",
+        "300",
+        &f,
+        &s(&marker),
+        "2000",
+    ];
+    let launch = hermes(&args).timeout(TIMEOUT);
+    let run = std::thread::spawn(move || launch.run());
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the target never finished its opens");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let opened = Instant::now();
+    let arrived = |trace: &[Json]| {
+        let side_lines = std::fs::read_to_string(&side).unwrap_or_default().lines().count();
+        (opens_of(trace, &f).len(), side_lines)
+    };
+    let (mut seen, mut trace_now) = ((0, 0), Vec::new());
+    while seen != (300, 300) && opened.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+        trace_now = trace_so_far(&trace);
+        seen = arrived(&trace_now);
+    }
+    let took = opened.elapsed();
+    let still_running = !run.is_finished();
+    let out = run.join().expect("hermes thread");
+    out.check(out.code == 0, "ring_events exits 0");
+    out.check(seen == (300, 300), &format!("300 trace records and 300 shadow side effects arrived, got {seen:?}"));
+    // Generous: the broker reads quiet rings every 10 ms; the target sleeps 2 s.
+    out.check(
+        still_running && took < Duration::from_secs(1),
+        &format!("while the target still ran (it did: {still_running}), {took:?} after its opens"),
+    );
+    check_observed_with_results(&out, &opens_of(&trace_now, &f));
+}
+
+fn check_scribbled(how: &str) {
+    let (_dir, f) = target_file();
+    let run = launch(OBSERVE_OPENS, ring_events(), &["scribble", how, "200", &f]).timeout(TIMEOUT).run();
+    run.check(run.code == 7, "the target's exit status passes through");
+    run.check(field(&run, "scribble =", "ok") == 200, "the target's own calls still ran");
+    run.check(!run.stderr.contains("panicked"), "the broker did not panic");
+    let said = run.stderr.lines().filter(|l| l.contains("event ring") && l.contains("is corrupt")).count();
+    run.check(said == 1, "the broker said once that the ring is corrupt");
+    let notes: Vec<&Json> = run.trace.iter().filter(|r| r["type"] == "ring_error").collect();
+    run.check(
+        notes.len() == 1 && notes[0]["pid"].is_i64() && notes[0]["error"].is_string(),
+        &format!("one ring_error line in the trace: {notes:?}"),
+    );
+}
+
+#[test]
+fn a_ring_with_an_impossible_head_is_reported_and_ignored() {
+    check_scribbled("head");
+}
+
+#[test]
+fn a_ring_with_an_impossible_record_length_is_reported_and_ignored() {
+    check_scribbled("length");
+}
+
+#[test]
+fn a_ring_overwritten_with_garbage_is_reported_and_ignored() {
+    check_scribbled("garbage");
+}
