@@ -12,6 +12,13 @@
  *   sendto N REPORT PORT     N x sendto(16 bytes) on one UDP socket to 127.0.0.1:PORT
  *   badsendto N REPORT       N x sendto on fd -1 (EBADF at once): the cost of the hook
  *                            itself, without the network stack's noise around it
+ *   paired KIND N REPORT [PATH]  N calls through libc and N the same calls made with
+ *                            syscall(2), in alternating blocks of 256, each side timed
+ *                            apart: REPORT gets "LIBC_NS RAW_NS". KIND: open (PATH,
+ *                            closed with a raw close), write (/dev/null), badsendto.
+ *                            Both sides run in the same process at the same moments, so
+ *                            the difference is the cost a hook adds to a libc call, free
+ *                            of the run-to-run noise of the system call itself.
  *   forkexec N REPORT PROG   N x (fork; child execv(PROG); waitpid)
  *   pingpong N REPORT SIZE   N request/reply round trips of SIZE bytes between two
  *                            processes over a Unix stream socketpair
@@ -139,7 +146,51 @@ static void pingpong(long n, long size) {
     waitpid(child, NULL, 0);
 }
 
+#include <sys/syscall.h>
+
+/* One call of KIND, through libc or raw. */
+static void paired_call(const char *kind, int raw, const char *path, int devnull) {
+    static const struct sockaddr_in *sa;
+    static struct sockaddr_in loop;
+    if (!sa) {
+        loop = loopback("9");
+        sa = &loop;
+    }
+    if (!strcmp(kind, "open")) {
+        int fd = raw ? (int)syscall(SYS_openat, AT_FDCWD, path, O_RDONLY) : open(path, O_RDONLY);
+        if (fd < 0) die("open");
+        syscall(SYS_close, fd);
+    } else if (!strcmp(kind, "write")) {
+        if ((raw ? syscall(SYS_write, devnull, "x", 1) : write(devnull, "x", 1)) != 1) die("write");
+    } else {
+        long r = raw ? syscall(SYS_sendto, -1, "x", 1, 0, sa, sizeof *sa)
+                     : sendto(-1, "x", 1, 0, (const struct sockaddr *)sa, sizeof *sa);
+        if (r != -1) die("sendto(-1) succeeded");
+    }
+}
+
+static void paired(const char *kind, long n, const char *report, const char *path) {
+    int devnull = open("/dev/null", O_WRONLY);
+    if (devnull < 0) die("/dev/null");
+    long long spent[2] = {0, 0};
+    for (long done = 0; done < n; done += 256) {
+        for (int raw = 0; raw < 2; raw++) {
+            long long t = now_ns();
+            for (long i = done; i < n && i < done + 256; i++) paired_call(kind, raw, path, devnull);
+            spent[raw] += now_ns() - t;
+        }
+    }
+    FILE *f = fopen(report, "w");
+    if (!f) die(report);
+    fprintf(f, "%lld %lld\n", spent[0], spent[1]);
+    fclose(f);
+}
+
 int main(int argc, char **argv) {
+    if (argc >= 5 && !strcmp(argv[1], "paired")) {
+        paired(argv[2], atol(argv[3]), argv[4], argc > 5 ? argv[5] : "/dev/null");
+        return 0;
+    }
     if (argc < 4) {
         fprintf(stderr, "usage: workload MODE N REPORT [ARG] (see bench/workload.c)\n");
         return 2;
