@@ -4,7 +4,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -196,8 +196,8 @@ impl BrokerProc {
     fn start(args: &LaunchArgs, socket: &str) -> Result<Self, Refusal> {
         let broker_args = crate::broker_proc::BrokerArgs::new(socket, args);
         let cannot = |e: std::io::Error| Refusal(2, format!("cannot start the broker: {e}"));
-        let (stdin_r, stdin_w) = pipe().map_err(cannot)?;
-        let (stdout_r, stdout_w) = pipe().map_err(cannot)?;
+        let (stdin_r, stdin_w) = crate::tracer::pipe().map_err(cannot)?;
+        let (stdout_r, stdout_w) = crate::tracer::pipe().map_err(cannot)?;
         // SAFETY: the launcher has started no thread yet, so the child is a complete copy
         // of a single-threaded process, free to allocate.
         match unsafe { libc::fork() } {
@@ -288,17 +288,6 @@ fn api_hooks(cli: &[String], backtrace: bool, from_policy: &str) -> Result<Strin
         hooks.push(declared);
     }
     Ok(ApiHook::env_list(&hooks))
-}
-
-/// A close-on-exec pipe: (read end, write end).
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into the live array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: two new descriptors nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Find the program as execvp would; 127/126 errors as a shell gives them.
