@@ -4,9 +4,10 @@
 //! unblock signals per patch. Inside [`batch`] the maps are read once, each mapping written to
 //! is made writable once and restored when the batch ends, and signals stay blocked from the
 //! first patch to the end; in a process that never had a second thread, no core barrier is
-//! needed between the steps of a patch either. A hook on code of a loaded ELF object finds its mapping from the
-//! dynamic loader's program headers, and a trampoline chunk is first tried where the kernel puts
-//! a mapping by itself: a batch whose hooks all fit reads `/proc/self/maps` not at all.
+//! needed between the steps of a patch either. A hook on code of a loaded ELF object finds its
+//! mapping from the dynamic loader's program headers, and a trampoline chunk is first tried
+//! where the kernel puts a mapping by itself: a batch whose hooks all fit reads
+//! `/proc/self/maps` not at all.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -79,25 +80,52 @@ pub(crate) fn mapped(start: u64, end: u64) {
     }
 }
 
-/// Inside a batch: make `start..end` writable (keeping it readable and executable) until the
-/// batch ends, when it gets `restore` back; `None` outside a batch, where the caller changes
-/// and restores the protection around its own write.
+/// Write permission on some code, as one writer holds it.
+#[must_use = "the protection is put back by `relock`"]
+pub(crate) enum Unlocked {
+    /// The batch holds it, and puts the protection back when it ends.
+    ByBatch,
+    /// Held for this write only: `relock` puts `restore` back on `start..end`.
+    Here { start: u64, end: u64, restore: u32 },
+}
+
+impl Unlocked {
+    /// End this writer's hold (nothing to do when the batch holds it).
+    ///
+    /// # Safety
+    /// Nothing writes the range any more; `restore` is what it had before.
+    pub(crate) unsafe fn relock(self) -> Result<(), i32> {
+        match self {
+            Unlocked::ByBatch => Ok(()),
+            // SAFETY: the caller's contract.
+            Unlocked::Here { start, end, restore } => unsafe { sys::mprotect(start, end - start, restore) },
+        }
+    }
+}
+
+/// Make code writable, keeping it readable and executable: inside a batch, all of `batched`
+/// (a whole mapping: one `mprotect` for every write into it) until the batch ends; outside,
+/// just `alone` until the caller's [`Unlocked::relock`].
 ///
 /// # Safety
-/// `start..end` must be whole mappings (or whole ranges of one) of this process that hold
-/// code, whose protection is `restore` now.
-pub(crate) unsafe fn unlock(start: u64, end: u64, restore: u32) -> Option<Result<(), i32>> {
+/// Both ranges must be code of this process (`alone` inside `batched`) whose protection is
+/// `restore` now.
+pub(crate) unsafe fn unlock(alone: (u64, u64), batched: (u64, u64), restore: u32) -> Result<Unlocked, i32> {
+    let writable = PROT_READ | PROT_WRITE | PROT_EXEC;
     let mut guard = open();
-    let batch = guard.as_mut()?;
-    if batch.unlocked.iter().any(|&(s, e, _)| s <= start && end <= e) {
-        return Some(Ok(()));
-    }
-    // SAFETY: adds write permission, keeping read and execute, to code the caller vouches for.
-    let result = unsafe { sys::mprotect(start, end - start, PROT_READ | PROT_WRITE | PROT_EXEC) };
-    if result.is_ok() {
+    let Some(batch) = guard.as_mut() else {
+        let (start, end) = alone;
+        // SAFETY: adds write permission, keeping read and execute, to code the caller vouches for.
+        unsafe { sys::mprotect(start, end - start, writable) }?;
+        return Ok(Unlocked::Here { start, end, restore });
+    };
+    let (start, end) = batched;
+    if !batch.unlocked.iter().any(|&(s, e, _)| s <= start && end <= e) {
+        // SAFETY: as above.
+        unsafe { sys::mprotect(start, end - start, writable) }?;
         batch.unlocked.push((start, end, restore));
     }
-    Some(result)
+    Ok(Unlocked::ByBatch)
 }
 
 /// Inside a batch: block every signal until it ends (true); outside, do nothing (false).

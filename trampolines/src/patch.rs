@@ -30,11 +30,11 @@
 //! ([`Plan::stolen_instructions`](crate::Plan::stolen_instructions) > 1); hooks are meant to be
 //! installed while the process is single-threaded (the preload's constructor).
 
-use crate::batch;
+use crate::batch::{self, Unlocked};
 use crate::error::HookError;
 use crate::maps::{self, Mapping};
 use crate::relocate::PATCH_LEN;
-use crate::sys::{self, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE};
+use crate::sys::{self, PAGE_SIZE, PROT_EXEC, PROT_READ};
 
 /// `jmp $`: a 2-byte jump to itself, little-endian as a u16.
 const SELF_LOOP: u16 = u16::from_le_bytes([0xEB, 0xFE]);
@@ -87,14 +87,8 @@ pub(crate) unsafe fn replace(
     }
 
     // SAFETY: adding write permission to code pages, keeping read and execute so that threads
-    // running there (possibly this one) go on. In a batch, to their whole mappings, until the end.
-    let batched = unsafe { pages.unlock_for_batch() };
-    match batched {
-        Some(result) => result,
-        // SAFETY: as above, for this one write.
-        None => unsafe { pages.protect(PROT_READ | PROT_WRITE | PROT_EXEC) },
-    }
-    .map_err(|errno| HookError::Protect { addr, errno })?;
+    // running there (possibly this one) go on.
+    let unlocked = unsafe { pages.unlock() }.map_err(|errno| HookError::Protect { addr, errno })?;
 
     let mask = (!batch::block_signals()).then(sys::block_signals);
     match order {
@@ -107,11 +101,11 @@ pub(crate) unsafe fn replace(
         sys::restore_signals(mask);
     }
     *written = true;
-    if batched.is_some() {
-        return Ok(());
+    for held in unlocked.into_iter().flatten() {
+        // SAFETY: restores the protection the pages had before.
+        unsafe { held.relock() }.map_err(|errno| HookError::Protect { addr, errno })?;
     }
-    // SAFETY: restores the protection the pages had before.
-    unsafe { pages.restore() }.map_err(|errno| HookError::Protect { addr, errno })
+    Ok(())
 }
 
 /// # Safety
@@ -172,40 +166,18 @@ impl Pages {
         Some(pages)
     }
 
-    /// Inside a batch, make the pages' mappings writable until it ends; `None` outside.
+    /// Make the pages writable (in a batch, their whole mappings); see [`batch::unlock`].
     ///
     /// # Safety
     /// The pages hold code of this process, as recorded by [`Pages::of`].
-    unsafe fn unlock_for_batch(&self) -> Option<Result<(), i32>> {
-        for i in 0..self.count {
-            let (start, end) = self.mappings[i];
-            // SAFETY: a whole mapping of code, with the protection recorded for it.
-            match unsafe { batch::unlock(start, end, self.pages[i].1) }? {
-                Ok(()) => {}
-                Err(errno) => return Some(Err(errno)),
-            }
+    unsafe fn unlock(&self) -> Result<[Option<Unlocked>; 2], i32> {
+        let mut held = [None, None];
+        for (i, slot) in held.iter_mut().enumerate().take(self.count) {
+            let (page, prot) = self.pages[i];
+            // SAFETY: a page of code and the mapping it lies in, with their protection.
+            *slot = Some(unsafe { batch::unlock((page, page + PAGE_SIZE), self.mappings[i], prot) }?);
         }
-        Some(Ok(()))
-    }
-
-    /// # Safety
-    /// See `sys::mprotect`: the new protection must keep what running code needs.
-    unsafe fn protect(&self, prot: u32) -> Result<(), i32> {
-        for &(page, _) in &self.pages[..self.count] {
-            // SAFETY: forwarded to the caller.
-            unsafe { sys::mprotect(page, PAGE_SIZE, prot) }?;
-        }
-        Ok(())
-    }
-
-    /// # Safety
-    /// Restores the protections recorded before the patch.
-    unsafe fn restore(&self) -> Result<(), i32> {
-        for &(page, prot) in &self.pages[..self.count] {
-            // SAFETY: the protection the page had, under which the process ran until now.
-            unsafe { sys::mprotect(page, PAGE_SIZE, prot) }?;
-        }
-        Ok(())
+        Ok(held)
     }
 }
 

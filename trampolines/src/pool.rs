@@ -11,7 +11,7 @@ use crate::batch;
 use crate::error::HookError;
 use crate::maps::{self, Mapping};
 use crate::relocate::{MAX_USER_ADDR, MIN_USER_ADDR};
-use crate::sys::{self, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE};
+use crate::sys::{self, PAGE_SIZE, PROT_EXEC, PROT_READ};
 
 /// Size of one pool chunk.
 const CHUNK_SIZE: u64 = 4 * PAGE_SIZE;
@@ -64,26 +64,17 @@ impl Pool {
             if code.len() as u64 > MAX_CODE {
                 return Err(too_large(addr));
             }
-            let end = chunk.base + CHUNK_SIZE;
+            let whole = (chunk.base, chunk.base + CHUNK_SIZE);
             // SAFETY: the chunk is our own mapping, read-execute; making it RWX keeps the code
-            // other threads may run there executable. In a batch it stays so until the end.
-            let unlocked = unsafe { batch::unlock(chunk.base, end, PROT_READ | PROT_EXEC) };
-            let writable = match unlocked {
-                Some(result) => result.is_ok(),
-                // SAFETY: as above, for this one write.
-                None => unsafe { sys::mprotect(chunk.base, CHUNK_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC) }.is_ok(),
-            };
-            if !writable {
+            // other threads may run there executable.
+            let Ok(unlocked) = (unsafe { batch::unlock(whole, whole, PROT_READ | PROT_EXEC) }) else {
                 continue; // W^X enforced (SELinux execmem, PaX): use a fresh chunk instead.
-            }
+            };
             // SAFETY: `at..at + code.len()` lies in the unused tail of the chunk (checked above
             // against MAX_CODE), now writable, and nothing executes it yet.
             unsafe { sys::write_bytes(at, &code) };
-            if unlocked.is_none() {
-                // SAFETY: back to read-execute; the chunk holds only code.
-                unsafe { sys::mprotect(chunk.base, CHUNK_SIZE, PROT_READ | PROT_EXEC) }
-                    .map_err(|errno| HookError::Protect { addr, errno })?;
-            }
+            // SAFETY: back to read-execute; the chunk holds only code.
+            unsafe { unlocked.relock() }.map_err(|errno| HookError::Protect { addr, errno })?;
             chunk.used = at + code.len() as u64 - chunk.base;
             return Ok(at);
         }

@@ -64,17 +64,27 @@ pub(crate) unsafe fn mprotect(addr: u64, len: u64, prot: u32) -> Result<(), i32>
 /// rather than replacing anything mapped there. Returns `Err` if the kernel placed the mapping
 /// elsewhere (kernels before 4.17 take `MAP_FIXED_NOREPLACE` as a mere hint).
 pub(crate) fn map_fixed_noreplace(addr: u64, len: u64) -> Result<(), i32> {
-    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
-    let prot = u64::from(PROT_READ | PROT_WRITE);
-    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no memory in use is
-    // affected; the new mapping is anonymous and owned by the caller.
-    let placed = check(unsafe { syscall6(libc::SYS_mmap, addr, len, prot, flags, u64::MAX, 0) })?;
+    let placed = map_rw(addr, len, libc::MAP_FIXED_NOREPLACE)?;
     if placed != addr {
         // SAFETY: `placed` is the mapping just created above, which nothing else knows of.
-        let _ = check(unsafe { syscall6(libc::SYS_munmap, placed, len, 0, 0, 0, 0) });
+        unsafe { unmap(placed, len) };
         return Err(libc::EEXIST);
     }
     Ok(())
+}
+
+/// Maps `len` bytes of fresh anonymous read-write memory wherever the kernel chooses.
+pub(crate) fn map_anywhere(len: u64) -> Result<u64, i32> {
+    map_rw(0, len, 0)
+}
+
+/// A new private anonymous read-write mapping of `len` bytes at (or near, by `flags`) `addr`.
+fn map_rw(addr: u64, len: u64, flags: i32) -> Result<u64, i32> {
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags) as u64;
+    let prot = u64::from(PROT_READ | PROT_WRITE);
+    // SAFETY: a new anonymous mapping; without MAP_FIXED nothing mapped is replaced (callers
+    // pass at most MAP_FIXED_NOREPLACE), so no memory in use is affected.
+    check(unsafe { syscall6(libc::SYS_mmap, addr, len, prot, flags, u64::MAX, 0) })
 }
 
 /// Opens `path` (NUL-terminated) read-only.
@@ -221,14 +231,6 @@ pub(crate) unsafe fn write_bytes(addr: u64, bytes: &[u8]) {
         // SAFETY: inside the range the caller vouches for.
         unsafe { core::ptr::write_volatile((addr as *mut u8).add(i), *byte) };
     }
-}
-
-/// Maps `len` bytes of fresh anonymous read-write memory wherever the kernel chooses.
-pub(crate) fn map_anywhere(len: u64) -> Result<u64, i32> {
-    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-    let prot = u64::from(PROT_READ | PROT_WRITE);
-    // SAFETY: a new anonymous mapping at an address the kernel picks: nothing in use changes.
-    check(unsafe { syscall6(libc::SYS_mmap, 0, len, prot, flags, u64::MAX, 0) })
 }
 
 /// Unmaps `addr..addr + len`.
