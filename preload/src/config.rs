@@ -31,7 +31,7 @@ const PROPAGATED: &[&str] = &[
     "HERMES_INLINE",
     "HERMES_COOKIE",
     "HERMES_DOORS",
-    "HERMES_DEBUG_HOOKS",
+    ENV_DEBUG_HOOKS,
 ];
 /// Where the broker's board is (`/proc/PID/fd/N`).
 pub const ENV_BOARD: &str = "HERMES_BOARD";
@@ -96,8 +96,10 @@ pub fn set_recipes(recipes: &str) {
 }
 
 /// `HERMES_DEBUG_HOOKS=1`: each process reports on stderr how its inline hooks were made.
+const ENV_DEBUG_HOOKS: &str = "HERMES_DEBUG_HOOKS";
+
 pub fn debug_hooks() -> bool {
-    env("HERMES_DEBUG_HOOKS").is_some_and(|v| v == b"1")
+    env(ENV_DEBUG_HOOKS).is_some_and(|v| v == b"1")
 }
 
 /// Whether to patch libc inline (the default).

@@ -254,8 +254,8 @@ fn patch_all() {
     let given = String::from_utf8(crate::config::recipes()).map(|r| Recipe::parse_list(&r)).unwrap_or_default();
     let mut made = Vec::new();
     let (mut patched, mut copied) = (0, 0);
-    // One reading of /proc/self/maps for all the hooks: we run in the constructor,
-    // single-threaded, so nothing else changes the address space meanwhile.
+    // All the hooks as one batch: we run in the constructor, single-threaded, so
+    // nothing else changes the address space or runs the code meanwhile.
     hermes_trampolines::batch(|| {
         for hook in HOOKS.iter().filter(|h| h.patch == Patch::Inline) {
             let target = hook.real.resolve();
