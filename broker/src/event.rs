@@ -155,24 +155,6 @@ pub struct ProcInfo {
     pub exe: Vec<u8>,
 }
 
-impl ProcInfo {
-    pub fn read(pid: i32) -> Self {
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .map(|p| p.into_os_string().into_encoded_bytes())
-            .unwrap_or_default();
-        // Field 4 of /proc/PID/stat, after the parenthesised (and arbitrary) comm.
-        let ppid = std::fs::read(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| {
-                let after = &stat[stat.iter().rposition(|&b| b == b')')? + 2..];
-                let field = after.split(|&b| b == b' ').nth(1)?;
-                std::str::from_utf8(field).ok()?.parse().ok()
-            })
-            .unwrap_or(0);
-        ProcInfo { ppid, exe }
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct Event {
     pub func: String,

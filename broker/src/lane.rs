@@ -343,8 +343,7 @@ impl LaneState {
         if let Some(info) = self.procs.get(&key) {
             return info.clone();
         }
-        let info = ProcInfo::read(pid);
-        shared.engine.state().seen(pid, &info);
+        let info = shared.engine.state().seen(pid);
         if self.procs.len() >= MAX_PROCS {
             self.procs.clear();
         }

@@ -1,8 +1,9 @@
 //! The broker's socket: one connection per target thread, one server thread per
-//! connection. Each connection is a typed exchange: `Hello` → `Welcome` (with an
-//! event ring attached when the client asks for one), then any number of `Call` →
-//! `Reply`, with one-way `Observe`s and `Done`s, on the socket or through the ring
-//! ([`crate::lane`]).
+//! connection, taken from the threads waiting in accept ([`Acceptors`]). Each
+//! connection is a typed exchange: `Hello` → `Welcome` (with an event ring attached
+//! when the client asks for one), then any number of `Call` → `Reply`, with one-way
+//! `Observe`s and `Done`s, on the socket or through the ring ([`crate::lane`]). A
+//! client may send its first call right after its Hello, before the Welcome.
 
 use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -45,6 +46,8 @@ pub struct Shared {
     live: Mutex<usize>,
     idle: Condvar,
     next_id: AtomicUsize,
+    /// Server threads waiting in accept.
+    acceptors: AtomicUsize,
     /// The listening socket, to see connections still waiting to be accepted.
     listening: RawFd,
 }
@@ -114,6 +117,7 @@ impl Broker {
             live: Mutex::new(0),
             idle: Condvar::new(),
             next_id: AtomicUsize::new(0),
+            acceptors: AtomicUsize::new(0),
             listening,
         });
         let draining = Arc::clone(&shared);
@@ -121,30 +125,64 @@ impl Broker {
             std::thread::sleep(lane::PERIOD);
             draining.lanes.drain_all(&draining);
         })?;
-        let accepting = Arc::clone(&shared);
-        std::thread::Builder::new().name("hermes-accept".into()).spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let shared = Arc::clone(&accepting);
-                *lock(&shared.live) += 1;
-                let spawned = std::thread::Builder::new().name("hermes-conn".into()).spawn({
-                    let shared = Arc::clone(&shared);
-                    move || {
-                        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-                        if let Err(e) = Connection::new(&shared, stream).and_then(|c| c.run()) {
-                            if !matches!(&e, ConnError::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof) {
-                                eprintln!("hermes: broker: connection {id}: {e}");
-                            }
-                        }
-                        shared.connection_closed();
-                    }
-                });
-                if spawned.is_err() {
-                    shared.connection_closed();
-                }
-            }
-        })?;
+        Acceptors::spawn(Arc::clone(&shared), Arc::new(listener))?;
         Ok(Handle { shared })
+    }
+}
+
+/// The server threads. Each waits in accept, serves the connection it gets until it
+/// ends, and waits again; the kernel hands a new connection to one waiting thread. So
+/// a new process's first call costs one wake-up, not an accept thread's wake-up and
+/// then a new thread's start. There is always a thread waiting: the one that takes
+/// the last waiting place starts another before it serves.
+struct Acceptors;
+
+/// Threads kept waiting once their connections have ended; more exit.
+const MAX_WAITING: usize = 8;
+
+impl Acceptors {
+    fn spawn(shared: Arc<Shared>, listener: Arc<UnixListener>) -> io::Result<()> {
+        shared.acceptors.fetch_add(1, Ordering::AcqRel);
+        let counted = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("hermes-conn".into())
+            .spawn(move || Self::serve(shared, listener))
+            .inspect_err(|_| {
+                counted.acceptors.fetch_sub(1, Ordering::AcqRel);
+            })
+            .map(drop)
+    }
+
+    fn serve(shared: Arc<Shared>, listener: Arc<UnixListener>) {
+        loop {
+            let accepted = listener.accept();
+            *lock(&shared.live) += 1;
+            let last = shared.acceptors.fetch_sub(1, Ordering::AcqRel) == 1;
+            let replaced = !last || Self::spawn(Arc::clone(&shared), Arc::clone(&listener)).is_ok();
+            match accepted {
+                // Without a thread left waiting, a long connection here would leave
+                // new ones unanswered: this one is dropped (its calls fail closed).
+                Ok((stream, _)) if replaced => Self::connection(&shared, stream),
+                Ok(_) => eprintln!("hermes: broker: cannot start a server thread: a connection was dropped"),
+                // Out of descriptors, say: let some close before trying again.
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+            shared.connection_closed();
+            // The last thread waits again whatever the count.
+            if replaced && shared.acceptors.load(Ordering::Acquire) >= MAX_WAITING {
+                return;
+            }
+            shared.acceptors.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn connection(shared: &Shared, stream: UnixStream) {
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = Connection::new(shared, stream).and_then(|c| c.run()) {
+            if !matches!(&e, ConnError::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof) {
+                eprintln!("hermes: broker: connection {id}: {e}");
+            }
+        }
     }
 }
 

@@ -55,23 +55,20 @@ impl State {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A process made its first call: record it from /proc.
-    pub fn seen(&self, pid: i32, info: &ProcInfo) {
-        let mut inner = self.inner();
-        if inner.procs.contains_key(&pid) {
-            return;
+    /// A process's connection has begun: what /proc says of it now, recorded as the
+    /// process when it is new (its argv is only read then).
+    pub fn seen(&self, pid: i32) -> ProcInfo {
+        let known = self.inner().procs.contains_key(&pid);
+        let now = read_process(pid, !known);
+        let info = now.as_ref().map_or_else(ProcInfo::default, |p| ProcInfo { ppid: p.ppid, exe: p.exe.clone() });
+        if !known {
+            let mut inner = self.inner();
+            if inner.procs.len() >= MAX_PROCS {
+                inner.procs.retain(|_, p| p.alive);
+            }
+            inner.procs.entry(pid).or_insert_with(|| now.unwrap_or(ProcessInfo { pid, ..Default::default() }));
         }
-        if inner.procs.len() >= MAX_PROCS {
-            inner.procs.retain(|_, p| p.alive);
-        }
-        let mut p = read_process(pid).unwrap_or_else(|| ProcessInfo { pid, ..Default::default() });
-        if p.exe.is_empty() {
-            p.exe = info.exe.clone();
-        }
-        if p.ppid == 0 {
-            p.ppid = info.ppid;
-        }
-        inner.procs.insert(pid, p);
+        info
     }
 
     /// An allowed open returned `fd` for `path`.
@@ -163,7 +160,7 @@ impl State {
     /// What is known of `pid`: refreshed from /proc while it lives, the last record
     /// after it exits, `None` if it was never seen and is not running.
     pub fn process(&self, pid: i32) -> Option<ProcessInfo> {
-        let live = read_process(pid);
+        let live = read_process(pid, true);
         let mut inner = self.inner();
         let p = match (live, inner.procs.get(&pid)) {
             (Some(mut live), Some(old)) => {
@@ -191,9 +188,9 @@ impl State {
     }
 }
 
-/// A running process as /proc describes it.
-fn read_process(pid: i32) -> Option<ProcessInfo> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+/// A running process as /proc describes it; its argv only `with_argv`.
+fn read_process(pid: i32, with_argv: bool) -> Option<ProcessInfo> {
+    let stat = read_proc_file(&format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised (and arbitrary) comm: state ppid … starttime (22).
     let after = &stat[stat.iter().rposition(|&b| b == b')')? + 2..];
     let fields: Vec<&[u8]> = after.split(|&b| b == b' ').collect();
@@ -206,7 +203,9 @@ fn read_process(pid: i32) -> Option<ProcessInfo> {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.into_os_string().into_encoded_bytes())
         .unwrap_or_default();
-    let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
+    let argv = with_argv
+        .then(|| read_proc_file(&format!("/proc/{pid}/cmdline")))
+        .flatten()
         .map(|c| c.split(|&b| b == 0).filter(|a| !a.is_empty()).map(<[u8]>::to_vec).collect())
         .unwrap_or_default();
     Some(ProcessInfo {
@@ -218,6 +217,15 @@ fn read_process(pid: i32) -> Option<ProcessInfo> {
         start_time: field(19).unwrap_or(0) as f64 / hz,
         alive: true,
     })
+}
+
+/// A /proc file, read in page-sized pieces: its reported size is 0, so
+/// `std::fs::read` would grow its buffer from 32 bytes, a system call per doubling.
+fn read_proc_file(path: &str) -> Option<Vec<u8>> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut bytes = Vec::with_capacity(4096);
+    std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// Children the kernel lists for any thread of `pid`.
@@ -261,7 +269,7 @@ mod tests {
         assert!(p.alive && p.start_time > 0.0 && !p.argv.is_empty(), "{p:?}");
         let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         let cpid = child.id() as i32;
-        state.seen(cpid, &ProcInfo::default());
+        state.seen(cpid);
         assert!(state.process(me).unwrap().children.contains(&cpid));
         // Until the child has exec'd, /proc shows the fork's copy of us.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

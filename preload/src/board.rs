@@ -31,6 +31,11 @@ pub fn word(i: usize) -> u64 {
     words()[i].load(Relaxed)
 }
 
+/// Whether the broker's board is mapped (else the words are the fallback's).
+pub fn is_mapped() -> bool {
+    !MAPPED.load(Relaxed).is_null()
+}
+
 /// Set a word of the fallback (the environment's mask, a Welcome's).
 pub fn set_fallback(i: usize, value: u64) {
     FALLBACK[i].store(value, Relaxed);

@@ -328,15 +328,17 @@ impl Session {
         // it); then it is reconnected once.
         let mut len = 0;
         for attempt in 0..2 {
-            self.fd = if self.one_shot { connect(pid, tid, false)?.0 } else { thread_conn(pid, tid)? };
             self.seq = if self.one_shot { 1 } else { next_seq() };
             let call = Call { seq: self.seq, func, pid, tid, image: 0, args: clone_args(args), ctx: context(payload) };
-            let exchanged = if observe {
-                post(self.fd, self.one_shot, &ClientMsg::Observe(call), sys::monotonic_ns()).map(|()| 0)
-            } else {
-                send(self.fd, &ClientMsg::Call(call))
-                    .and_then(|()| recv_frame(self.fd, reply.get(), None).map(<[u8]>::len))
-            };
+            let (msg, made) =
+                if observe { (ClientMsg::Observe(call), sys::monotonic_ns()) } else { (ClientMsg::Call(call), 0) };
+            let exchanged = with_frame(&msg, |frame| {
+                self.deliver((pid, tid), frame, observe.then_some(made))?;
+                if observe {
+                    return Ok(0);
+                }
+                recv_frame(self.fd, reply.get(), None).map(<[u8]>::len)
+            });
             match exchanged {
                 Ok(n) => {
                     len = n;
@@ -368,6 +370,30 @@ impl Session {
             Decision::Rewrite { flags, mode, data } => Verdict::Rewrite { flags, mode, data: data.map(|d| &d[..]) },
         };
         Ok((verdict, reply.cache))
+    }
+
+    /// Send `frame` on the call's connection. A new connection is made when there is
+    /// none, and the frame goes right after its Hello, before the Welcome comes back:
+    /// a new process's first call costs one round trip. A one-way frame (`made` at
+    /// that time) on the thread's connection goes into its ring when it can.
+    fn deliver(&mut self, (pid, tid): (i32, i32), frame: &[u8], made: Option<u64>) -> Result<(), i32> {
+        if self.one_shot {
+            self.fd = connect(pid, tid, false, Some(frame))?.0;
+            return Ok(());
+        }
+        match own_conn(tid) {
+            Some(fd) => {
+                self.fd = fd;
+                match made {
+                    Some(mono_ns) => post_frame(fd, false, frame, mono_ns),
+                    None => sys::write_all(fd, frame),
+                }
+            }
+            None => {
+                self.fd = new_thread_conn(pid, tid, frame, made.is_some())?;
+                Ok(())
+            }
+        }
     }
 
     /// The real call ran and returned `ret`; tell the broker if it asked (under the
@@ -475,23 +501,35 @@ fn next_seq() -> u32 {
     })
 }
 
-/// This thread's connection (and its ring), made on first use.
-fn thread_conn(pid: i32, tid: i32) -> Result<i32, i32> {
+/// This thread's connection, if it has one still.
+fn own_conn(tid: i32) -> Option<i32> {
     let (fd, seq) = CONN.with(Cell::get);
     if fd >= 0 && fds::is_ours(fd, tid) {
-        return Ok(fd);
+        return Some(fd);
     }
     if fd >= 0 {
         // The program closed or replaced it: the number is not ours any more.
         CONN.with(|c| c.set((-1, seq)));
-        ring::install(0);
+        ring::install(0, 0);
     }
-    let (fd, at) = connect(pid, tid, true)?;
+    None
+}
+
+/// Make this thread's connection, with a ring when one-way frames may come, and send
+/// `first` with its Hello; a `one_way` first frame counts as sent on the socket.
+fn new_thread_conn(pid: i32, tid: i32, first: &[u8], one_way: bool) -> Result<i32, i32> {
+    let (fd, at) = connect(pid, tid, wants_ring(), Some(first))?;
     fds::mark_ours(fd, tid);
     config::on_thread_exit_close(fd);
-    CONN.with(|c| c.set((fd, seq)));
-    ring::install(at);
+    CONN.with(|c| c.set((fd, c.get().1)));
+    ring::install(at, u64::from(one_way));
     Ok(fd)
+}
+
+/// Whether a new connection should have an event ring: the policy observes calls or
+/// wants results (both sent one-way), or the board is not there to say.
+fn wants_ring() -> bool {
+    !board::is_mapped() || board::word(board::OBSERVE) != 0 || board::word(board::FLAGS) & board::REPORT != 0
 }
 
 fn drop_thread_conn() {
@@ -500,7 +538,7 @@ fn drop_thread_conn() {
         sys::close(fd);
     }
     CONN.with(|c| c.set((-1, seq)));
-    ring::install(0);
+    ring::install(0, 0);
 }
 
 /// Whether the caller shares this memory without having forked through libc: a vfork
@@ -543,7 +581,7 @@ extern "C" fn flush_at_exit() {
     let (fd, seq, one_shot) = if own >= 0 && fds::is_ours(own, guard.tid) {
         (own, next_seq(), false)
     } else {
-        match connect(pid_of(guard.tid), guard.tid, false) {
+        match connect(pid_of(guard.tid), guard.tid, false, None) {
             Ok((fd, _)) => (fd, 1, true),
             Err(_) => return,
         }
@@ -566,12 +604,13 @@ pub fn close_thread_conn(fd: i32) {
     if fds::release(fd, sys::gettid()) {
         sys::close(fd);
     }
-    ring::install(0);
+    ring::install(0, 0);
 }
 
-/// Connect to the broker; with `want_ring`, ask for an event ring as well. Returns
-/// the descriptor and the ring's mapping (0: none).
-fn connect(pid: i32, tid: i32, want_ring: bool) -> Result<(i32, usize), i32> {
+/// Connect to the broker; with `want_ring`, ask for an event ring as well. `first`, a
+/// frame, is sent right after the Hello. Returns the descriptor and the ring's
+/// mapping (0: none).
+fn connect(pid: i32, tid: i32, want_ring: bool, first: Option<&[u8]>) -> Result<(i32, usize), i32> {
     let fd = sys::connect_abstract(config::get().socket())?;
     let fd = sys::move_high(fd, HIGH_FD);
     sys::set_timeouts(fd, BROKER_TIMEOUT_SECS);
@@ -584,11 +623,12 @@ fn connect(pid: i32, tid: i32, want_ring: bool) -> Result<(i32, usize), i32> {
         ring: want_ring,
     });
     let mut passed = -1;
-    let welcome = send(fd, &hello).and_then(|()| {
-        let mut buf = [0u8; 64];
-        let body = recv_frame(fd, &mut buf, Some(&mut passed))?;
-        wire::decode::<Welcome>(body).map_err(|_| libc::EPROTO)
-    });
+    let welcome =
+        send(fd, &hello).and_then(|()| first.map_or(Ok(()), |frame| sys::write_all(fd, frame))).and_then(|()| {
+            let mut buf = [0u8; 64];
+            let body = recv_frame(fd, &mut buf, Some(&mut passed))?;
+            wire::decode::<Welcome>(body).map_err(|_| libc::EPROTO)
+        });
     match welcome {
         Ok(w) => {
             // Without a board, the Welcome is our news of the policy.
@@ -617,7 +657,7 @@ fn connect(pid: i32, tid: i32, want_ring: bool) -> Result<(i32, usize), i32> {
 
 /// Encode `msg` as a frame (on the stack, or in a mapping for a huge one) and hand
 /// it to `f`.
-fn with_frame<T: Serialize>(msg: &T, f: impl FnOnce(&[u8]) -> Result<(), i32>) -> Result<(), i32> {
+fn with_frame<T: Serialize, R>(msg: &T, f: impl FnOnce(&[u8]) -> Result<R, i32>) -> Result<R, i32> {
     let mut stack = [0u8; REQUEST_STACK];
     match wire::encode(msg, &mut stack) {
         Ok(frame) => f(frame),
@@ -637,8 +677,13 @@ fn send<T: Serialize>(fd: i32, msg: &T) -> Result<(), i32> {
 /// thread's own connection and the ring takes it, else on the socket (the ring and
 /// the broker keep the two in order: see [`hermes_wire::ring`]).
 fn post<T: Serialize>(fd: i32, one_shot: bool, msg: &T, mono_ns: u64) -> Result<(), i32> {
+    with_frame(msg, |frame| post_frame(fd, one_shot, frame, mono_ns))
+}
+
+/// [`post`] for a frame already made.
+fn post_frame(fd: i32, one_shot: bool, frame: &[u8], mono_ns: u64) -> Result<(), i32> {
     let own = !one_shot && CONN.with(Cell::get).0 == fd;
-    with_frame(msg, |frame| match own.then(|| ring::push(frame, mono_ns)).flatten() {
+    match own.then(|| ring::push(frame, mono_ns)).flatten() {
         Some(Pushed::Stored) => Ok(()),
         Some(Pushed::HalfFull) => {
             // Ask for an early read. The frame is in the ring whatever becomes of the
@@ -648,21 +693,24 @@ fn post<T: Serialize>(fd: i32, one_shot: bool, msg: &T, mono_ns: u64) -> Result<
             Ok(())
         }
         None => sys::write_all(fd, frame),
-    })
+    }
 }
 
 /// Read one frame into `buf` (header included) and return its body. The broker
 /// writes a frame in one piece and sends nothing unasked, so one read usually has it
-/// all; more than one frame's worth is a protocol error. With `passed`, a descriptor
-/// sent with the frame (SCM_RIGHTS) is stored there.
+/// all; more than one frame's worth is a protocol error. With `passed` (for the
+/// Welcome), a descriptor sent with the frame (SCM_RIGHTS) is stored there, and the
+/// frame is read exactly: the reply to a frame sent with the Hello may follow it.
 fn recv_frame<'b>(fd: i32, buf: &'b mut [u8], mut passed: Option<&mut i32>) -> Result<&'b [u8], i32> {
+    let exact = passed.is_some();
     let mut read = |fd: i32, buf: &mut [u8]| match passed.as_deref_mut() {
         Some(slot) => sys::recv_some_with_fd(fd, buf, slot),
         None => sys::read_some(fd, buf),
     };
     let mut got = 0;
     while got < 4 {
-        got += read(fd, &mut buf[got..])?;
+        let end = if exact { 4 } else { buf.len() };
+        got += read(fd, &mut buf[got..end])?;
     }
     let header = [buf[0], buf[1], buf[2], buf[3]];
     let len = wire::body_len(header, buf.len() - 4).map_err(|_| libc::EPROTO)?;

@@ -84,6 +84,25 @@ fn two_hundred_forked_children_all_decided_right() {
     check_big(&run, denials == 200, "200 denials traced");
 }
 
+/// More connections held open at once than the broker keeps server threads waiting:
+/// each new one is still answered (a thread takes the last waiting place only after
+/// starting another).
+#[test]
+fn forty_threads_holding_their_connections_at_once_are_all_answered() {
+    let (_dir, allowed, denied) = files();
+    let run =
+        launch(&deny_policy(&denied), c_program("held_conns"), &[&allowed]).timeout(Duration::from_secs(30)).run();
+    check_big(&run, run.code == 0 && run.stdout.contains("ok=81 other=0"), "every open answered and allowed");
+    let recs: Vec<_> = run.trace.iter().filter(|r| r["args"]["path"] == allowed.as_str()).collect();
+    let tids: HashSet<i64> = recs.iter().filter_map(|r| r["tid"].as_i64()).collect();
+    check_big(
+        &run,
+        recs.len() == 81 && recs.iter().all(|r| r["decision"] == "allow" && r["observed"].is_null()),
+        "81 decided opens in the trace",
+    );
+    check_big(&run, tids.len() == 41, &format!("from 41 threads, got {}", tids.len()));
+}
+
 #[test]
 fn closing_or_overwriting_every_descriptor_keeps_mediation() {
     let (_dir, allowed, denied) = files();

@@ -115,6 +115,30 @@ fn four_threads_opening_at_once_lose_nothing() {
     );
 }
 
+/// A thread gets a ring only when something may go one-way: calls the policy
+/// observes, or results the trace wants. A policy that only decides, untraced, gives
+/// none (a process that only asks, like a fork child about to exec, makes no ring).
+#[test]
+fn a_ring_is_made_only_when_the_policy_observes_or_results_are_traced() {
+    let (dir, f) = target_file();
+    const DECIDE: &str = "function on_open(ev) return hermes.allow() end\n";
+    let prog = c_program("held_conns");
+    let untraced = |src: &str| {
+        let policy = dir.write("policy.lua", src);
+        let (policy, prog) = (policy.to_str().expect("utf-8"), prog.to_str().expect("utf-8"));
+        hermes(&["launch", "--policy", policy, "--", prog, &f]).timeout(TIMEOUT).run()
+    };
+    let cases = [
+        ("decided, untraced", untraced(DECIDE), "ring=no"),
+        ("observed, untraced", untraced(OBSERVE_OPENS), "ring=yes"),
+        ("decided, traced", launch(DECIDE, &prog, &[&f]).timeout(TIMEOUT).run(), "ring=yes"),
+    ];
+    for (what, run, want) in cases {
+        run.check(run.code == 0 && run.stdout.contains("ok=81 other=0"), &format!("{what}: every open allowed"));
+        run.check(run.stdout.lines().any(|l| l == want), &format!("{what}: {want}"));
+    }
+}
+
 fn check_exit_keeps_everything(how: &str, code: i32) {
     let (_dir, f) = target_file();
     let run = launch(OBSERVE_OPENS, ring_events(), &["exit", how, "3000", &f]).timeout(TIMEOUT).run();
