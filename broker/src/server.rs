@@ -193,7 +193,7 @@ pub struct Handle {
 
 impl Handle {
     /// Wait until no connection is open, nor waiting to be accepted (a process that
-    /// connected, reported and exited before the accept thread got to it), or `timeout`
+    /// connected, reported and exited before a server thread got to it), or `timeout`
     /// passes. Returns how many remain.
     pub fn drain(&self, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;

@@ -74,7 +74,7 @@ pub fn serve(args: &BrokerArgs) -> u8 {
             return 2;
         }
     };
-    // SAFETY: no thread has been started yet (the accept thread starts after this),
+    // SAFETY: no thread has been started yet (the server threads start after this),
     // so the child is a complete copy of a single-threaded process.
     match unsafe { libc::fork() } {
         -1 => {
