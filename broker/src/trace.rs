@@ -292,12 +292,17 @@ impl Sink {
             eprintln!("{}", record.to_line());
         }
         if self.trace.is_some() {
-            push_line(lines, &record.to_json());
+            write_record(lines, record);
             if lines.len() >= BATCH_MAX {
                 self.write_lines(lines);
             }
         }
     }
+}
+
+/// Append `record`'s trace line to `lines`.
+fn write_record(lines: &mut Vec<u8>, record: &Record) {
+    push_line(lines, &record.to_json());
 }
 
 /// Append `j` and a newline to `lines` (serialised straight into the buffer, not
@@ -310,3 +315,189 @@ fn push_line(lines: &mut Vec<u8>, j: &Json) {
 
 /// Bytes of trace lines a batch holds before they are written.
 pub const BATCH_MAX: usize = 256 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv6Addr};
+    use std::sync::Arc;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use hermes_wire::{Layer, Op};
+
+    use super::{write_record, CallResult, Record};
+    use crate::event::{ApiArg, Event, EventArgs, EventContext, NetAddr, ProcInfo};
+    use crate::policy::{Outcome, Verdict};
+
+    fn event(func: &str, op: Op, layer: Layer, args: EventArgs) -> Event {
+        Event {
+            func: func.into(),
+            op,
+            pid: 4242,
+            tid: 4243,
+            layer,
+            proc: ProcInfo { ppid: 1, exe: b"/usr/bin/tar".to_vec() },
+            args,
+            unresolved: false,
+            mono_ns: 15_068_510_902_746,
+            ctx: EventContext::default(),
+        }
+    }
+
+    fn record(event: Event, verdict: Verdict) -> Record {
+        Record {
+            time: UNIX_EPOCH + Duration::from_nanos(1_795_376_164_769_912_345),
+            event,
+            outcome: Outcome::fixed(verdict, "on_open", None),
+            redirected_to: None,
+            policy_hash: Arc::from("fnv1a64:c35f51cc2d069c2e"),
+            latency: Duration::ZERO,
+            result: None,
+            observed: false,
+        }
+    }
+
+    fn open(path: &[u8], raw_path: &[u8]) -> EventArgs {
+        EventArgs::Open { dirfd: 7, path: path.to_vec(), raw_path: raw_path.to_vec(), flags: 657_664, mode: 0 }
+    }
+
+    fn line(record: &Record) -> String {
+        let mut lines = Vec::new();
+        write_record(&mut lines, record);
+        String::from_utf8(lines).unwrap()
+    }
+
+    /// Every kind of line the trace holds, byte for byte: `hermes replay`, `hermes
+    /// report` and the tests read these, so a change of key, order, number format or
+    /// escaping must show here.
+    #[test]
+    fn trace_lines_are_byte_for_byte_as_documented() {
+        // An observed open and its result, the bulk of a traced run.
+        let mut observed = record(
+            event("__openat_2", Op::Open, Layer::Preload, open(b"/usr/include/stdio.h", b"stdio.h")),
+            Verdict::Allow,
+        );
+        observed.observed = true;
+        observed.result = Some(CallResult { ret: 8, errno: 0, duration: Duration::from_nanos(939) });
+        assert_eq!(
+            line(&observed),
+            r#"{"args":{"dirfd":7,"flags":657664,"mode":0,"path":"/usr/include/stdio.h","raw_path":"stdio.h"},"call":"__openat_2","decision":"allow","duration_us":0.9390000000000001,"exe":"/usr/bin/tar","handler":"on_open","latency_us":0.0,"layer":"preload","mono_ns":15068510902746,"observed":true,"op":"open","pid":4242,"policy":"fnv1a64:c35f51cc2d069c2e","ppid":1,"result":8,"tid":4243,"time":1795376164.7699122}
+"#
+        );
+
+        // A denial (its result implied), a path that is not UTF-8, logs that need escaping.
+        let mut denied = record(
+            event("open", Op::Open, Layer::Preload, open(b"/etc/\xff\"sh\\adow\"", b"../\x01")),
+            Verdict::Deny(13),
+        );
+        denied.outcome.logs = vec!["tab\there \"quoted\"\n".into(), "é ✓ \u{7f}".into()];
+        denied.latency = Duration::from_nanos(51_234);
+        assert_eq!(
+            line(&denied),
+            concat!(
+                r#"{"args":{"dirfd":7,"flags":657664,"mode":0,"path":{"hex":"2f6574632fff2273685c61646f7722"},"raw_path":"../\u0001"},"call":"open","decision":"deny","duration_us":0.0,"errno":"EACCES","exe":"/usr/bin/tar","handler":"on_open","latency_us":51.233999999999995,"layer":"preload","logs":["tab\there \"quoted\"\n","é ✓ "#,
+                "\u{7f}",
+                r#""],"mono_ns":15068510902746,"op":"open","pid":4242,"policy":"fnv1a64:c35f51cc2d069c2e","ppid":1,"result":-1,"result_errno":"EACCES","tid":4243,"time":1795376164.7699122}
+"#
+            )
+        );
+
+        // A redirected open, cached; a result with an errno that has no name.
+        let mut redirected = record(
+            event("fopen", Op::Open, Layer::Preload, open(b"/etc/app.conf", b"app.conf")),
+            Verdict::Redirect(b"/tmp/app.conf".to_vec()),
+        );
+        redirected.outcome.cache = true;
+        redirected.result = Some(CallResult { ret: -1, errno: 4095, duration: Duration::from_micros(3) });
+        assert_eq!(
+            line(&redirected),
+            r#"{"args":{"dirfd":7,"flags":657664,"mode":0,"path":"/etc/app.conf","raw_path":"app.conf"},"cache":true,"call":"fopen","decision":"redirect","duration_us":3.0,"exe":"/usr/bin/tar","handler":"on_open","latency_us":0.0,"layer":"preload","mono_ns":15068510902746,"op":"open","pid":4242,"policy":"fnv1a64:c35f51cc2d069c2e","ppid":1,"redirect":"/tmp/app.conf","result":-1,"result_errno":4095,"tid":4243,"time":1795376164.7699122}
+"#
+        );
+
+        // A connect redirected to another address by an injected fault's rule, with a backtrace.
+        let to = NetAddr::Ip { ip: IpAddr::V6(Ipv6Addr::LOCALHOST), port: 8080, flowinfo: 0, scope_id: 0 };
+        let from = NetAddr::Ip { ip: "10.1.2.3".parse().unwrap(), port: 443, flowinfo: 0, scope_id: 0 };
+        let mut ev = event("connect", Op::Connect, Layer::Preload, EventArgs::Connect { fd: 3, addr: from });
+        ev.ctx.backtrace = vec!["/usr/lib/libc.so.6+0x1234 (connect+0x14)".into(), "0x7f00".into()];
+        let mut connect = record(ev, Verdict::RedirectAddr { ip: None, port: Some(8080), unix: None });
+        connect.redirected_to = Some(to);
+        connect.outcome.injected = true;
+        connect.outcome.handler = "on_connect";
+        connect.result = Some(CallResult { ret: 0, errno: 0, duration: Duration::from_nanos(18_750) });
+        assert_eq!(
+            line(&connect),
+            r#"{"args":{"addr":"10.1.2.3","family":"inet","fd":3,"port":443},"backtrace":["/usr/lib/libc.so.6+0x1234 (connect+0x14)","0x7f00"],"call":"connect","decision":"redirect","duration_us":18.75,"exe":"/usr/bin/tar","handler":"on_connect","injected":true,"latency_us":0.0,"layer":"preload","mono_ns":15068510902746,"op":"connect","pid":4242,"policy":"fnv1a64:c35f51cc2d069c2e","ppid":1,"redirect":"[::1]:8080","result":0,"tid":4243,"time":1795376164.7699122}
+"#
+        );
+
+        // A sendto to an abstract socket, its payload asked for, emulated.
+        let mut ev = event(
+            "sendto",
+            Op::SendTo,
+            Layer::Preload,
+            EventArgs::Send { fd: 5, len: 12, flags: 0x4000, addr: Some(NetAddr::Unix(b"\0bus".to_vec())) },
+        );
+        ev.ctx.payload = Some(b"GET /\r\n\xc3\x28".to_vec());
+        let send = record(ev, Verdict::Emulate(12));
+        assert_eq!(
+            line(&send),
+            r#"{"args":{"addr":"@bus","family":"unix","fd":5,"flags":16384,"len":12},"call":"sendto","data":{"hex":"474554202f0d0ac328"},"decision":"emulate","duration_us":0.0,"emulate":12,"exe":"/usr/bin/tar","handler":"on_open","latency_us":0.0,"layer":"preload","mono_ns":15068510902746,"op":"sendto","pid":4242,"policy":"fnv1a64:c35f51cc2d069c2e","ppid":1,"result":12,"tid":4243,"time":1795376164.7699122}
+"#
+        );
+
+        // A send with no address, on the ptrace layer, registers wanted, killed.
+        let mut ev =
+            event("sendmsg", Op::SendMsg, Layer::Ptrace, EventArgs::Send { fd: 6, len: 0, flags: 0, addr: None });
+        ev.ctx.regs = Some(std::array::from_fn(|i| (i as u64) << 40 | 0xabc));
+        let kill = record(ev, Verdict::Kill);
+        assert_eq!(
+            line(&kill),
+            r#"{"args":{"fd":6,"flags":0,"len":0},"call":"sendmsg","decision":"kill","exe":"/usr/bin/tar","handler":"on_open","latency_us":0.0,"layer":"ptrace","mono_ns":15068510902746,"op":"sendmsg","pid":4242,"policy":"fnv1a64:c35f51cc2d069c2e","ppid":1,"regs":{"eflags":"0x110000000abc","orig_rax":"0x120000000abc","r10":"0xa0000000abc","r11":"0xb0000000abc","r12":"0xc0000000abc","r13":"0xd0000000abc","r14":"0xe0000000abc","r15":"0xf0000000abc","r8":"0x80000000abc","r9":"0x90000000abc","rax":"0xabc","rbp":"0x60000000abc","rbx":"0x10000000abc","rcx":"0x20000000abc","rdi":"0x50000000abc","rdx":"0x30000000abc","rip":"0x100000000abc","rsi":"0x40000000abc","rsp":"0x70000000abc"},"tid":4243,"time":1795376164.7699122}
+"#
+        );
+
+        // An exec, its arguments rewritten, with a policy error.
+        let ev = event(
+            "execve",
+            Op::Exec,
+            Layer::Preload,
+            EventArgs::Exec {
+                path: b"/usr/bin/env".to_vec(),
+                raw_path: b"env".to_vec(),
+                argv: vec![b"env".to_vec(), b"\xfe".to_vec()],
+                envp: vec![b"PATH=/bin".to_vec(), Vec::new()],
+            },
+        );
+        let mut exec =
+            record(ev, Verdict::Rewrite { flags: Some(0o1101), mode: Some(0o644), data: Some(b"\x00\x01ok".to_vec()) });
+        exec.outcome.error = Some("policy.lua:3: attempt to index a nil value (\"ev\")".into());
+        exec.outcome.handler = "error";
+        assert_eq!(
+            line(&exec),
+            r#"{"args":{"argv":["env",{"hex":"fe"}],"envp":["PATH=/bin",""],"path":"/usr/bin/env","raw_path":"env"},"call":"execve","decision":"rewrite","error":"policy.lua:3: attempt to index a nil value (\"ev\")","exe":"/usr/bin/tar","handler":"error","latency_us":0.0,"layer":"preload","mono_ns":15068510902746,"op":"exec","pid":4242,"policy":"fnv1a64:c35f51cc2d069c2e","ppid":1,"rewrite":{"data":"\u0000\u0001ok","flags":577,"mode":420},"tid":4243,"time":1795376164.7699122}
+"#
+        );
+
+        // A hooked library call with every kind of argument.
+        let ev = event(
+            "SSL_write",
+            Op::Api,
+            Layer::Preload,
+            EventArgs::Api {
+                lib: "libssl.so.3".into(),
+                symbol: "SSL_write".into(),
+                raw: [0x5555_0000, 0x7fff_1234, 5, 0, u64::MAX, 1],
+                args: vec![ApiArg::Ptr(0x5555_0000), ApiArg::Bytes(b"hello".to_vec()), ApiArg::Int(-5)],
+                backtrace: vec!["/usr/lib/libssl.so.3+0x40 (SSL_write+0x10)".into()],
+            },
+        );
+        let mut api = record(ev, Verdict::Rewrite { flags: Some(2), mode: None, data: None });
+        api.outcome.logs = vec!["seen".into()];
+        api.result = Some(CallResult { ret: i64::MIN, errno: 0, duration: Duration::from_secs(2) });
+        assert_eq!(
+            line(&api),
+            r#"{"args":{"args":["0x55550000","hello",-5],"backtrace":["/usr/lib/libssl.so.3+0x40 (SSL_write+0x10)"],"lib":"libssl.so.3","raw":[1431633920,2147422772,5,0,18446744073709551615,1],"symbol":"SSL_write"},"call":"SSL_write","decision":"rewrite","duration_us":2000000.0,"exe":"/usr/bin/tar","handler":"on_open","latency_us":0.0,"layer":"preload","logs":["seen"],"mono_ns":15068510902746,"op":"api","pid":4242,"policy":"fnv1a64:c35f51cc2d069c2e","ppid":1,"result":-9223372036854775808,"rewrite":{"flags":2},"tid":4243,"time":1795376164.7699122}
+"#
+        );
+    }
+}
