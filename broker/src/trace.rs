@@ -220,30 +220,11 @@ impl Sink {
                 candidate.handler
             );
         }
-        let mut shadow = serde_json::Map::new();
-        shadow.insert("decision".into(), json!(candidate.verdict.kind()));
-        shadow.insert("handler".into(), json!(candidate.handler));
-        shadow.insert("policy".into(), json!(shadow_hash));
-        verdict_json(&mut shadow, &candidate.verdict, None);
-        if let Some(e) = &candidate.error {
-            shadow.insert("error".into(), json!(e));
+        if self.trace.is_some() {
+            let mut line = Vec::new();
+            write_shadow(&mut line, event, enforced, candidate, shadow_hash, SystemTime::now());
+            self.write_lines(&mut line);
         }
-        let mut j = json!({
-            "type": "shadow",
-            "time": SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
-            "mono_ns": event.mono_ns,
-            "pid": event.pid,
-            "tid": event.tid,
-            "call": event.func,
-            "op": event.op.name(),
-            "args": event.args_json(),
-            "decision": enforced.verdict.kind(),
-            "handler": enforced.handler,
-        });
-        let m = j.as_object_mut().expect("json! object");
-        verdict_json(m, &enforced.verdict, None);
-        m.insert("shadow".into(), Json::Object(shadow));
-        self.write(&j);
     }
 
     /// A line that is not a call (`{"type": "reload", …}`): the trace's own events.
@@ -300,6 +281,41 @@ impl Sink {
     }
 }
 
+/// Append the trace line of a call on which the shadow policy disagreed.
+fn write_shadow(
+    lines: &mut Vec<u8>,
+    event: &Event,
+    enforced: &Outcome,
+    candidate: &Outcome,
+    shadow_hash: &str,
+    time: SystemTime,
+) {
+    let mut shadow = serde_json::Map::new();
+    shadow.insert("decision".into(), json!(candidate.verdict.kind()));
+    shadow.insert("handler".into(), json!(candidate.handler));
+    shadow.insert("policy".into(), json!(shadow_hash));
+    verdict_json(&mut shadow, &candidate.verdict, None);
+    if let Some(e) = &candidate.error {
+        shadow.insert("error".into(), json!(e));
+    }
+    let mut j = json!({
+        "type": "shadow",
+        "time": time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+        "mono_ns": event.mono_ns,
+        "pid": event.pid,
+        "tid": event.tid,
+        "call": event.func,
+        "op": event.op.name(),
+        "args": event.args_json(),
+        "decision": enforced.verdict.kind(),
+        "handler": enforced.handler,
+    });
+    let m = j.as_object_mut().expect("json! object");
+    verdict_json(m, &enforced.verdict, None);
+    m.insert("shadow".into(), Json::Object(shadow));
+    push_line(lines, &j);
+}
+
 /// Append `record`'s trace line to `lines`.
 fn write_record(lines: &mut Vec<u8>, record: &Record) {
     push_line(lines, &record.to_json());
@@ -324,7 +340,7 @@ mod tests {
 
     use hermes_wire::{Layer, Op};
 
-    use super::{write_record, CallResult, Record};
+    use super::{write_record, write_shadow, CallResult, Record};
     use crate::event::{ApiArg, Event, EventArgs, EventContext, NetAddr, ProcInfo};
     use crate::policy::{Outcome, Verdict};
 
@@ -497,6 +513,48 @@ mod tests {
         assert_eq!(
             line(&api),
             r#"{"args":{"args":["0x55550000","hello",-5],"backtrace":["/usr/lib/libssl.so.3+0x40 (SSL_write+0x10)"],"lib":"libssl.so.3","raw":[1431633920,2147422772,5,0,18446744073709551615,1],"symbol":"SSL_write"},"call":"SSL_write","decision":"rewrite","duration_us":2000000.0,"exe":"/usr/bin/tar","handler":"on_open","latency_us":0.0,"layer":"preload","logs":["seen"],"mono_ns":15068510902746,"op":"api","pid":4242,"policy":"fnv1a64:c35f51cc2d069c2e","ppid":1,"result":-9223372036854775808,"rewrite":{"flags":2},"tid":4243,"time":1795376164.7699122}
+"#
+        );
+    }
+
+    #[test]
+    fn shadow_lines_are_byte_for_byte_as_documented() {
+        let time = UNIX_EPOCH + Duration::from_nanos(1_795_376_164_769_912_345);
+        let shadow_line = |ev: &Event, enforced: &Outcome, candidate: &Outcome| {
+            let mut lines = Vec::new();
+            write_shadow(&mut lines, ev, enforced, candidate, "fnv1a64:0123456789abcdef", time);
+            String::from_utf8(lines).unwrap()
+        };
+        let ev = event("openat", Op::Open, Layer::Preload, open(b"/etc/shadow", b"shadow"));
+        let allowed = Outcome::fixed(Verdict::Allow, "on_open", None);
+        let denied = Outcome::fixed(Verdict::Deny(13), "on_open", None);
+        let (a, b) = (shadow_line(&ev, &allowed, &denied), shadow_line(&ev, &denied, &allowed));
+        assert_eq!(
+            a,
+            r#"{"args":{"dirfd":7,"flags":657664,"mode":0,"path":"/etc/shadow","raw_path":"shadow"},"call":"openat","decision":"allow","handler":"on_open","mono_ns":15068510902746,"op":"open","pid":4242,"shadow":{"decision":"deny","errno":"EACCES","handler":"on_open","policy":"fnv1a64:0123456789abcdef"},"tid":4243,"time":1795376164.7699122,"type":"shadow"}
+"#
+        );
+        assert_eq!(
+            b,
+            r#"{"args":{"dirfd":7,"flags":657664,"mode":0,"path":"/etc/shadow","raw_path":"shadow"},"call":"openat","decision":"deny","errno":"EACCES","handler":"on_open","mono_ns":15068510902746,"op":"open","pid":4242,"shadow":{"decision":"allow","handler":"on_open","policy":"fnv1a64:0123456789abcdef"},"tid":4243,"time":1795376164.7699122,"type":"shadow"}
+"#
+        );
+        let redirected = Outcome::fixed(Verdict::Redirect(b"/tmp/\\x".to_vec()), "on_open", None);
+        let failed = Outcome::fixed(
+            Verdict::Rewrite { flags: None, mode: Some(0o600), data: None },
+            "error",
+            Some("shadow.lua:1: boom".into()),
+        );
+        let emulated = Outcome::fixed(Verdict::Emulate(-3), "on_call", None);
+        let (c, d) = (shadow_line(&ev, &redirected, &failed), shadow_line(&ev, &failed, &emulated));
+        assert_eq!(
+            c,
+            r#"{"args":{"dirfd":7,"flags":657664,"mode":0,"path":"/etc/shadow","raw_path":"shadow"},"call":"openat","decision":"redirect","handler":"on_open","mono_ns":15068510902746,"op":"open","pid":4242,"redirect":"/tmp/\\x","shadow":{"decision":"rewrite","error":"shadow.lua:1: boom","handler":"error","policy":"fnv1a64:0123456789abcdef","rewrite":{"mode":384}},"tid":4243,"time":1795376164.7699122,"type":"shadow"}
+"#
+        );
+        assert_eq!(
+            d,
+            r#"{"args":{"dirfd":7,"flags":657664,"mode":0,"path":"/etc/shadow","raw_path":"shadow"},"call":"openat","decision":"rewrite","handler":"error","mono_ns":15068510902746,"op":"open","pid":4242,"rewrite":{"mode":384},"shadow":{"decision":"emulate","emulate":-3,"handler":"on_call","policy":"fnv1a64:0123456789abcdef"},"tid":4243,"time":1795376164.7699122,"type":"shadow"}
 "#
         );
     }
