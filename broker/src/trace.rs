@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value as Json};
 
 use crate::errno;
-use crate::event::{bytes_json, Event, EventContext, NetAddr};
+use crate::event::{Event, NetAddr};
+use crate::json::{self, Object};
 use crate::policy::{Outcome, Verdict};
 
 /// The result of the real call, when it ran.
@@ -47,52 +48,72 @@ impl Record {
         }
     }
 
-    fn to_json(&self) -> Json {
-        let ev = &self.event;
-        let verdict = &self.outcome.verdict;
-        let time = self.time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-        let mut j = json!({
-            "time": time,
-            "mono_ns": ev.mono_ns,
-            "pid": ev.pid,
-            "tid": ev.tid,
-            "ppid": ev.proc.ppid,
-            "exe": bytes_json(&ev.proc.exe),
-            "layer": ev.layer.name(),
-            "call": ev.func,
-            "op": ev.op.name(),
-            "args": ev.args_json(),
-            "decision": verdict.kind(),
-            "handler": self.outcome.handler,
-            "policy": &*self.policy_hash,
-            "latency_us": self.latency.as_secs_f64() * 1e6,
-        });
-        let m = j.as_object_mut().expect("json! object");
-        verdict_json(m, verdict, self.redirected_to.as_ref());
-        if self.outcome.injected {
-            m.insert("injected".into(), json!(true));
+    /// Append the record's JSON object (keys in byte order, as `serde_json` sorts a map).
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let (ev, outcome, ctx) = (&self.event, &self.outcome, &self.event.ctx);
+        let result = self.result.or_else(|| self.implied_result());
+        let mut o = Object::new(out);
+        let mut args = o.object("args");
+        ev.write_args(&mut args);
+        args.end();
+        if !ctx.backtrace.is_empty() {
+            o.value("backtrace", &ctx.backtrace);
         }
-        if self.outcome.cache {
-            m.insert("cache".into(), json!(true));
+        if outcome.cache {
+            o.value("cache", &true);
         }
+        o.value("call", &ev.func);
+        if let Some(data) = &ctx.payload {
+            o.bytes("data", data);
+        }
+        o.value("decision", outcome.verdict.kind());
+        if let Some(r) = result {
+            o.value("duration_us", &(r.duration.as_secs_f64() * 1e6));
+        }
+        emulate_and_errno(&mut o, &outcome.verdict);
+        if let Some(e) = &outcome.error {
+            o.value("error", e);
+        }
+        o.bytes("exe", &ev.proc.exe);
+        o.value("handler", outcome.handler);
+        if outcome.injected {
+            o.value("injected", &true);
+        }
+        o.value("latency_us", &(self.latency.as_secs_f64() * 1e6));
+        o.value("layer", ev.layer.name());
+        if !outcome.logs.is_empty() {
+            o.value("logs", &outcome.logs);
+        }
+        o.value("mono_ns", &ev.mono_ns);
         if self.observed {
-            m.insert("observed".into(), json!(true));
+            o.value("observed", &true);
         }
-        context_json(m, &ev.ctx);
-        if let Some(r) = self.result.or_else(|| self.implied_result()) {
-            m.insert("result".into(), json!(r.ret));
-            if r.errno != 0 {
-                m.insert("result_errno".into(), errno_json(r.errno));
+        o.value("op", ev.op.name());
+        o.value("pid", &ev.pid);
+        o.value("policy", &*self.policy_hash);
+        o.value("ppid", &ev.proc.ppid);
+        redirect(&mut o, &outcome.verdict, self.redirected_to.as_ref());
+        if let Some(regs) = &ctx.regs {
+            // By name, as a JSON map is ordered.
+            let mut named: [(&str, u64); hermes_wire::REGS_LEN] =
+                std::array::from_fn(|i| (hermes_wire::REGS[i], regs[i]));
+            named.sort_unstable_by_key(|(name, _)| *name);
+            let mut r = o.object("regs");
+            for (name, value) in named {
+                r.with(name, |out| json::hex_string(out, value));
             }
-            m.insert("duration_us".into(), json!(r.duration.as_secs_f64() * 1e6));
+            r.end();
         }
-        if !self.outcome.logs.is_empty() {
-            m.insert("logs".into(), json!(self.outcome.logs));
+        if let Some(r) = result {
+            o.value("result", &r.ret);
+            if r.errno != 0 {
+                o.with("result_errno", |out| errno(out, r.errno));
+            }
         }
-        if let Some(e) = &self.outcome.error {
-            m.insert("error".into(), json!(e));
-        }
-        j
+        rewrite(&mut o, &outcome.verdict);
+        o.value("tid", &ev.tid);
+        o.value("time", &unix_seconds(self.time));
+        o.end();
     }
 
     /// `[pid 123] openat("/etc/passwd", 0o0) = deny EACCES (on_open)`
@@ -135,57 +156,56 @@ impl Record {
     }
 }
 
-/// The decision's parameters: `errno`, `redirect`, `emulate`, `rewrite`.
-fn verdict_json(m: &mut serde_json::Map<String, Json>, verdict: &Verdict, redirected_to: Option<&NetAddr>) {
+/// The decision's `emulate` and `errno`, if it has them (one of the two at most).
+fn emulate_and_errno(o: &mut Object<'_>, verdict: &Verdict) {
+    match *verdict {
+        Verdict::Emulate(ret) => o.value("emulate", &ret),
+        Verdict::Deny(e) => o.with("errno", |out| errno(out, e)),
+        _ => {}
+    }
+}
+
+/// Where the decision redirected the call: a path, or for a connect or a send the
+/// address it went to (`redirected_to`, when known).
+fn redirect(o: &mut Object<'_>, verdict: &Verdict, redirected_to: Option<&NetAddr>) {
     match verdict {
-        Verdict::Deny(e) => {
-            m.insert("errno".into(), errno_json(*e));
-        }
-        Verdict::Redirect(path) => {
-            m.insert("redirect".into(), bytes_json(path));
-        }
+        Verdict::Redirect(path) => o.bytes("redirect", path),
         Verdict::RedirectAddr { .. } => {
             if let Some(to) = redirected_to {
-                m.insert("redirect".into(), json!(to.display()));
+                o.value("redirect", &to.display());
             }
         }
-        Verdict::Emulate(ret) => {
-            m.insert("emulate".into(), json!(ret));
-        }
-        Verdict::Rewrite { flags, mode, data } => {
-            let mut r = serde_json::Map::new();
-            if let Some(f) = flags {
-                r.insert("flags".into(), json!(f));
-            }
-            if let Some(md) = mode {
-                r.insert("mode".into(), json!(md));
-            }
-            if let Some(d) = data {
-                r.insert("data".into(), bytes_json(d));
-            }
-            m.insert("rewrite".into(), Json::Object(r));
-        }
-        Verdict::Allow | Verdict::Kill => {}
+        _ => {}
     }
 }
 
-/// Context the policy asked for, as the trace keeps it.
-fn context_json(m: &mut serde_json::Map<String, Json>, ctx: &EventContext) {
-    if !ctx.backtrace.is_empty() {
-        m.insert("backtrace".into(), json!(ctx.backtrace));
-    }
-    if let Some(data) = &ctx.payload {
-        m.insert("data".into(), bytes_json(data));
-    }
-    if let Some(regs) = &ctx.regs {
-        let r: serde_json::Map<String, Json> =
-            hermes_wire::REGS.iter().zip(regs).map(|(n, v)| ((*n).to_owned(), json!(format!("{v:#x}")))).collect();
-        m.insert("regs".into(), Json::Object(r));
+/// The arguments a `rewrite` decision replaced.
+fn rewrite(o: &mut Object<'_>, verdict: &Verdict) {
+    if let Verdict::Rewrite { flags, mode, data } = verdict {
+        let mut r = o.object("rewrite");
+        if let Some(d) = data {
+            r.bytes("data", d);
+        }
+        if let Some(f) = flags {
+            r.value("flags", f);
+        }
+        if let Some(m) = mode {
+            r.value("mode", m);
+        }
+        r.end();
     }
 }
 
-fn errno_json(e: i32) -> Json {
-    errno::name(e).map_or_else(|| json!(e), |n| json!(n))
+/// An errno by name (`"EACCES"`), or its number when it has none.
+fn errno(out: &mut Vec<u8>, e: i32) {
+    match errno::name(e) {
+        Some(name) => json::value_into(out, name),
+        None => json::value_into(out, &e),
+    }
+}
+
+fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
 /// Where records are written. Each record is one `write` of one line, so a broker
@@ -231,10 +251,7 @@ impl Sink {
     pub fn note(&self, kind: &str, mut fields: Json) {
         if let Some(m) = fields.as_object_mut() {
             m.insert("type".into(), json!(kind));
-            m.insert(
-                "time".into(),
-                json!(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()),
-            );
+            m.insert("time".into(), json!(unix_seconds(SystemTime::now())));
             m.insert("mono_ns".into(), json!(crate::event::monotonic_ns()));
         }
         self.write(&fields);
@@ -290,35 +307,41 @@ fn write_shadow(
     shadow_hash: &str,
     time: SystemTime,
 ) {
-    let mut shadow = serde_json::Map::new();
-    shadow.insert("decision".into(), json!(candidate.verdict.kind()));
-    shadow.insert("handler".into(), json!(candidate.handler));
-    shadow.insert("policy".into(), json!(shadow_hash));
-    verdict_json(&mut shadow, &candidate.verdict, None);
+    let mut o = Object::new(lines);
+    let mut args = o.object("args");
+    event.write_args(&mut args);
+    args.end();
+    o.value("call", &event.func);
+    o.value("decision", enforced.verdict.kind());
+    emulate_and_errno(&mut o, &enforced.verdict);
+    o.value("handler", enforced.handler);
+    o.value("mono_ns", &event.mono_ns);
+    o.value("op", event.op.name());
+    o.value("pid", &event.pid);
+    redirect(&mut o, &enforced.verdict, None);
+    rewrite(&mut o, &enforced.verdict);
+    let mut shadow = o.object("shadow");
+    shadow.value("decision", candidate.verdict.kind());
+    emulate_and_errno(&mut shadow, &candidate.verdict);
     if let Some(e) = &candidate.error {
-        shadow.insert("error".into(), json!(e));
+        shadow.value("error", e);
     }
-    let mut j = json!({
-        "type": "shadow",
-        "time": time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
-        "mono_ns": event.mono_ns,
-        "pid": event.pid,
-        "tid": event.tid,
-        "call": event.func,
-        "op": event.op.name(),
-        "args": event.args_json(),
-        "decision": enforced.verdict.kind(),
-        "handler": enforced.handler,
-    });
-    let m = j.as_object_mut().expect("json! object");
-    verdict_json(m, &enforced.verdict, None);
-    m.insert("shadow".into(), Json::Object(shadow));
-    push_line(lines, &j);
+    shadow.value("handler", candidate.handler);
+    shadow.value("policy", shadow_hash);
+    redirect(&mut shadow, &candidate.verdict, None);
+    rewrite(&mut shadow, &candidate.verdict);
+    shadow.end();
+    o.value("tid", &event.tid);
+    o.value("time", &unix_seconds(time));
+    o.value("type", "shadow");
+    o.end();
+    lines.push(b'\n');
 }
 
 /// Append `record`'s trace line to `lines`.
 fn write_record(lines: &mut Vec<u8>, record: &Record) {
-    push_line(lines, &record.to_json());
+    record.write_json(lines);
+    lines.push(b'\n');
 }
 
 /// Append `j` and a newline to `lines` (serialised straight into the buffer, not
