@@ -339,7 +339,7 @@ impl Event {
                 if let Some(a) = &addr_bytes {
                     o.bytes("addr", a);
                 }
-                o.value("family", addr.family());
+                o.str("family", addr.family());
                 o.value("fd", fd);
                 if let Some(port) = addr.port() {
                     o.value("port", &port);
@@ -351,7 +351,7 @@ impl Event {
                     o.bytes("addr", a);
                 }
                 if let Some(addr) = addr {
-                    o.value("family", addr.family());
+                    o.str("family", addr.family());
                 }
                 o.value("fd", fd);
                 o.value("flags", flags);
@@ -384,9 +384,9 @@ impl Event {
                 if !backtrace.is_empty() {
                     o.value("backtrace", backtrace);
                 }
-                o.value("lib", lib);
+                o.str("lib", lib);
                 o.value("raw", raw);
-                o.value("symbol", symbol);
+                o.str("symbol", symbol);
             }
         }
     }

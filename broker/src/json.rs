@@ -38,7 +38,12 @@ impl<'a> Object<'a> {
         self.out
     }
 
-    /// A number, a string, a bool, or a list of them, as `serde_json` writes it.
+    /// A string.
+    pub fn str(&mut self, key: &'static str, s: &str) {
+        string(self.key(key), s);
+    }
+
+    /// A number, a bool, or a list of them or of strings, as `serde_json` writes it.
     pub fn value<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) {
         value_into(self.key(key), value);
     }
@@ -83,10 +88,15 @@ pub fn value_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     let _ = serde_json::to_writer(out, value);
 }
 
+/// A string, escaped as `serde_json` escapes it.
+pub fn string(out: &mut Vec<u8>, s: &str) {
+    value_into(out, s);
+}
+
 /// Bytes: a string when they are UTF-8, else `{"hex": "…"}`, so nothing is lost.
 pub fn bytes(out: &mut Vec<u8>, b: &[u8]) {
     match std::str::from_utf8(b) {
-        Ok(s) => value_into(out, s),
+        Ok(s) => string(out, s),
         Err(_) => {
             const HEX: &[u8; 16] = b"0123456789abcdef";
             out.reserve(b.len() * 2 + 12);
@@ -126,6 +136,8 @@ mod tests {
         inner.end();
         o.object("i").end();
         o.value("j", &["s1", "s2"]);
+        o.str("k", "plain /path");
+        o.str("l", "\\ \" \u{8} \u{c} \n \r \t \u{1f} \u{7f} é");
         o.end();
         let want = json!({
             "a": {"hex": "2f6574632fff"},
@@ -138,6 +150,8 @@ mod tests {
             "h": {"x": true},
             "i": {},
             "j": ["s1", "s2"],
+            "k": "plain /path",
+            "l": "\\ \" \u{8} \u{c} \n \r \t \u{1f} \u{7f} é",
         });
         assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&want).unwrap());
     }

@@ -62,25 +62,25 @@ impl Record {
         if outcome.cache {
             o.value("cache", &true);
         }
-        o.value("call", &ev.func);
+        o.str("call", &ev.func);
         if let Some(data) = &ctx.payload {
             o.bytes("data", data);
         }
-        o.value("decision", outcome.verdict.kind());
+        o.str("decision", outcome.verdict.kind());
         if let Some(r) = result {
             o.value("duration_us", &(r.duration.as_secs_f64() * 1e6));
         }
         emulate_and_errno(&mut o, &outcome.verdict);
         if let Some(e) = &outcome.error {
-            o.value("error", e);
+            o.str("error", e);
         }
         o.bytes("exe", &ev.proc.exe);
-        o.value("handler", outcome.handler);
+        o.str("handler", outcome.handler);
         if outcome.injected {
             o.value("injected", &true);
         }
         o.value("latency_us", &(self.latency.as_secs_f64() * 1e6));
-        o.value("layer", ev.layer.name());
+        o.str("layer", ev.layer.name());
         if !outcome.logs.is_empty() {
             o.value("logs", &outcome.logs);
         }
@@ -88,9 +88,9 @@ impl Record {
         if self.observed {
             o.value("observed", &true);
         }
-        o.value("op", ev.op.name());
+        o.str("op", ev.op.name());
         o.value("pid", &ev.pid);
-        o.value("policy", &*self.policy_hash);
+        o.str("policy", &self.policy_hash);
         o.value("ppid", &ev.proc.ppid);
         redirect(&mut o, &outcome.verdict, self.redirected_to.as_ref());
         if let Some(regs) = &ctx.regs {
@@ -172,7 +172,7 @@ fn redirect(o: &mut Object<'_>, verdict: &Verdict, redirected_to: Option<&NetAdd
         Verdict::Redirect(path) => o.bytes("redirect", path),
         Verdict::RedirectAddr { .. } => {
             if let Some(to) = redirected_to {
-                o.value("redirect", &to.display());
+                o.str("redirect", &to.display());
             }
         }
         _ => {}
@@ -199,7 +199,7 @@ fn rewrite(o: &mut Object<'_>, verdict: &Verdict) {
 /// An errno by name (`"EACCES"`), or its number when it has none.
 fn errno(out: &mut Vec<u8>, e: i32) {
     match errno::name(e) {
-        Some(name) => json::value_into(out, name),
+        Some(name) => json::string(out, name),
         None => json::value_into(out, &e),
     }
 }
@@ -311,29 +311,29 @@ fn write_shadow(
     let mut args = o.object("args");
     event.write_args(&mut args);
     args.end();
-    o.value("call", &event.func);
-    o.value("decision", enforced.verdict.kind());
+    o.str("call", &event.func);
+    o.str("decision", enforced.verdict.kind());
     emulate_and_errno(&mut o, &enforced.verdict);
-    o.value("handler", enforced.handler);
+    o.str("handler", enforced.handler);
     o.value("mono_ns", &event.mono_ns);
-    o.value("op", event.op.name());
+    o.str("op", event.op.name());
     o.value("pid", &event.pid);
     redirect(&mut o, &enforced.verdict, None);
     rewrite(&mut o, &enforced.verdict);
     let mut shadow = o.object("shadow");
-    shadow.value("decision", candidate.verdict.kind());
+    shadow.str("decision", candidate.verdict.kind());
     emulate_and_errno(&mut shadow, &candidate.verdict);
     if let Some(e) = &candidate.error {
-        shadow.value("error", e);
+        shadow.str("error", e);
     }
-    shadow.value("handler", candidate.handler);
-    shadow.value("policy", shadow_hash);
+    shadow.str("handler", candidate.handler);
+    shadow.str("policy", shadow_hash);
     redirect(&mut shadow, &candidate.verdict, None);
     rewrite(&mut shadow, &candidate.verdict);
     shadow.end();
     o.value("tid", &event.tid);
     o.value("time", &unix_seconds(time));
-    o.value("type", "shadow");
+    o.str("type", "shadow");
     o.end();
     lines.push(b'\n');
 }
