@@ -78,7 +78,8 @@ def main():
         print(f"{h}: wall {med(0) * 1e3:.1f} ms, broker CPU {med(1) * 1e3:.1f} ms "
               f"(under /bin/true: {base * 1e3:.1f} ms; the difference per line: {per_line:.2f} us), "
               f"launcher+target CPU {med(3) * 1e3:.1f} ms, lines {int(med(4))}")
-        print("   broker CPU (ms) each run: " + " ".join(f"{r[1] * 1e3:.1f}" for r in rs))
+        print(f"   of which user {med(2) * 1e3:.1f} ms; broker CPU (ms) each run: "
+              + " ".join(f"{r[1] * 1e3:.1f}" for r in rs))
 
 
 if __name__ == "__main__":
