@@ -4,8 +4,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hermes_wire::{Args, Layer, Op, SockAddr, API_ARGS};
-use serde_json::{json, Map, Value as Json};
+use serde_json::Value as Json;
 
+use crate::json::{self, Object};
 use crate::resolve::{self, Viewer};
 
 /// A socket address owned by the broker.
@@ -298,52 +299,78 @@ impl Event {
 
     /// The decoded arguments for the trace, one JSON object.
     pub fn args_json(&self) -> Json {
-        let mut m = Map::new();
+        let mut out = Vec::new();
+        let mut o = Object::new(&mut out);
+        self.write_args(&mut o);
+        o.end();
+        serde_json::from_slice(&out).expect("the trace's own JSON parses")
+    }
+
+    /// The decoded arguments as members of `o` (the trace's `args`), in key order.
+    pub(crate) fn write_args(&self, o: &mut Object<'_>) {
         match &self.args {
             EventArgs::Open { dirfd, path, raw_path, flags, mode } => {
-                m.insert("path".into(), bytes_json(path));
-                m.insert("raw_path".into(), bytes_json(raw_path));
-                m.insert("dirfd".into(), json!(dirfd));
-                m.insert("flags".into(), json!(flags));
-                m.insert("mode".into(), json!(mode));
+                o.value("dirfd", dirfd);
+                o.value("flags", flags);
+                o.value("mode", mode);
+                o.bytes("path", path);
+                o.bytes("raw_path", raw_path);
             }
             EventArgs::Connect { fd, addr } => {
-                m.insert("fd".into(), json!(fd));
-                addr_json(&mut m, addr);
+                let addr_bytes = addr.addr_bytes();
+                if let Some(a) = &addr_bytes {
+                    o.bytes("addr", a);
+                }
+                o.str("family", addr.family());
+                o.value("fd", fd);
+                if let Some(port) = addr.port() {
+                    o.value("port", &port);
+                }
             }
             EventArgs::Send { fd, len, flags, addr } => {
-                m.insert("fd".into(), json!(fd));
-                m.insert("len".into(), json!(len));
-                m.insert("flags".into(), json!(flags));
+                let addr_bytes = addr.as_ref().and_then(NetAddr::addr_bytes);
+                if let Some(a) = &addr_bytes {
+                    o.bytes("addr", a);
+                }
                 if let Some(addr) = addr {
-                    addr_json(&mut m, addr);
+                    o.str("family", addr.family());
+                }
+                o.value("fd", fd);
+                o.value("flags", flags);
+                o.value("len", len);
+                if let Some(port) = addr.as_ref().and_then(NetAddr::port) {
+                    o.value("port", &port);
                 }
             }
             EventArgs::Exec { path, raw_path, argv, envp } => {
-                m.insert("path".into(), bytes_json(path));
-                m.insert("raw_path".into(), bytes_json(raw_path));
-                m.insert("argv".into(), argv.iter().map(|a| bytes_json(a)).collect());
-                m.insert("envp".into(), envp.iter().map(|e| bytes_json(e)).collect());
+                o.bytes_list("argv", argv);
+                o.bytes_list("envp", envp);
+                o.bytes("path", path);
+                o.bytes("raw_path", raw_path);
             }
             EventArgs::Api { lib, symbol, raw, args, backtrace } => {
+                o.with("args", |out| {
+                    out.push(b'[');
+                    for (i, a) in args.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        match a {
+                            ApiArg::Int(n) => json::value_into(out, n),
+                            ApiArg::Ptr(p) => json::hex_string(out, *p),
+                            ApiArg::Bytes(b) => json::bytes(out, b),
+                        }
+                    }
+                    out.push(b']');
+                });
                 if !backtrace.is_empty() {
-                    m.insert("backtrace".into(), json!(backtrace));
+                    o.value("backtrace", backtrace);
                 }
-                m.insert("lib".into(), json!(lib));
-                m.insert("symbol".into(), json!(symbol));
-                m.insert("raw".into(), json!(raw));
-                let decoded: Vec<Json> = args
-                    .iter()
-                    .map(|a| match a {
-                        ApiArg::Int(i) => json!(i),
-                        ApiArg::Ptr(p) => json!(format!("{p:#x}")),
-                        ApiArg::Bytes(b) => bytes_json(b),
-                    })
-                    .collect();
-                m.insert("args".into(), Json::Array(decoded));
+                o.str("lib", lib);
+                o.value("raw", raw);
+                o.str("symbol", symbol);
             }
         }
-        Json::Object(m)
     }
 
     /// A short strace-like rendering for `-v`: `openat("/etc/passwd", 0x0)`.
@@ -384,16 +411,6 @@ impl Event {
     }
 }
 
-fn addr_json(m: &mut Map<String, Json>, addr: &NetAddr) {
-    m.insert("family".into(), json!(addr.family()));
-    if let Some(a) = addr.addr_bytes() {
-        m.insert("addr".into(), bytes_json(&a));
-    }
-    if let Some(port) = addr.port() {
-        m.insert("port".into(), json!(port));
-    }
-}
-
 /// Name each return address by the file mapped there and, when its symbol tables say,
 /// the function: `/usr/lib/x86_64-linux-gnu/libz.so.1+0x2f10 (deflate+0x40)` (the offset
 /// is the file offset, what `addr2line -e FILE` takes for a shared object).
@@ -428,12 +445,4 @@ fn symbolize(pid: i32, frames: &[u64]) -> Vec<String> {
             _ => format!("{ip:#x}"),
         })
         .collect()
-}
-
-/// Bytes as a JSON string when they are UTF-8, else as `{"hex": "…"}` so nothing is lost.
-pub fn bytes_json(b: &[u8]) -> Json {
-    match std::str::from_utf8(b) {
-        Ok(s) => Json::String(s.to_owned()),
-        Err(_) => json!({ "hex": b.iter().map(|x| format!("{x:02x}")).collect::<String>() }),
-    }
 }

@@ -233,6 +233,26 @@ impl Lane {
     }
 }
 
+/// When a ring is read: the wall clock and CLOCK_MONOTONIC, read together once for
+/// all the records of that read (two clock reads per read, not per record).
+#[derive(Clone, Copy)]
+struct ReadAt {
+    wall: SystemTime,
+    mono_ns: u64,
+}
+
+impl ReadAt {
+    fn now() -> Self {
+        ReadAt { mono_ns: monotonic_ns(), wall: SystemTime::now() }
+    }
+
+    /// The wall-clock time of `mono_ns`, a moment (before the read) on CLOCK_MONOTONIC.
+    fn wall_time(self, mono_ns: u64) -> SystemTime {
+        let age = Duration::from_nanos(self.mono_ns.saturating_sub(mono_ns));
+        self.wall.checked_sub(age).unwrap_or(self.wall)
+    }
+}
+
 impl LaneState {
     fn drain(&mut self, lane: &Lane, shared: &Shared) {
         let Some(ring) = lane.ring.as_ref().and_then(RingMap::ring) else { return };
@@ -242,6 +262,7 @@ impl LaneState {
         // Only what is published now: a producer that never stops cannot keep a
         // reader here forever.
         let head = ring.published();
+        let read_at = ReadAt::now();
         loop {
             let record = match ring.peek(self.tail, head) {
                 Ok(Some(record)) => record,
@@ -255,7 +276,7 @@ impl LaneState {
             ring.release(self.tail);
             let handled = match read {
                 Ok(()) => match wire::decode::<ClientFrame>(&frame[4..]) {
-                    Ok(msg) => self.one_way(lane, shared, msg, Some(record.mono_ns)),
+                    Ok(msg) => self.one_way(lane, shared, msg, Some((record.mono_ns, read_at))),
                     Err(_) => Err("a malformed frame"),
                 },
                 Err(e) => Err(e.text()),
@@ -279,23 +300,22 @@ impl LaneState {
     }
 
     /// Handle a one-way frame; `at` is the client's clock when it came through the
-    /// ring. A frame that is not one-way is refused.
+    /// ring, and when the ring was read. A frame that is not one-way is refused.
     fn one_way(
         &mut self,
         lane: &Lane,
         shared: &Shared,
         msg: ClientFrame<'_>,
-        at: Option<u64>,
+        at: Option<(u64, ReadAt)>,
     ) -> Result<(), &'static str> {
         match msg {
             ClientMsg::Observe(call) => {
                 let mut event = self.event(lane, shared, &call, true);
                 let time = match at {
                     // The event happened when the client wrote it, not when we read it.
-                    Some(at) => {
+                    Some((at, read_at)) => {
                         event.mono_ns = at;
-                        let age = Duration::from_nanos(monotonic_ns().saturating_sub(at));
-                        SystemTime::now().checked_sub(age).unwrap_or_else(SystemTime::now)
+                        read_at.wall_time(at)
                     }
                     None => SystemTime::now(),
                 };

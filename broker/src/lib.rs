@@ -6,6 +6,7 @@ pub mod board;
 pub mod engine;
 pub mod errno;
 pub mod event;
+mod json;
 pub mod lane;
 pub mod policy;
 pub mod replay;

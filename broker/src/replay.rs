@@ -333,7 +333,7 @@ fn net_addr(a: &Fields) -> Result<Option<NetAddr>, RecordError> {
     }))
 }
 
-/// Bytes as `event::bytes_json` writes them: a string, or `{"hex": "…"}`.
+/// Bytes as the trace writes them (`json::bytes`): a string, or `{"hex": "…"}`.
 fn json_bytes(v: &Json) -> Option<Vec<u8>> {
     match v {
         Json::String(s) => Some(s.as_bytes().to_vec()),

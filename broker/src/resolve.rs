@@ -53,11 +53,12 @@ impl Viewer {
     /// [`Viewer::resolve`] where a relative path starts from `known`, when the caller
     /// knows what `dirfd` was at the call, instead of from what /proc says now.
     pub fn resolve_from(self, known: Option<Vec<u8>>, dirfd: i32, raw: &[u8], follow_last: bool) -> Option<Vec<u8>> {
-        let start = match known {
+        let mut start = match known {
             _ if raw.first() == Some(&b'/') => Vec::new(),
             Some(dir) => dir,
             None => self.base(dirfd)?,
         };
+        start.reserve(raw.len() + 1); // room for the names, so one allocation is the usual case
         let mut walker = Walker { viewer: self, out: start, links: 0 };
         walker.walk(raw, follow_last);
         if walker.out.is_empty() {
@@ -79,10 +80,10 @@ impl Walker {
         if path.first() == Some(&b'/') {
             self.out.clear();
         }
-        let parts: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|p| !p.is_empty()).collect();
-        for (i, part) in parts.iter().enumerate() {
-            let last = i + 1 == parts.len();
-            match *part {
+        let mut parts = path.split(|&b| b == b'/').filter(|p| !p.is_empty()).peekable();
+        while let Some(part) = parts.next() {
+            let last = parts.peek().is_none();
+            match part {
                 b"." => {}
                 b".." => {
                     let cut = self.out.iter().rposition(|&b| b == b'/').unwrap_or(0);
