@@ -373,9 +373,9 @@ impl Session {
     }
 
     /// Send `frame` on the call's connection. A new connection is made when there is
-    /// none, and the frame goes right after its Hello, before the Welcome comes back:
-    /// a new process's first call costs one round trip. A one-way frame (`made` at
-    /// that time) on the thread's connection goes into its ring when it can.
+    /// none, and a call goes right after its Hello, before the Welcome comes back: a
+    /// new process's first decided call costs one round trip. A one-way frame (`made`
+    /// at that time) on the thread's connection goes into its ring when it can.
     fn deliver(&mut self, (pid, tid): (i32, i32), frame: &[u8], made: Option<u64>) -> Result<(), i32> {
         if self.one_shot {
             self.fd = connect(pid, tid, false, Some(frame))?.0;
@@ -389,10 +389,19 @@ impl Session {
                     None => sys::write_all(fd, frame),
                 }
             }
-            None => {
-                self.fd = new_thread_conn(pid, tid, frame, made.is_some())?;
-                Ok(())
-            }
+            // A one-way frame waits for the Welcome and its ring: sent on the socket
+            // instead, it would close the ring until the broker has handled it, and
+            // the thread's next frames would chase it there.
+            None => match made {
+                Some(mono_ns) => {
+                    self.fd = new_thread_conn(pid, tid, None)?;
+                    post_frame(self.fd, false, frame, mono_ns)
+                }
+                None => {
+                    self.fd = new_thread_conn(pid, tid, Some(frame))?;
+                    Ok(())
+                }
+            },
         }
     }
 
@@ -510,19 +519,19 @@ fn own_conn(tid: i32) -> Option<i32> {
     if fd >= 0 {
         // The program closed or replaced it: the number is not ours any more.
         CONN.with(|c| c.set((-1, seq)));
-        ring::install(0, 0);
+        ring::install(0);
     }
     None
 }
 
 /// Make this thread's connection, with a ring when one-way frames may come, and send
-/// `first` with its Hello; a `one_way` first frame counts as sent on the socket.
-fn new_thread_conn(pid: i32, tid: i32, first: &[u8], one_way: bool) -> Result<i32, i32> {
-    let (fd, at) = connect(pid, tid, wants_ring(), Some(first))?;
+/// `first` (a call) right after its Hello.
+fn new_thread_conn(pid: i32, tid: i32, first: Option<&[u8]>) -> Result<i32, i32> {
+    let (fd, at) = connect(pid, tid, wants_ring(), first)?;
     fds::mark_ours(fd, tid);
     config::on_thread_exit_close(fd);
     CONN.with(|c| c.set((fd, c.get().1)));
-    ring::install(at, u64::from(one_way));
+    ring::install(at);
     Ok(fd)
 }
 
@@ -538,7 +547,7 @@ fn drop_thread_conn() {
         sys::close(fd);
     }
     CONN.with(|c| c.set((-1, seq)));
-    ring::install(0, 0);
+    ring::install(0);
 }
 
 /// Whether the caller shares this memory without having forked through libc: a vfork
@@ -604,7 +613,7 @@ pub fn close_thread_conn(fd: i32) {
     if fds::release(fd, sys::gettid()) {
         sys::close(fd);
     }
-    ring::install(0, 0);
+    ring::install(0);
 }
 
 /// Connect to the broker; with `want_ring`, ask for an event ring as well. `first`, a

@@ -49,13 +49,12 @@ fn with_ring<R>(at: usize, f: impl FnOnce(Ring<'_>) -> R) -> Option<R> {
 
 /// Make the mapping at `at` (from [`map`]; 0 for none) this thread's ring, unmapping
 /// the one it replaces: the broker keeps its own mapping and reads what was published
-/// there when the old connection closes. `on_socket` one-way frames went on the new
-/// connection's socket already.
-pub fn install(at: usize, on_socket: u64) {
+/// there when the old connection closes.
+pub fn install(at: usize) {
     if at != 0 {
         HAD_RING.store(true, Relaxed);
     }
-    let (old, _) = RING.with(|r| r.replace((at, on_socket)));
+    let (old, _) = RING.with(|r| r.replace((at, 0)));
     if old != 0 {
         // SAFETY: `old` was this thread's ring, mapped by `map`; it was just taken out
         // of RING, the only place that refers to it.
@@ -66,7 +65,7 @@ pub fn install(at: usize, on_socket: u64) {
 /// In a fork child: the ring this thread holds is its parent's; unmap it, and forget
 /// that the process had any.
 pub fn forget_after_fork() {
-    install(0, 0);
+    install(0);
     HAD_RING.store(false, Relaxed);
 }
 

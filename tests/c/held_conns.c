@@ -2,13 +2,13 @@
 /* held_conns: the main thread opens PATH, then NTHREADS threads each open it: a
  * thread's first mediated call makes its own broker connection. Every thread waits
  * until all have opened, so that all the connections are held at once, then opens
- * PATH again.
+ * PATH again. Then the main thread opens PATH once more.
  *
  *   held_conns PATH
  *
- * Prints "ring=yes" or "ring=no" (whether the main thread, after its open, has an
- * event ring mapped: memfd:hermes-ring in /proc/self/maps), then "ok=N other=N":
- * opens that succeeded and those that did not.
+ * Prints "ok=N other=N" (opens that succeeded and those that did not), then
+ * "ring=yes" or "ring=no": whether the main thread, after its last open, has an
+ * event ring mapped (memfd:hermes-ring in /proc/self/maps).
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -58,12 +58,13 @@ int main(int argc, char **argv) {
     }
     path = argv[1];
     open_once();
-    printf("ring=%s\n", ring_mapped() ? "yes" : "no");
     pthread_barrier_init(&all_connected, NULL, NTHREADS);
     pthread_t tids[NTHREADS];
     for (int i = 0; i < NTHREADS; i++)
         if (pthread_create(&tids[i], NULL, worker, NULL) != 0) return 1;
     for (int i = 0; i < NTHREADS; i++) pthread_join(tids[i], NULL);
+    open_once();
     printf("ok=%d other=%d\n", ok, other);
+    printf("ring=%s\n", ring_mapped() ? "yes" : "no");
     return other == 0 ? 0 : 1;
 }

@@ -92,13 +92,13 @@ fn forty_threads_holding_their_connections_at_once_are_all_answered() {
     let (_dir, allowed, denied) = files();
     let run =
         launch(&deny_policy(&denied), c_program("held_conns"), &[&allowed]).timeout(Duration::from_secs(30)).run();
-    check_big(&run, run.code == 0 && run.stdout.contains("ok=81 other=0"), "every open answered and allowed");
+    check_big(&run, run.code == 0 && run.stdout.contains("ok=82 other=0"), "every open answered and allowed");
     let recs: Vec<_> = run.trace.iter().filter(|r| r["args"]["path"] == allowed.as_str()).collect();
     let tids: HashSet<i64> = recs.iter().filter_map(|r| r["tid"].as_i64()).collect();
     check_big(
         &run,
-        recs.len() == 81 && recs.iter().all(|r| r["decision"] == "allow" && r["observed"].is_null()),
-        "81 decided opens in the trace",
+        recs.len() == 82 && recs.iter().all(|r| r["decision"] == "allow" && r["observed"].is_null()),
+        "82 decided opens in the trace",
     );
     check_big(&run, tids.len() == 41, &format!("from 41 threads, got {}", tids.len()));
 }

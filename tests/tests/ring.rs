@@ -134,9 +134,36 @@ fn a_ring_is_made_only_when_the_policy_observes_or_results_are_traced() {
         ("decided, traced", launch(DECIDE, &prog, &[&f]).timeout(TIMEOUT).run(), "ring=yes"),
     ];
     for (what, run, want) in cases {
-        run.check(run.code == 0 && run.stdout.contains("ok=81 other=0"), &format!("{what}: every open allowed"));
+        run.check(run.code == 0 && run.stdout.contains("ok=82 other=0"), &format!("{what}: every open allowed"));
         run.check(run.stdout.lines().any(|l| l == want), &format!("{what}: {want}"));
     }
+}
+
+/// A thread's first call is observed: its connection is made and the frame sent
+/// without waiting for the Welcome. The same thread's next calls are decided at once,
+/// before the Welcome has been read: each reply is read after it, and each decision
+/// is right (the first denied, as the policy says, the second allowed).
+#[test]
+fn calls_decided_right_after_a_first_observed_call_get_their_own_replies() {
+    let (dir, f) = target_file();
+    let other = dir.write("other", "other\n").display().to_string();
+    let src = "on_open = hermes.allow()\nfunction on_connect(ev)\n  return hermes.deny('ECONNREFUSED')\nend\n\
+               function on_sendto(ev) return hermes.allow() end\n";
+    let steps =
+        [format!("open:{f}"), "connect:127.0.0.1:9".into(), "sendto:127.0.0.1:9".into(), format!("open:{other}")];
+    let args: Vec<&str> = steps.iter().map(String::as_str).collect();
+    let run = launch(src, c_program("calls"), &args).timeout(TIMEOUT).run();
+    run.check(run.stdout.lines().any(|l| l.starts_with(&format!("open:{f} = OK"))), "the observed open ran");
+    run.check(run.stdout.contains("connect:127.0.0.1:9 = ERR ECONNREFUSED"), "the connect was denied as decided");
+    run.check(run.stdout.contains("sendto:127.0.0.1:9 = OK"), "the sendto was allowed as decided");
+    run.check(run.stdout.lines().any(|l| l.starts_with(&format!("open:{other} = OK"))), "the last open ran");
+    let observed = opens_of(&run.trace, &f).len() + opens_of(&run.trace, &other).len();
+    let decided: Vec<_> = run.trace.iter().filter(|r| r["op"] == "connect" || r["op"] == "sendto").collect();
+    run.check(
+        observed == 2 && decided.len() == 2,
+        &format!("2 observed opens and 2 decided calls traced: {observed}, {}", decided.len()),
+    );
+    run.check(decided.iter().all(|r| r["observed"].is_null()), "the connect and sendto were decided");
 }
 
 fn check_exit_keeps_everything(how: &str, code: i32) {
