@@ -24,38 +24,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-static const char *errname(int e) {
-    const char *name = strerrorname_np(e);
-    return name ? name : "E?";
-}
-
-static int split(char *s, char **out, int max) {
-    int n = 0;
-    out[n++] = s;
-    for (char *p = s; *p && n < max; p++) {
-        if (*p == ':') {
-            *p = 0;
-            out[n++] = p + 1;
-        }
-    }
-    return n;
-}
-
-static int flags_of(const char *spec) {
-    int flags = O_RDONLY;
-    for (const char *c = spec; *c; c++) {
-        switch (*c) {
-        case 'r': flags = (flags & ~O_ACCMODE) | O_RDONLY; break;
-        case 'w': flags = (flags & ~O_ACCMODE) | O_WRONLY; break;
-        case 'b': flags = (flags & ~O_ACCMODE) | O_RDWR; break;
-        case 'c': flags |= O_CREAT; break;
-        case 't': flags |= O_TRUNC; break;
-        case 'a': flags |= O_APPEND; break;
-        case 'e': flags |= O_CLOEXEC; break;
-        }
-    }
-    return flags;
-}
+#include "steps.h"
 
 static void report_open(const char *step, long fd, int err, int flags) {
     if (fd < 0) {
@@ -84,10 +53,7 @@ static void report_open(const char *step, long fd, int err, int flags) {
 
 static void udp(const char *step, char **f, int use_msg) {
     struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((unsigned short)atoi(f[1]));
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    loopback(f[1], &sa);
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
     ssize_t rc;
     if (use_msg) {

@@ -41,6 +41,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "steps.h"
+
 extern char **environ;
 
 static uint64_t mono(void) {
@@ -67,11 +69,6 @@ static int timed_open_loop(const char *path, int n) {
     int ok = open_loop(path, n);
     printf("mono %llu %llu\n", (unsigned long long)start, (unsigned long long)mono());
     return ok;
-}
-
-static const char *errname(int e) {
-    const char *name = strerrorname_np(e);
-    return name ? name : "E?";
 }
 
 /* --- threads ------------------------------------------------------------------- */

@@ -35,46 +35,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "steps.h"
+
 extern char **environ;
-
-static const char *errname(int e) {
-    const char *name = strerrorname_np(e);
-    return name ? name : "E?";
-}
-
-static void report_fd(const char *step, long fd, int err) {
-    if (fd < 0) {
-        printf("%s = ERR %s\n", step, errname(err));
-        return;
-    }
-    char buf[256] = {0};
-    ssize_t n = read((int)fd, buf, sizeof buf - 1);
-    if (n > 0) {
-        buf[strcspn(buf, "\n")] = 0;
-        printf("%s = OK %s\n", step, buf);
-    } else {
-        printf("%s = OK\n", step);
-    }
-    close((int)fd);
-}
 
 static void report_rc(const char *step, long rc, int err, const char *detail) {
     if (rc < 0)
         printf("%s = ERR %s\n", step, errname(err));
     else
         printf("%s = OK%s%s\n", step, detail ? " " : "", detail ? detail : "");
-}
-
-static int split(char *s, char **out, int max) {
-    int n = 0;
-    out[n++] = s;
-    for (char *p = s; *p && n < max; p++) {
-        if (*p == ':') {
-            *p = 0;
-            out[n++] = p + 1;
-        }
-    }
-    return n;
 }
 
 static void inet(const char *ip, const char *port, struct sockaddr_in *sa) {

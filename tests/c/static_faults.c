@@ -59,32 +59,13 @@
 #include <time.h>
 #include <unistd.h>
 
-extern char **environ;
+#include "steps.h"
 
-static const char *errname(int e) {
-    const char *name = strerrorname_np(e);
-    return name ? name : "E?";
-}
+extern char **environ;
 
 static void sleep_ms(long ms) {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
-}
-
-static void report_fd(const char *step, long fd, int err) {
-    if (fd < 0) {
-        printf("%s = ERR %s\n", step, errname(err));
-        return;
-    }
-    char buf[256] = {0};
-    ssize_t n = read((int)fd, buf, sizeof buf - 1);
-    if (n > 0) {
-        buf[strcspn(buf, "\n")] = 0;
-        printf("%s = OK %s\n", step, buf);
-    } else {
-        printf("%s = OK\n", step);
-    }
-    close((int)fd);
 }
 
 static void touch_pid(const char *dir) {

@@ -57,7 +57,8 @@ pub fn hermes_bin() -> PathBuf {
     profile_dir().join("hermes")
 }
 
-/// Compile `tests/c/NAME.c` (once per content change) and return the binary's path.
+/// Compile `tests/c/NAME.c` (once per change to it or to a header it includes from
+/// tests/c) and return the binary's path.
 /// Extra gcc flags (e.g. `-pthread`) come from a `// gcc: …` first line in the file.
 pub fn c_program(name: &str) -> PathBuf {
     c_program_with(name, &[])
@@ -77,7 +78,13 @@ pub fn c_program_with(name: &str, extra: &[&str]) -> PathBuf {
     flags.extend_from_slice(extra);
     let out_dir = profile_dir().join("test-programs");
     std::fs::create_dir_all(&out_dir).expect("mkdir test-programs");
-    let hash = fnv(format!("{text}\0{}", extra.join(" ")).as_bytes());
+    // The headers it includes from tests/c are part of what it is built from.
+    let headers: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("#include \"")?.strip_suffix('"'))
+        .map(|h| std::fs::read_to_string(src.with_file_name(h)).unwrap_or_else(|e| panic!("read {h}: {e}")))
+        .collect();
+    let hash = fnv(format!("{text}\0{headers}\0{}", extra.join(" ")).as_bytes());
     let bin = out_dir.join(format!("{name}-{hash:016x}"));
     if !bin.exists() {
         // Parallel test processes may compile the same program: build aside, rename.
