@@ -330,10 +330,10 @@ impl Session {
         for attempt in 0..2 {
             self.seq = if self.one_shot { 1 } else { next_seq() };
             let call = Call { seq: self.seq, func, pid, tid, image: 0, args: clone_args(args), ctx: context(payload) };
-            let (msg, made) =
-                if observe { (ClientMsg::Observe(call), sys::monotonic_ns()) } else { (ClientMsg::Call(call), 0) };
+            let made = observe.then(sys::monotonic_ns);
+            let msg = if observe { ClientMsg::Observe(call) } else { ClientMsg::Call(call) };
             let exchanged = with_frame(&msg, |frame| {
-                self.deliver((pid, tid), frame, observe.then_some(made))?;
+                self.deliver((pid, tid), frame, made)?;
                 if observe {
                     return Ok(0);
                 }
@@ -381,27 +381,20 @@ impl Session {
             self.fd = connect(pid, tid, false, Some(frame))?.0;
             return Ok(());
         }
-        match own_conn(tid) {
-            Some(fd) => {
-                self.fd = fd;
-                match made {
-                    Some(mono_ns) => post_frame(fd, false, frame, mono_ns),
-                    None => sys::write_all(fd, frame),
-                }
+        self.fd = match (own_conn(tid), made) {
+            (Some(fd), _) => fd,
+            (None, None) => {
+                self.fd = new_thread_conn(pid, tid, Some(frame))?;
+                return Ok(());
             }
             // A one-way frame waits for the Welcome and its ring: sent on the socket
             // instead, it would close the ring until the broker has handled it, and
             // the thread's next frames would chase it there.
-            None => match made {
-                Some(mono_ns) => {
-                    self.fd = new_thread_conn(pid, tid, None)?;
-                    post_frame(self.fd, false, frame, mono_ns)
-                }
-                None => {
-                    self.fd = new_thread_conn(pid, tid, Some(frame))?;
-                    Ok(())
-                }
-            },
+            (None, Some(_)) => new_thread_conn(pid, tid, None)?,
+        };
+        match made {
+            Some(mono_ns) => post_frame(self.fd, false, frame, mono_ns),
+            None => sys::write_all(self.fd, frame),
         }
     }
 
