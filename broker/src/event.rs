@@ -4,7 +4,6 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hermes_wire::{Args, Layer, Op, SockAddr, API_ARGS};
-use serde_json::Value as Json;
 
 use crate::json::{self, Object};
 use crate::resolve::{self, Viewer};
@@ -297,8 +296,10 @@ impl Event {
         self
     }
 
-    /// The decoded arguments for the trace, one JSON object.
-    pub fn args_json(&self) -> Json {
+    /// The decoded arguments for the trace, one JSON object (the tests compare it
+    /// with what a trace line holds).
+    #[cfg(test)]
+    pub fn args_json(&self) -> serde_json::Value {
         let mut out = Vec::new();
         let mut o = Object::new(&mut out);
         self.write_args(&mut o);
