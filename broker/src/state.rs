@@ -188,44 +188,93 @@ impl State {
     }
 }
 
-/// A running process as /proc describes it; its argv only `with_argv`.
+/// A running process as /proc describes it; its argv only `with_argv`. Read with bare
+/// system calls: a process's first call waits for this, and `std::fs` would add a
+/// `statx` and an `lseek` per file and allocate each path.
 fn read_process(pid: i32, with_argv: bool) -> Option<ProcessInfo> {
-    let stat = read_proc_file(&format!("/proc/{pid}/stat"))?;
+    let mut path = ProcPath::new(pid);
+    let mut stat = Vec::new();
+    read_proc_file(path.at(b"stat"), &mut stat)?;
     // Fields after the parenthesised (and arbitrary) comm: state ppid … starttime (22).
     let after = &stat[stat.iter().rposition(|&b| b == b')')? + 2..];
-    let fields: Vec<&[u8]> = after.split(|&b| b == b' ').collect();
-    let field = |i: usize| std::str::from_utf8(fields.get(i)?).ok()?.parse::<u64>().ok();
-    if fields.first() == Some(&&b"Z"[..]) {
+    let field = |i: usize| std::str::from_utf8(after.split(|&b| b == b' ').nth(i)?).ok()?.parse::<u64>().ok();
+    if after.starts_with(b"Z ") {
         return None; // a zombie has exited; only its exit status is left
     }
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| p.into_os_string().into_encoded_bytes())
-        .unwrap_or_default();
-    let argv = with_argv
-        .then(|| read_proc_file(&format!("/proc/{pid}/cmdline")))
-        .flatten()
-        .map(|c| c.split(|&b| b == 0).filter(|a| !a.is_empty()).map(<[u8]>::to_vec).collect())
-        .unwrap_or_default();
+    let mut exe = vec![0u8; 4096];
+    // SAFETY: a NUL-terminated path and a buffer of exe.len() bytes.
+    let n = unsafe { libc::readlink(path.at(b"exe").as_ptr(), exe.as_mut_ptr().cast(), exe.len()) };
+    exe.truncate(usize::try_from(n).unwrap_or(0));
+    let mut cmdline = Vec::new();
+    let argv = if with_argv && read_proc_file(path.at(b"cmdline"), &mut cmdline).is_some() {
+        cmdline.split(|&b| b == 0).filter(|a| !a.is_empty()).map(<[u8]>::to_vec).collect()
+    } else {
+        Vec::new()
+    };
     Some(ProcessInfo {
         pid,
         ppid: field(1).unwrap_or(0) as i32,
         exe,
         argv,
         children: Vec::new(),
-        start_time: field(19).unwrap_or(0) as f64 / hz,
+        start_time: field(19).unwrap_or(0) as f64 / clock_ticks(),
         alive: true,
     })
 }
 
-/// A /proc file, read in page-sized pieces: its reported size is 0, so
-/// `std::fs::read` would grow its buffer from 32 bytes, a system call per doubling.
-fn read_proc_file(path: &str) -> Option<Vec<u8>> {
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut bytes = Vec::with_capacity(4096);
-    std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
-    Some(bytes)
+fn clock_ticks() -> f64 {
+    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    // SAFETY: sysconf has no preconditions.
+    *HZ.get_or_init(|| unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64)
+}
+
+/// `/proc/PID/` and a file name after it, NUL-terminated, without allocating.
+struct ProcPath {
+    buf: [u8; 40],
+    dir: usize,
+}
+
+impl ProcPath {
+    fn new(pid: i32) -> Self {
+        let mut buf = [0u8; 40];
+        let mut w = std::io::Cursor::new(&mut buf[..]);
+        let _ = std::io::Write::write_fmt(&mut w, format_args!("/proc/{pid}/"));
+        let dir = w.position() as usize;
+        ProcPath { buf, dir }
+    }
+
+    fn at(&mut self, name: &[u8]) -> &std::ffi::CStr {
+        let end = self.dir + name.len();
+        self.buf[self.dir..end].copy_from_slice(name);
+        self.buf[end] = 0;
+        std::ffi::CStr::from_bytes_until_nul(&self.buf[..=end]).expect("NUL-terminated above")
+    }
+}
+
+/// A /proc file into `out`. Its reported size is 0, so it is read in pages until a
+/// read comes back short: /proc's files hand over all they have per read.
+fn read_proc_file(path: &std::ffi::CStr, out: &mut Vec<u8>) -> Option<()> {
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let ok = loop {
+        out.reserve(4096);
+        let spare = out.spare_capacity_mut();
+        // SAFETY: reads into the vector's spare capacity, of spare.len() bytes.
+        let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
+        let Ok(n) = usize::try_from(n) else { break false };
+        let short = n < spare.len();
+        // SAFETY: the kernel wrote n bytes there.
+        unsafe { out.set_len(out.len() + n) };
+        if short {
+            break true;
+        }
+    };
+    // SAFETY: ours, opened above.
+    unsafe { libc::close(fd) };
+    ok.then_some(())
 }
 
 /// Children the kernel lists for any thread of `pid`.
