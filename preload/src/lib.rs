@@ -11,6 +11,7 @@
 
 mod api;
 mod board;
+mod busy;
 mod config;
 mod fds;
 mod hooks;

@@ -12,7 +12,7 @@ use hermes_wire::ring::Pushed;
 use hermes_wire::{self as wire, Args, Call, ClientMsg, Context, Decision, Done, Hello, Layer, Op, Reply, Welcome};
 use serde::Serialize;
 
-use crate::{board, config, fds, ring, sys};
+use crate::{board, busy, config, fds, ring, sys};
 
 /// Decisions the policy marked cacheable: 1024 slots, 48 KiB.
 static CACHE: Cache<1024> = Cache::new();
@@ -25,13 +25,6 @@ pub static PROCESS_PID: AtomicI32 = AtomicI32::new(0);
 static WARNED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
-    /// The thread id that is inside a mediated call (0: none). While it is set, the
-    /// same thread's nested calls go straight to the original: libc's own calls made
-    /// by the real function (fopen's open, execvp's execve), and calls from a signal
-    /// handler. It holds a tid, not a flag, because a vfork or posix_spawn child shares
-    /// this memory and may exec while holding it: the parent, resuming with another
-    /// tid, is not fooled.
-    static BUSY: Cell<i32> = const { Cell::new(0) };
     /// This thread's broker connection (-1: none yet) and its next sequence number.
     static CONN: Cell<(i32, u32)> = const { Cell::new((-1, 0)) };
     /// This thread's tid and its process's pid, once learned. A caller whose tid is
@@ -115,7 +108,7 @@ impl From<Cached> for Verdict<'_> {
     }
 }
 
-/// BUSY while a cached decision's call runs: not a thread id, so a vfork child that
+/// The guard word ([`busy`]) while a cached decision's call runs: not a thread id, so a vfork child that
 /// leaves it set cannot make its parent's calls look nested (and cached calls are
 /// never execs, so they always return and clear it).
 const CACHED_CALL: i32 = -1;
@@ -130,30 +123,28 @@ struct Guard {
 impl Guard {
     /// The guard for a call answered from the cache: no system call to learn the tid.
     fn cached() -> Option<Guard> {
-        BUSY.with(|b| {
-            // Nested, or in a vfork child of a busy thread: ask properly.
-            if b.get() != 0 {
-                return None;
-            }
-            b.set(CACHED_CALL);
-            Some(Guard { prev: 0, tid: CACHED_CALL })
-        })
+        // Nested, or in a vfork child of a busy thread: ask properly.
+        if busy::get() != 0 {
+            return None;
+        }
+        busy::set(CACHED_CALL);
+        Some(Guard { prev: 0, tid: CACHED_CALL })
     }
 
     fn take() -> Option<Guard> {
         let tid = sys::gettid();
-        let prev = BUSY.with(Cell::get);
+        let prev = busy::get();
         if prev == tid {
             return None;
         }
-        BUSY.with(|b| b.set(tid));
+        busy::set(tid);
         Some(Guard { prev, tid })
     }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        BUSY.with(|b| b.set(self.prev));
+        busy::set(self.prev);
     }
 }
 
@@ -400,13 +391,13 @@ impl Session {
 
     /// The real call ran and returned `ret`; tell the broker if it asked (under the
     /// call's guard, still held).
+    #[inline]
     pub fn done(self, ret: i64) {
         let Session { fd, seq, one_shot, start, guard } = self;
-        let pending = Pending { fd, seq, one_shot, start };
-        if pending.reports() {
-            pending.report(ret);
+        // A cached or unwatched call's session: just the guard to drop.
+        if fd >= 0 {
+            Pending { fd, seq, one_shot, start }.finish(ret);
         }
-        pending.release();
         drop(guard);
     }
 
@@ -457,6 +448,15 @@ impl Pending {
     pub fn done(self, ret: i64) {
         if self.reports() {
             let _guard = Guard::take();
+            self.report(ret);
+        }
+        self.release();
+    }
+
+    /// Report (the caller holds the guard) and release.
+    #[inline(never)]
+    fn finish(self, ret: i64) {
+        if self.reports() {
             self.report(ret);
         }
         self.release();
@@ -554,7 +554,7 @@ pub fn in_shared_memory_child() -> bool {
 /// when it reconnects). Other threads' rings stay mapped, unused, until an exec: no
 /// thread of the child owns them.
 pub fn after_fork_child() {
-    BUSY.with(|b| b.set(0));
+    busy::set(0);
     fds::close_all_ours();
     CONN.with(|c| c.set((-1, 0)));
     SELF.with(|s| s.set((0, 0)));
