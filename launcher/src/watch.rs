@@ -1,9 +1,12 @@
-//! Watching policy files for hot reload. The directory is watched, not the file, so
-//! that both ways editors save are seen: written in place (`IN_CLOSE_WRITE`, or
-//! `IN_MODIFY` while still open) and written elsewhere then renamed over the file
-//! (`IN_MOVED_TO`). Events are gathered until the watched files have been quiet for a
-//! moment, so one save is one reload.
+//! Watching policy files for hot reload. The directory is watched, so that both ways
+//! editors save are seen: written in place (`IN_CLOSE_WRITE`) and written elsewhere then
+//! renamed over the file (`IN_MOVED_TO`). A write still open (`IN_MODIFY`) is watched on
+//! the file itself, never on the directory: a trace written beside the policy would
+//! otherwise wake the watcher at every write. That watch follows the file when it is
+//! replaced. Events are gathered until the watched files have been quiet for a moment,
+//! so one save is one reload.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{CString, OsString};
 use std::io;
@@ -26,6 +29,10 @@ pub struct Watcher {
     fd: OwnedFd,
     /// Watch descriptor → (directory, names watched in it → the caller's index).
     dirs: HashMap<i32, HashMap<OsString, usize>>,
+    /// The files, by the caller's index.
+    files: Vec<CString>,
+    /// Watch descriptor of a file's own `IN_MODIFY` watch → the caller's index.
+    writes: RefCell<HashMap<i32, usize>>,
 }
 
 impl Watcher {
@@ -39,6 +46,7 @@ impl Watcher {
         // SAFETY: a new descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let mut dirs: HashMap<i32, HashMap<OsString, usize>> = HashMap::new();
+        let mut paths = Vec::new();
         for (i, file) in files.iter().enumerate() {
             let dir = match file.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -46,19 +54,24 @@ impl Watcher {
             };
             let name = file.file_name().ok_or_else(|| io::Error::other("not a file name"))?.to_owned();
             let cdir = CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
-            let mask = libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_CREATE | libc::IN_MODIFY;
-            // SAFETY: a valid inotify descriptor and a NUL-terminated path.
-            let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), cdir.as_ptr(), mask) };
-            if wd < 0 {
-                return Err(io::Error::other(format!(
-                    "cannot watch {}: {}",
-                    dir.display(),
-                    io::Error::last_os_error()
-                )));
-            }
+            let wd = add_watch(&fd, &cdir, libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_CREATE)
+                .map_err(|e| io::Error::other(format!("cannot watch {}: {e}", dir.display())))?;
             dirs.entry(wd).or_default().insert(name, i);
+            paths.push(CString::new(file.as_os_str().as_bytes()).map_err(io::Error::other)?);
         }
-        Ok(Watcher { fd, dirs })
+        let watcher = Watcher { fd, dirs, files: paths, writes: RefCell::default() };
+        for i in 0..files.len() {
+            watcher.watch_writes(i);
+        }
+        Ok(watcher)
+    }
+
+    /// Watch file `i` itself for writes (again, after it was replaced). A file that is
+    /// missing now is watched once it appears in its directory.
+    fn watch_writes(&self, i: usize) {
+        if let Ok(wd) = add_watch(&self.fd, &self.files[i], libc::IN_MODIFY) {
+            self.writes.borrow_mut().insert(wd, i);
+        }
     }
 
     /// Wait until a watched file changed and things settled, or `wait` passes (then
@@ -115,13 +128,98 @@ impl Watcher {
             let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
             let name_bytes = &buf[at + header..(at + header + ev.len as usize).min(n as usize)];
             let name = name_bytes.split(|&b| b == 0).next().unwrap_or_default();
-            if let Some(&i) = self.dirs.get(&ev.wd).and_then(|names| names.get(&OsString::from_vec(name.to_vec()))) {
+            let named = self.dirs.get(&ev.wd).and_then(|names| names.get(&OsString::from_vec(name.to_vec())));
+            if let Some(&i) = named {
                 watched = true;
                 let change = changes.entry(i).or_default();
                 change.complete |= ev.mask & (libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO) != 0;
+                if ev.mask & (libc::IN_MOVED_TO | libc::IN_CREATE) != 0 {
+                    self.watch_writes(i); // a new file under the name
+                }
+            } else if ev.mask & libc::IN_IGNORED != 0 {
+                self.writes.borrow_mut().remove(&ev.wd); // the replaced file is gone
+            } else if let Some(&i) = self.writes.borrow().get(&ev.wd) {
+                watched = true;
+                changes.entry(i).or_default();
             }
             at += header + ev.len as usize;
         }
         Ok(watched)
+    }
+}
+
+fn add_watch(fd: &OwnedFd, path: &CString, mask: u32) -> io::Result<i32> {
+    // SAFETY: a valid inotify descriptor and a NUL-terminated path.
+    let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) };
+    if wd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(wd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hermes-watch-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    fn pending(w: &Watcher) -> bool {
+        let mut pfd = libc::pollfd { fd: w.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd, no wait.
+        unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+    }
+
+    #[test]
+    fn a_file_written_beside_the_policy_does_not_wake_the_watcher() {
+        let dir = scratch("beside");
+        let policy = dir.join("policy.lua");
+        std::fs::write(&policy, "-- v1\n").expect("policy");
+        let w = Watcher::new(std::slice::from_ref(&policy)).expect("watcher");
+        let mut trace = std::fs::File::create(dir.join("trace.jsonl")).expect("trace");
+        // Creating it is an event (IN_CREATE, for another name): drain it.
+        w.next(Some(Duration::from_millis(1))).expect("drain");
+        for i in 0..100 {
+            writeln!(trace, "{{\"line\":{i}}}").expect("write");
+            trace.flush().expect("flush");
+        }
+        assert!(!pending(&w), "writes to an open file beside the policy queued events");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn writes_to_the_policy_are_seen_in_place_open_and_after_a_rename() {
+        let dir = scratch("policy");
+        let policy = dir.join("policy.lua");
+        std::fs::write(&policy, "-- v1\n").expect("policy");
+        let w = Watcher::new(std::slice::from_ref(&policy)).expect("watcher");
+        let wait = Some(Duration::from_secs(5));
+
+        // Written in place and closed: complete.
+        std::fs::write(&policy, "-- v2\n").expect("v2");
+        assert_eq!(w.next(wait).expect("next"), vec![(0, Change { complete: true })]);
+
+        // Written and still open: seen, not complete.
+        let mut open = std::fs::OpenOptions::new().append(true).open(&policy).expect("open");
+        open.write_all(b"-- more\n").expect("write");
+        assert_eq!(w.next(wait).expect("next"), vec![(0, Change { complete: false })]);
+        drop(open);
+        w.next(Some(Duration::from_millis(100))).expect("drain the close");
+
+        // Replaced by a rename, then written while open: the write watch followed.
+        let tmp = dir.join("policy.lua.tmp");
+        std::fs::write(&tmp, "-- v3\n").expect("v3");
+        std::fs::rename(&tmp, &policy).expect("rename");
+        assert_eq!(w.next(wait).expect("next"), vec![(0, Change { complete: true })]);
+        let mut open = std::fs::OpenOptions::new().append(true).open(&policy).expect("open");
+        open.write_all(b"-- more\n").expect("write");
+        assert_eq!(w.next(wait).expect("next"), vec![(0, Change { complete: false })]);
+        drop(open);
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }
