@@ -9,13 +9,16 @@
 //! A vfork or posix_spawn child shares this memory but not the parent's descriptor
 //! table: what it closes is its own copy, so it must not touch the table.
 
-use core::sync::atomic::{AtomicI32, Ordering::Relaxed};
+use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering::Relaxed};
 
 use crate::{mediate, sys};
 
 const TRACKED: usize = 4096;
 /// Owner tid per descriptor number; 0: not a broker connection.
 static OWNER: [AtomicI32; TRACKED] = [const { AtomicI32::new(0) }; TRACKED];
+/// The lowest and one past the highest number ever marked: a fork child looks there
+/// only (our connections sit together from `mediate`'s high number up).
+static SPAN: [AtomicUsize; 2] = [AtomicUsize::new(TRACKED), AtomicUsize::new(0)];
 
 fn slot(fd: i32) -> Option<&'static AtomicI32> {
     usize::try_from(fd).ok().and_then(|fd| OWNER.get(fd))
@@ -23,6 +26,8 @@ fn slot(fd: i32) -> Option<&'static AtomicI32> {
 
 pub fn mark_ours(fd: i32, tid: i32) {
     if let Some(owner) = slot(fd) {
+        SPAN[0].fetch_min(fd as usize, Relaxed);
+        SPAN[1].fetch_max(fd as usize + 1, Relaxed);
         owner.store(tid, Relaxed);
     }
 }
@@ -45,7 +50,9 @@ pub fn is_ours(fd: i32, tid: i32) -> bool {
 
 /// The program is about to close or replace `first..=last`.
 pub fn program_takes(first: u32, last: u32) {
-    let last = last.min(TRACKED as u32 - 1);
+    // Only where ours ever were: closefrom(3) need not read 4093 slots.
+    let first = first.max(SPAN[0].load(Relaxed) as u32);
+    let last = last.min(TRACKED as u32 - 1).min((SPAN[1].load(Relaxed) as u32).wrapping_sub(1));
     if first > last || !(first..=last).any(|fd| OWNER[fd as usize].load(Relaxed) != 0) {
         return;
     }
@@ -60,7 +67,8 @@ pub fn program_takes(first: u32, last: u32) {
 /// Close every broker connection (in a fork child, where they are copies). Free slots
 /// are only read, so the child does not copy the table's pages.
 pub fn close_all_ours() {
-    for (fd, owner) in OWNER.iter().enumerate() {
+    let (low, high) = (SPAN[0].load(Relaxed), SPAN[1].load(Relaxed));
+    for (fd, owner) in OWNER.iter().enumerate().take(high).skip(low) {
         if owner.load(Relaxed) != 0 && owner.swap(0, Relaxed) != 0 {
             sys::close(fd as i32);
         }

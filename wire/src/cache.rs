@@ -6,7 +6,7 @@
 //! writer that meets another writer gives up. Entries carry the board's generation,
 //! so a reloaded policy makes every older entry a miss.
 
-use core::sync::atomic::{fence, AtomicU64, Ordering::*};
+use core::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering::*};
 
 use crate::Op;
 
@@ -127,6 +127,8 @@ const WAYS: usize = 2;
 /// A table of `N` slots (a power of two).
 pub struct Cache<const N: usize> {
     slots: [Slot; N],
+    /// Set by the first `put`: until then `clear` has nothing to look at.
+    used: AtomicBool,
 }
 
 impl<const N: usize> Default for Cache<N> {
@@ -138,7 +140,7 @@ impl<const N: usize> Default for Cache<N> {
 impl<const N: usize> Cache<N> {
     pub const fn new() -> Self {
         assert!(N.is_power_of_two());
-        Cache { slots: [EMPTY; N] }
+        Cache { slots: [EMPTY; N], used: AtomicBool::new(false) }
     }
 
     fn slot(&self, key: &Key, way: usize) -> &Slot {
@@ -175,6 +177,9 @@ impl<const N: usize> Cache<N> {
             })
             .or_else(|| (0..WAYS).find(|&w| self.slot(key, w).generation.load(Relaxed) != generation))
             .unwrap_or(0);
+        if !self.used.load(Relaxed) {
+            self.used.store(true, Relaxed);
+        }
         let slot = self.slot(key, way);
         let seq = slot.seq.load(Relaxed);
         if seq & 1 == 1 || slot.seq.compare_exchange(seq, seq + 1, Relaxed, Relaxed).is_err() {
@@ -194,6 +199,9 @@ impl<const N: usize> Cache<N> {
     /// Slots already clear are only read: a fork child that never used the cache does not
     /// copy its pages.
     pub fn clear(&self) {
+        if !self.used.load(Relaxed) {
+            return; // a fork child of a process that never cached: not even read
+        }
         for slot in &self.slots {
             if slot.generation.load(Relaxed) != 0 || slot.seq.load(Relaxed) != 0 {
                 slot.generation.store(0, Relaxed);
