@@ -15,8 +15,8 @@
 //! thread of its own, after the caller has its answer; where it disagrees, the
 //! difference is recorded.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -194,7 +194,10 @@ impl Watchdog {
 pub struct Engine {
     current: RwLock<Arc<Slot>>,
     shadow: Arc<RwLock<Option<Arc<Slot>>>>,
-    shadow_jobs: Mutex<Option<SyncSender<(Event, Outcome)>>>,
+    /// Unbounded, counted by `shadow_queued` instead: a bounded channel allocates all
+    /// its slots at once (a few MiB of events), at every start, shadow or not.
+    shadow_jobs: Mutex<Option<Sender<(Event, Outcome)>>>,
+    shadow_queued: Arc<AtomicUsize>,
     /// Disconnected once the shadow thread has evaluated every job queued.
     shadow_done: Mutex<Option<mpsc::Receiver<()>>>,
     shadow_dropped: AtomicU64,
@@ -216,6 +219,7 @@ impl Engine {
             current: RwLock::new(slot),
             shadow: Arc::new(RwLock::new(None)),
             shadow_jobs: Mutex::new(None),
+            shadow_queued: Arc::new(AtomicUsize::new(0)),
             shadow_done: Mutex::new(None),
             shadow_dropped: AtomicU64::new(0),
             shadow_differed: Arc::new(AtomicU64::new(0)),
@@ -235,7 +239,8 @@ impl Engine {
             std::thread::sleep(Duration::from_millis(10));
             dog.patrol();
         })?;
-        let (tx, rx) = mpsc::sync_channel::<(Event, Outcome)>(SHADOW_QUEUE);
+        let (tx, rx) = mpsc::channel::<(Event, Outcome)>();
+        let queued = Arc::clone(&self.shadow_queued);
         *lock(&self.shadow_jobs) = Some(tx);
         let sink = Arc::clone(sink);
         let differed = Arc::clone(&self.shadow_differed);
@@ -245,6 +250,7 @@ impl Engine {
         std::thread::Builder::new().name("hermes-shadow".into()).spawn(move || {
             let _done = done_tx; // dropped when the queue is closed and empty
             for (event, enforced) in rx {
+                queued.fetch_sub(1, Ordering::Relaxed);
                 let Some(slot) = shadow.read().unwrap_or_else(|e| e.into_inner()).clone() else { continue };
                 let candidate = slot.decide(&event, None);
                 if candidate.verdict != enforced.verdict {
@@ -280,8 +286,11 @@ impl Engine {
             return;
         }
         if let Some(tx) = lock(&self.shadow_jobs).as_ref() {
-            if let Err(TrySendError::Full(_)) = tx.try_send((event.clone(), outcome.clone())) {
+            if self.shadow_queued.fetch_add(1, Ordering::Relaxed) >= SHADOW_QUEUE {
+                self.shadow_queued.fetch_sub(1, Ordering::Relaxed);
                 self.shadow_dropped.fetch_add(1, Ordering::Relaxed);
+            } else if tx.send((event.clone(), outcome.clone())).is_err() {
+                self.shadow_queued.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }

@@ -251,7 +251,8 @@ pub fn install(inline: bool) {
 /// Patch every `Inline` entry. The recipes of the process that exec'd us (the same libc,
 /// usually) let its hooks be made without decoding; ours go to the processes we exec.
 fn patch_all() {
-    let given = String::from_utf8(crate::config::recipes()).map(|r| Recipe::parse_list(&r)).unwrap_or_default();
+    let text = String::from_utf8(crate::config::recipes()).unwrap_or_default();
+    let given = Recipe::parse_list(&text);
     let mut made = Vec::new();
     let (mut patched, mut copied) = (0, 0);
     // All the hooks as one batch: we run in the constructor, single-threaded, so
@@ -267,7 +268,7 @@ fn patch_all() {
                 Ok(inline) => {
                     patched += 1;
                     copied += usize::from(inline.from_recipe());
-                    made.extend(inline.recipe().map(ToString::to_string));
+                    made.push(inline);
                 }
                 Err(e) => {
                     let msg = format!("hermes-preload: {}: {e}; using symbol interposition for it\n", hook.name);
@@ -276,7 +277,14 @@ fn patch_all() {
             }
         }
     });
-    crate::config::set_recipes(&made.join(","));
+    // Every hook made from the recipes we were given: hand those on as they came (the
+    // same libc in the children, usually), without writing them out again.
+    if copied == patched && patched > 0 {
+        crate::config::set_recipes(&text);
+    } else {
+        let made: Vec<String> = made.iter().filter_map(|h| h.recipe().map(ToString::to_string)).collect();
+        crate::config::set_recipes(&made.join(","));
+    }
     if crate::config::debug_hooks() {
         let msg = format!("hermes-preload: pid {}: {patched} inline hooks, {copied} from recipes\n", sys::getpid());
         sys::warn(&[msg.as_bytes()]);
