@@ -80,8 +80,12 @@ fn exec_matrix(inline: bool) {
     let spawned = |r: &&serde_json::Value| {
         r["call"] == "execve" && r["args"]["argv"][1].as_str().is_some_and(|a| a.starts_with("arg-of-spawn"))
     };
-    let (in_child, execs): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) =
-        run.calls("exec").into_iter().partition(spawned);
+    // In call order: each step execs in a child of its own, and an allowed exec's record is
+    // written when its connection closes (a successful exec never returns to report), so
+    // the next step's record can reach the trace first.
+    let mut records = run.calls("exec");
+    records.sort_by_key(|r| r["mono_ns"].as_u64());
+    let (in_child, execs): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) = records.into_iter().partition(spawned);
     let steps: Vec<&String> = if inline {
         // The spawn steps are checked below from the children's own records.
         for s in steps.iter().filter(|s| s.starts_with("spawn")) {
