@@ -44,7 +44,13 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
     // filter lets through; everything else it makes stops in the tracer.
     let cookie = (traced && preload.is_some()).then(random_cookie);
     let socket = format!("hermes-{}-{}", std::process::id(), nanos());
-    let mut broker = BrokerProc::start(args, &socket)?;
+    // While the broker starts: the first process's recipes, unless inline hooks are off
+    // or recipes were given.
+    let make_recipes = preload.is_some()
+        && std::env::var_os("HERMES_INLINE").is_none_or(|v| v != "0")
+        && std::env::var_os("HERMES_RECIPES").is_none();
+    let (mut broker, recipes) =
+        BrokerProc::start(args, &socket, || make_recipes.then(crate::recipes::from_own_libc).flatten())?;
 
     // Orphans of the target's tree are re-parented to us, so every process of the run
     // is reaped (and mediated) before the broker is told to stop.
@@ -70,6 +76,9 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
             ld_preload.push(existing);
         }
         cmd.env("LD_PRELOAD", ld_preload).env("HERMES_PRELOAD_LIB", preload);
+    }
+    if let Some(recipes) = recipes {
+        cmd.env("HERMES_RECIPES", recipes);
     }
     if let Some(cookie) = cookie {
         cmd.env("HERMES_COOKIE", format!("{cookie:016x}"));
@@ -192,8 +201,8 @@ struct BrokerProc {
 
 impl BrokerProc {
     /// Fork the broker (no exec: it is this binary, and loading it again costs a
-    /// millisecond) and wait for its `ready` line.
-    fn start(args: &LaunchArgs, socket: &str) -> Result<Self, Refusal> {
+    /// millisecond), run `meanwhile` while it starts, and wait for its `ready` line.
+    fn start<T>(args: &LaunchArgs, socket: &str, meanwhile: impl FnOnce() -> T) -> Result<(Self, T), Refusal> {
         let broker_args = crate::broker_proc::BrokerArgs::new(socket, args);
         let cannot = |e: std::io::Error| Refusal(2, format!("cannot start the broker: {e}"));
         let (stdin_r, stdin_w) = crate::tracer::pipe().map_err(cannot)?;
@@ -217,11 +226,12 @@ impl BrokerProc {
             }
             pid => {
                 drop((stdin_r, stdout_w));
+                let done = meanwhile();
                 // The first process forks the real broker and exits at once.
                 let mut status = 0;
                 // SAFETY: waits for our own child; the status goes into a live local.
                 unsafe { libc::waitpid(pid, &mut status, 0) };
-                Self::ready(File::from(stdin_w), BufReader::new(File::from(stdout_r)))
+                Ok((Self::ready(File::from(stdin_w), BufReader::new(File::from(stdout_r)))?, done))
             }
         }
     }

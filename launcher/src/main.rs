@@ -3,6 +3,7 @@
 mod broker_proc;
 mod launch;
 mod offline;
+mod recipes;
 mod seccomp;
 mod tracer;
 mod watch;

@@ -33,6 +33,25 @@ pub unsafe fn plan_at(target: *const u8) -> Result<Plan, HookError> {
     relocate::plan(&code, target as u64)
 }
 
+/// The recipes hooks on `targets` would be made from and hand on, made without hooking
+/// anything (the maps are read once): for a process that will start others using the same
+/// library, whose first hooks then need no decoder. Functions that cannot be planned are
+/// left out.
+///
+/// # Safety
+/// As [`plan_at`], for each target.
+pub unsafe fn recipes_at(targets: &[*const u8]) -> Result<Vec<Recipe>, HookError> {
+    let mappings = maps::read_self_maps()?;
+    Ok(targets
+        .iter()
+        .filter_map(|&target| {
+            // SAFETY: forwarded.
+            let code = unsafe { read_prologue(&mappings, target as u64) }.ok()?;
+            relocate::plan(&code, target as u64).ok()?.recipe(&code)
+        })
+        .collect())
+}
+
 /// The bytes [`plan_at`] and [`Hook::new`] plan from: the function's first [`SCAN_WINDOW`],
 /// fewer where its mapping ends.
 ///

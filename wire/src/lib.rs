@@ -32,6 +32,12 @@ mod sockaddr;
 pub use serde_bytes;
 pub use sockaddr::{SockAddr, SOCKADDR_MAX};
 
+/// The libc functions the preload patches inline (its other hooks interpose symbols only).
+/// The launcher makes their recipes (`hermes_trampolines::Recipe`) from its own libc while
+/// the broker starts, so that the first process of a run hooks without a decoder too.
+pub const INLINE_HOOKED: [&str; 8] =
+    ["open", "openat", "__open_nocancel", "connect", "sendto", "sendmsg", "execve", "execveat"];
+
 /// Bump when a message changes shape; the broker refuses other versions.
 pub const PROTOCOL_VERSION: u16 = 4;
 
