@@ -291,23 +291,32 @@ class Suite:
                 walls[k].append(wall)
         return {k: statistics.median(v) for k, v in walls.items()}, None
 
-    def real_programs(self):
+    def programs(self):
+        """The real programs: (label, short name, command, cwd)."""
         tree = "/usr/include/linux" if self.quick else "/usr/include"
-        gitrepo = self.a.gitrepo
         small_c = self.work / "small.c"
         small_c.write_text("#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n"
                            "int main(int c, char **v) { printf(\"%zu\\n\", strlen(v[0])); return c > 1 ? atoi(v[1]) : 0; }\n")
         py = self.a.python
-        progs = [
-            (f"tar cf - {tree} (piped to cat)", ["sh", "-c", f"tar cf - {shlex.quote(tree)} 2>/dev/null | cat >/dev/null"], None),
-            ("git status (3000-file repo)", ["git", "status", "--porcelain"], gitrepo),
-            ("python3 -c 'import json, email, http.client'", [py, "-c", "import json, email, http.client"], None),
-            ("gcc -c small.c", ["gcc", "-c", "-O2", str(small_c), "-o", str(self.work / "small.o")], None),
+        return [
+            (f"tar cf - {tree} (piped to cat)", "tar",
+             ["sh", "-c", f"tar cf - {shlex.quote(tree)} 2>/dev/null | cat >/dev/null"], None),
+            ("git status (3000-file repo)", "gitstatus", ["git", "status", "--porcelain"], self.a.gitrepo),
+            ("python3 -c 'import json, email, http.client'", "python",
+             [py, "-c", "import json, email, http.client"], None),
+            ("gcc -c small.c", "gcc", ["gcc", "-c", "-O2", str(small_c), "-o", str(self.work / "small.o")], None),
         ]
+
+    def traced(self, trace):
+        """The prefix that runs a real program under hermes: every open observed, traced to TRACE."""
+        return [self.hermes, "launch", "--policy", self.policy("trace_opens"), "--trace", str(trace), "--"]
+
+    def real_programs(self):
+        progs = self.programs()
         trace = self.work / "trace.jsonl"
         runners = {
             "native": [],
-            "hermes": [self.hermes, "launch", "--policy", self.policy("trace_opens"), "--trace", str(trace), "--"],
+            "hermes": self.traced(trace),
             "strace": ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=openat,connect,sendto,execve"],
             "strace-bpf": ["strace", "-f", "--seccomp-bpf", "-qq", "-o", "/dev/null",
                            "-e", "trace=openat,connect,sendto,execve"],
@@ -323,7 +332,7 @@ class Suite:
         walls, notes, traced = {}, {}, {}
         for rep in range(reps):
             t0 = time.time()
-            for label, cmd, cwd in progs:
+            for label, _, cmd, cwd in progs:
                 for r, prefix in runners.items():
                     if (label, r) in notes:
                         continue
@@ -606,7 +615,7 @@ def main():
                 return "?"
             return f"{fmt_ratio(v / nat)} ({fmt_ns(v)})"
 
-        for label, _, _ in progs:
+        for label, *_ in progs:
             nat = med.get((label, "native"))
             cells = [cell(label, r, nat) for r in rnames[1:]]
             s_nat = med.get((label, "native-session"))
