@@ -194,12 +194,13 @@ class Profiler:
         return " ".join(Path(path).read_text().split())
 
     # --- differential: native vs hermes, system-wide ------------------------------
-    def differential(self, name, title, what, build, wall, cwd=None, n0=2, nmax=1000):
+    def differential(self, name, title, what, build, wall, cwd=None, n0=3, nmax=1000):
         """Records build(n, report) -> (native, hermes) commands; wall(report, n) -> ns of one
         iteration as the program timed it. Returns the file's lines (or None: see notes)."""
         s = self.s
         rep = s.work / f"prof-{name}.report"
-        # Calibration (and a warm page cache): one short run under hermes, unprofiled.
+        # Calibration (and a warm page cache): one short run under hermes, unprofiled; a
+        # repeat run's figure is the median of its N0 runs, so a cold first run does not count.
         rep.unlink(missing_ok=True)
         _, err = s.run_once(build(n0, rep)[1], cwd=cwd)
         if err or not rep.exists():
@@ -289,11 +290,11 @@ class Profiler:
         rows.sort(key=lambda r: (-(r[2] - r[1]), r[0]))
         w = [min(max([len(k[i]) for k, _, _ in rows[:top]] + [len(keys[i])]), 28) for i in range(len(keys) - 1)]
         L += ["", f"Top {min(top, len(rows))} by extra CPU, {unit} per iteration:",
-              f"{'extra':>10} {'native':>9} {'hermes':>9}  " + "  ".join(
-                  f"{keys[i]:<{w[i]}}" for i in range(len(w))) + f"  {keys[-1]}"]
+              f"{'extra':>10} {'native':>9} {'hermes':>9}  " + "".join(
+                  f"{keys[i]:<{w[i]}}  " for i in range(len(w))) + keys[-1]]
         for k, a, b in rows[:top]:
-            L.append(f"{(b - a) * scale:>+10.2f} {a * scale:>9.2f} {b * scale:>9.2f}  " + "  ".join(
-                f"{k[i][:w[i]]:<{w[i]}}" for i in range(len(w))) + f"  {k[-1]}")
+            L.append(f"{(b - a) * scale:>+10.2f} {a * scale:>9.2f} {b * scale:>9.2f}  " + "".join(
+                f"{k[i][:w[i]]:<{w[i]}}  " for i in range(len(w))) + k[-1])
         shown = sum(b - a for _, a, b in rows[:top]) * scale
         L.append(f"(these rows: {shown:+.2f} {unit} of the {tot_h - tot_n:+.2f} {unit} extra; "
                  f"{len(rows)} rows in all)")
@@ -339,7 +340,7 @@ class Profiler:
             "startup", "Differential profile: start-up, `hermes launch -- /bin/true` vs `/bin/true`",
             ["What: bench/repeat.c runs `/bin/true`, or `hermes launch -- /bin/true` (no policy), N times one",
              "after the other. Target: start-up <= +20 ms."],
-            build, self.median_wall, n0=3))
+            build, self.median_wall))
 
     def programs(self):
         trace = self.s.work / "prof-trace.jsonl"
