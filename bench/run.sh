@@ -138,6 +138,7 @@ fi
 # A smoke run must not replace the committed results of a full one.
 results=bench/results/latest.md
 ((${#quick[@]})) && results=target/bench/quick.md
-exec python3 bench/suite.py --root "$root" --hermes "$HERMES" --bin "$out" --out "$results" \
+# -B: no bench/__pycache__ for the imported bench/profiles.py in the checkout.
+exec python3 -B bench/suite.py --root "$root" --hermes "$HERMES" --bin "$out" --out "$results" \
     --gitrepo "$gitrepo" --python "$python" --frida "$frida" --frida-reason "$frida_reason" \
     "${quick[@]}" "${profile[@]}" "${reps[@]}"
