@@ -484,8 +484,7 @@ class Profiler:
     def run(self):
         why = self.usable()
         if why:
-            self.notes.append(why)
-            say(f"--profile: {why}: no profiles")
+            self.notes.append(f"{why}: no profiles")
             return
         t0 = time.time()
         for step in (self.forkexec, self.startup, self.programs, self.open_uncached, self.cached):
