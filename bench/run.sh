@@ -4,8 +4,12 @@
 #
 #   bench/run.sh              # the full suite (about 5 minutes on a 2-core VM)
 #   bench/run.sh --quick      # a smoke run: fewer repetitions, shorter loops (< 1 min)
-#   bench/run.sh --profile    # also save a perf profile of the uncached open loop under
-#                             # hermes to bench/results/profile-open.txt
+#   bench/run.sh --profile    # also profile each target that can miss (about 1 more minute):
+#                             # bench/results/profile-{forkexec,startup,tar,gitstatus,python,gcc,
+#                             # open,cached}.txt, linked from the missed targets in the table.
+#                             # Each records the loop natively and under hermes (perf record -a,
+#                             # then the command's process tree, the broker included) and lists
+#                             # per comm,dso,sym the extra CPU per iteration (bench/profiles.py).
 #   bench/run.sh --reps 9     # repetitions per figure (default 7, --quick 3)
 #
 # Runners: native; hermes with the preload; hermes --strict; hermes on a static build
@@ -128,12 +132,13 @@ if ((${#profile[@]})) && ! command -v perf >/dev/null; then
     say "--profile: installing perf (linux-perf)"
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf; } >"$out/perf-install.log" 2>&1 ||
         say "could not install perf (see target/bench/perf-install.log): no profile"
-    command -v perf >/dev/null || profile=()
+    # Without perf the suite still runs, and the table says why there is no profile.
 fi
 
 # A smoke run must not replace the committed results of a full one.
 results=bench/results/latest.md
 ((${#quick[@]})) && results=target/bench/quick.md
-exec python3 bench/suite.py --root "$root" --hermes "$HERMES" --bin "$out" --out "$results" \
+# -B: no bench/__pycache__ for the imported bench/profiles.py in the checkout.
+exec python3 -B bench/suite.py --root "$root" --hermes "$HERMES" --bin "$out" --out "$results" \
     --gitrepo "$gitrepo" --python "$python" --frida "$frida" --frida-reason "$frida_reason" \
     "${quick[@]}" "${profile[@]}" "${reps[@]}"

@@ -30,6 +30,8 @@ import threading
 import time
 from pathlib import Path
 
+import profiles
+
 RUNNERS = ["native", "preload", "strict", "ptrace", "strace", "strace-bpf", "ltrace", "frida"]
 LABELS = {
     "native": "native",
@@ -291,23 +293,32 @@ class Suite:
                 walls[k].append(wall)
         return {k: statistics.median(v) for k, v in walls.items()}, None
 
-    def real_programs(self):
+    def programs(self):
+        """The real programs: (label, short name, command, cwd)."""
         tree = "/usr/include/linux" if self.quick else "/usr/include"
-        gitrepo = self.a.gitrepo
         small_c = self.work / "small.c"
         small_c.write_text("#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n"
                            "int main(int c, char **v) { printf(\"%zu\\n\", strlen(v[0])); return c > 1 ? atoi(v[1]) : 0; }\n")
         py = self.a.python
-        progs = [
-            (f"tar cf - {tree} (piped to cat)", ["sh", "-c", f"tar cf - {shlex.quote(tree)} 2>/dev/null | cat >/dev/null"], None),
-            ("git status (3000-file repo)", ["git", "status", "--porcelain"], gitrepo),
-            ("python3 -c 'import json, email, http.client'", [py, "-c", "import json, email, http.client"], None),
-            ("gcc -c small.c", ["gcc", "-c", "-O2", str(small_c), "-o", str(self.work / "small.o")], None),
+        return [
+            (f"tar cf - {tree} (piped to cat)", "tar",
+             ["sh", "-c", f"tar cf - {shlex.quote(tree)} 2>/dev/null | cat >/dev/null"], None),
+            ("git status (3000-file repo)", "gitstatus", ["git", "status", "--porcelain"], self.a.gitrepo),
+            ("python3 -c 'import json, email, http.client'", "python",
+             [py, "-c", "import json, email, http.client"], None),
+            ("gcc -c small.c", "gcc", ["gcc", "-c", "-O2", str(small_c), "-o", str(self.work / "small.o")], None),
         ]
+
+    def traced(self, trace):
+        """The prefix that runs a real program under hermes: every open observed, traced to TRACE."""
+        return [self.hermes, "launch", "--policy", self.policy("trace_opens"), "--trace", str(trace), "--"]
+
+    def real_programs(self):
+        progs = self.programs()
         trace = self.work / "trace.jsonl"
         runners = {
             "native": [],
-            "hermes": [self.hermes, "launch", "--policy", self.policy("trace_opens"), "--trace", str(trace), "--"],
+            "hermes": self.traced(trace),
             "strace": ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=openat,connect,sendto,execve"],
             "strace-bpf": ["strace", "-f", "--seccomp-bpf", "-qq", "-o", "/dev/null",
                            "-e", "trace=openat,connect,sendto,execve"],
@@ -323,7 +334,7 @@ class Suite:
         walls, notes, traced = {}, {}, {}
         for rep in range(reps):
             t0 = time.time()
-            for label, cmd, cwd in progs:
+            for label, _, cmd, cwd in progs:
                 for r, prefix in runners.items():
                     if (label, r) in notes:
                         continue
@@ -346,26 +357,6 @@ class Suite:
             say(f"repetition {rep + 1}/{reps} of the real programs done ({time.time() - t0:.0f} s)")
         return progs, list(runners), {k: statistics.median(v) for k, v in walls.items()}, notes, traced
 
-    def profile(self):
-        out = self.root / "bench/results/profile-open.txt"
-        data = self.work / "perf.data"
-        wl = self.workloads()[0]
-        cmd = ["perf", "record", "-q", "-F", "2000", "-g", "-o", str(data), "--"] + self.command(
-            wl, "preload", 20000 if not self.quick else 5000, self.work / "report")
-        _, err = self.run_once(cmd)
-        if err:
-            say(f"perf record failed: {err}")
-            return
-        rep = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "comm,dso,sym",
-                              "--percent-limit", "0.7", "-g", "none"], capture_output=True, text=True)
-        lines = [x for x in rep.stdout.splitlines() if x.strip() and not x.startswith("#")]
-        with open(out, "w") as f:
-            f.write(f"# perf profile: the uncached open loop under hermes (preload), {datetime.date.today()}\n")
-            f.write(f"# {' '.join(shlex.quote(c) for c in cmd)}\n")
-            f.write("# perf report --stdio --no-children --sort comm,dso,sym (entries >= 0.7 %)\n\n")
-            f.write("\n".join(lines[:80]) + "\n")
-        say(f"profile written to {out.relative_to(self.root)}")
-
 
 # --- formatting -------------------------------------------------------------------
 def fmt_ns(v):
@@ -387,8 +378,10 @@ def signed(v):
     return ("+" if v >= 0 else "−") + fmt_ns(abs(v))
 
 
-def check(rows, name, measured_text, ok, by):
-    rows.append(f"| {name} | {measured_text} | {'PASS' if ok else 'MISS'}{'' if ok else ' — ' + by} |")
+def check(rows, name, measured_text, ok, by, profile=None):
+    """A targets-table row; a MISS says by how much, and where the profile of it is (--profile)."""
+    miss = f"MISS — {by}" + (f" — profile: {profile}" if profile else "")
+    rows.append(f"| {name} | {measured_text} | {'PASS' if ok else miss} |")
     return ok
 
 
@@ -427,8 +420,7 @@ def main():
         s.stop_listener()
         startup, startup_err = s.startup()
         real = s.real_programs() if not a.only else None
-        if a.profile:
-            s.profile()
+        prof, prof_notes, prof_took = profiles.run(s) if a.profile else ({}, [], 0.0)
     finally:
         s.stop_listener()
     load1 = Path("/proc/loadavg").read_text().split()[:3]
@@ -541,12 +533,14 @@ def main():
         r = fe_p / fe_n
         fails += not check(C, "fork + exec under the preload: ≤ 1.2× native",
                            f"{fmt_ratio(r)} ({fmt_ns(fe_p)} vs {fmt_ns(fe_n)})", r <= 1.2,
-                           f"{r / 1.2:.2f}× the target ({signed(fe_p - 1.2 * fe_n)} per fork+exec over)")
+                           f"{r / 1.2:.2f}× the target ({signed(fe_p - 1.2 * fe_n)} per fork+exec over)",
+                           prof.get("forkexec"))
     if startup:
         d = startup["hermes"] - startup["native"]
         fails += not check(C, "start-up, `hermes launch -- /bin/true` vs `/bin/true`: ≤ +20 ms",
                            f"{signed(d)} ({fmt_ns(startup['hermes'])} vs {fmt_ns(startup['native'])}, "
-                           f"median of {5 if a.quick else 15})", d <= 20e6, f"{signed(d - 20e6)} over")
+                           f"median of {5 if a.quick else 15})", d <= 20e6, f"{signed(d - 20e6)} over",
+                           prof.get("startup"))
     elif startup_err:
         C.append(f"| start-up | failed: {startup_err} | MISS |")
         fails += 1
@@ -555,13 +549,14 @@ def main():
         r = dec / rtt
         fails += not check(C, "uncached decision (open, preload) ≤ 1.5× a Unix-socket round trip (64 B)",
                            f"{fmt_ns(dec)} = {r:.2f}× the round trip ({fmt_ns(rtt)}; 1 B: "
-                           f"{fmt_ns(rtt1) if rtt1 else '?'})", r <= 1.5, f"{r / 1.5:.2f}× the target")
+                           f"{fmt_ns(rtt1) if rtt1 else '?'})", r <= 1.5, f"{r / 1.5:.2f}× the target",
+                           prof.get("open"))
     sb = ov("open", "strace-bpf")
     if need(dec, sb):
         r = dec / sb
         fails += not check(C, "uncached decision ≤ 1/3 of strace --seccomp-bpf's per-call overhead (open)",
                            f"{fmt_ns(dec)} = {r:.2f}× strace-bpf's {fmt_ns(sb)}", r <= 1 / 3,
-                           f"{r * 3:.2f}× the target")
+                           f"{r * 3:.2f}× the target", prof.get("open"))
     st, pre = ov("open", "strict"), dec
     if need(st, pre):
         r = (st + per[("open", "native")]) / (pre + per[("open", "native")])
@@ -576,7 +571,7 @@ def main():
         also = f"; slopes: {signed(cached)}" if cached is not None else ""
         fails += not check(C, "cached decision (`hermes.allow{cache=true}`, open) ≤ +50 ns",
                            f"{signed(o)} per call, paired ({o / dec:.4f}× uncached{also})", o <= 50,
-                           f"+{o - 50:.0f} ns over")
+                           f"+{o - 50:.0f} ns over", prof.get("cached"))
 
     # --- real programs ------------------------------------------------------------------
     R = []
@@ -606,7 +601,7 @@ def main():
                 return "?"
             return f"{fmt_ratio(v / nat)} ({fmt_ns(v)})"
 
-        for label, _, _ in progs:
+        for label, name, *_ in progs:
             nat = med.get((label, "native"))
             cells = [cell(label, r, nat) for r in rnames[1:]]
             s_nat = med.get((label, "native-session"))
@@ -619,7 +614,15 @@ def main():
                 if base and h:
                     r = h / base
                     fails += not check(C, f"`{label}` under hermes --trace{kind} ≤ 1.05× native", fmt_ratio(r),
-                                       r <= 1.05, f"{r / 1.05:.2f}× the target ({signed(h - 1.05 * base)} over)")
+                                       r <= 1.05, f"{r / 1.05:.2f}× the target ({signed(h - 1.05 * base)} over)",
+                                       prof.get(name))
+
+    if a.profile:
+        made = ", ".join(Path(v).name for v in prof.values()) or "none"
+        C += ["", f"*Profiles* (`--profile`, {prof_took:.0f} s): {made} in bench/results/, linked from the "
+              "missed targets above: per function, the CPU an iteration costs natively and under hermes and the "
+              "difference (perf, system-wide; how to read them: each file's header)."
+              + (f" Not made: {'; '.join(prof_notes)}." if prof_notes else "")]
 
     F = [""] + [f"[^{i + 1}]: {t}" for i, t in enumerate(notes)] if notes else []
     text = "\n".join(L + C + R + F) + "\n"
