@@ -87,7 +87,10 @@ class Suite:
 
     # --- set-up ------------------------------------------------------------------
     def policy(self, key):
-        path = self.work / f"{key}.lua"
+        # A directory of their own: hot reload watches the policy's directory, and the
+        # kernel then does work (fsnotify) for every open and write of a file beside it.
+        path = self.work / "policies" / f"{key}.lua"
+        path.parent.mkdir(exist_ok=True)
         if not path.exists():
             if key == "cached":
                 src = "function on_open(ev) return hermes.allow{cache=true} end\n"

@@ -469,7 +469,11 @@ impl Pending {
         let duration_ns = end.saturating_sub(self.start);
         let msg: ClientMsg<'_, ()> =
             ClientMsg::Done(Done { seq: self.seq, ret, errno: if ret < 0 { errno } else { 0 }, duration_ns });
-        let _ = post(self.fd, self.one_shot, &msg, end);
+        // A few varints: a small buffer, not with_frame's 2 KiB one to clear.
+        let mut buf = [0u8; 64];
+        if let Ok(frame) = wire::encode(&msg, &mut buf) {
+            let _ = post_frame(self.fd, self.one_shot, frame, end);
+        }
         sys::set_errno(errno);
     }
 
@@ -678,11 +682,6 @@ fn send<T: Serialize>(fd: i32, msg: &T) -> Result<(), i32> {
 /// Send a one-way frame, made at `mono_ns`: into this thread's ring when `fd` is the
 /// thread's own connection and the ring takes it, else on the socket (the ring and
 /// the broker keep the two in order: see [`hermes_wire::ring`]).
-fn post<T: Serialize>(fd: i32, one_shot: bool, msg: &T, mono_ns: u64) -> Result<(), i32> {
-    with_frame(msg, |frame| post_frame(fd, one_shot, frame, mono_ns))
-}
-
-/// [`post`] for a frame already made.
 fn post_frame(fd: i32, one_shot: bool, frame: &[u8], mono_ns: u64) -> Result<(), i32> {
     let own = !one_shot && CONN.with(Cell::get).0 == fd;
     match own.then(|| ring::push(frame, mono_ns)).flatten() {
