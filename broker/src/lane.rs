@@ -88,7 +88,9 @@ struct LaneState {
     /// Allowed calls waiting for their `Done`, oldest first. More than one when calls
     /// nest (a hooked library function that opens a file) or, for the tracer's single
     /// connection, when several tracees have calls in flight.
-    pending: Vec<(u32, Record)>,
+    /// Boxed: a record is some 700 bytes, and moving it in and out by value cost more
+    /// than the allocation.
+    pending: Vec<(u32, Box<Record>)>,
     /// How far the ring has been read (ours: the ring's own word is the target's).
     tail: u64,
     /// One-way frames handled from the socket (the ring stays closed to its producer
@@ -189,7 +191,7 @@ impl Lane {
     /// A one-way frame from the socket: read the ring first, since everything in it
     /// was sent before; then tell the producer it may use the ring again, if this was
     /// the last of the frames it sent on the socket.
-    pub fn socket_frame(&self, shared: &Shared, msg: ClientFrame<'_>) -> Result<(), &'static str> {
+    pub fn socket_frame(&self, shared: &Shared, msg: &ClientFrame<'_>) -> Result<(), &'static str> {
         let mut state = self.hold(shared);
         state.drain(self, shared);
         let counted = matches!(msg, ClientMsg::Observe(_) | ClientMsg::Done(_));
@@ -276,7 +278,7 @@ impl LaneState {
             ring.release(self.tail);
             let handled = match read {
                 Ok(()) => match wire::decode::<ClientFrame>(&frame[4..]) {
-                    Ok(msg) => self.one_way(lane, shared, msg, Some((record.mono_ns, read_at))),
+                    Ok(msg) => self.one_way(lane, shared, &msg, Some((record.mono_ns, read_at))),
                     Err(_) => Err("a malformed frame"),
                 },
                 Err(e) => Err(e.text()),
@@ -305,12 +307,12 @@ impl LaneState {
         &mut self,
         lane: &Lane,
         shared: &Shared,
-        msg: ClientFrame<'_>,
+        msg: &ClientFrame<'_>,
         at: Option<(u64, ReadAt)>,
     ) -> Result<(), &'static str> {
         match msg {
             ClientMsg::Observe(call) => {
-                let mut event = self.event(lane, shared, &call, true);
+                let mut event = self.event(lane, shared, call, true);
                 let time = match at {
                     // The event happened when the client wrote it, not when we read it.
                     Some((at, read_at)) => {
@@ -328,8 +330,8 @@ impl LaneState {
             }
             ClientMsg::Done(done) => {
                 if let Some(at) = self.pending.iter().position(|(seq, _)| *seq == done.seq) {
-                    let (_, record) = self.pending.remove(at);
-                    let record = finish(shared, record, &done);
+                    let (_, mut record) = self.pending.remove(at);
+                    finish(shared, &mut record, done);
                     shared.sink.emit_into(&record, &mut self.lines);
                 }
             }
@@ -380,7 +382,7 @@ impl LaneState {
                 let (_, oldest) = self.pending.remove(0);
                 shared.sink.emit_into(&oldest, &mut self.lines);
             }
-            self.pending.push((seq, record));
+            self.pending.push((seq, Box::new(record)));
         } else {
             shared.sink.emit_into(&record, &mut self.lines);
         }
@@ -397,7 +399,7 @@ pub fn record(event: Event, outcome: Outcome, policy_hash: Arc<str>, time: Syste
 }
 
 /// The call ran: record its result and learn from it.
-fn finish(shared: &Shared, mut record: Record, done: &wire::Done) -> Record {
+fn finish(shared: &Shared, record: &mut Record, done: &wire::Done) {
     record.result =
         Some(CallResult { ret: done.ret, errno: done.errno, duration: Duration::from_nanos(done.duration_ns) });
     let state = shared.engine.state();
@@ -415,7 +417,6 @@ fn finish(shared: &Shared, mut record: Record, done: &wire::Done) -> Record {
         }
         _ => {}
     }
-    record
 }
 
 fn returns_file_pointer(func: &str) -> bool {

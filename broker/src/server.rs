@@ -391,7 +391,7 @@ impl<'s> Connection<'s> {
             let handled = match wire::decode::<ClientFrame>(&buf) {
                 Ok(ClientMsg::Call(call)) => self.on_call(lane, &call),
                 Ok(ClientMsg::Flush { seq }) => self.on_flush(lane, seq),
-                Ok(msg) => lane.socket_frame(self.shared, msg).map_err(ConnError::Protocol),
+                Ok(msg) => lane.socket_frame(self.shared, &msg).map_err(ConnError::Protocol),
                 Err(_) => Err(ConnError::Protocol("malformed frame")),
             };
             self.buf = buf;
