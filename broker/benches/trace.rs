@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use criterion::Criterion;
 use hermes_broker::event::{Event, ProcInfo};
 use hermes_broker::policy::{Outcome, Verdict};
+use hermes_broker::resolve::Viewer;
 use hermes_broker::trace::{CallResult, Record};
 use hermes_broker::Sink;
 use hermes_wire::{Args, Layer};
@@ -32,7 +33,8 @@ fn proc_info() -> ProcInfo {
 fn observed(dirfd: i32, path: &[u8]) -> Event {
     let me = std::process::id() as i32;
     let args: Args<Vec<&[u8]>> = Args::Open { dirfd, path, flags: FLAGS, mode: 0 };
-    Event::observed("__openat_2", me, me, Layer::Preload, proc_info(), &args, |_| Some(DIR.to_vec()))
+    let viewer = Viewer { pid: me, tid: me };
+    Event::observed("__openat_2", viewer, Layer::Preload, proc_info(), &args, |_| Some(DIR.to_vec()), None)
 }
 
 fn bench_event(c: &mut Criterion) {

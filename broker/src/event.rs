@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use hermes_wire::{Args, Layer, Op, SockAddr, API_ARGS};
 
 use crate::json::{self, Object};
-use crate::resolve::{self, Viewer};
+use crate::resolve::{self, Links, Viewer};
 
 /// A socket address owned by the broker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,23 +201,24 @@ const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O
 impl Event {
     /// Decode a wire request, resolving its paths in the caller's view.
     pub fn new(func: &str, pid: i32, tid: i32, layer: Layer, proc: ProcInfo, args: &Args<Vec<&[u8]>>) -> Self {
-        Event::observed(func, pid, tid, layer, proc, args, |_| None)
+        Event::observed(func, Viewer { pid, tid }, layer, proc, args, |_| None, None)
     }
 
     /// [`Event::new`] for a call that ran before the broker read it (an observed call):
     /// by then its directory descriptor may have been closed and its number reused, so
     /// a path relative to one starts from `dirs(dirfd)`, the directory the process's
-    /// reported opens left at that number, when known.
+    /// reported opens left at that number, when known. `links`: the symlinks read for
+    /// the batch of observed calls this one is read with.
     pub fn observed(
         func: &str,
-        pid: i32,
-        tid: i32,
+        viewer: Viewer,
         layer: Layer,
         proc: ProcInfo,
         args: &Args<Vec<&[u8]>>,
         dirs: impl Fn(i32) -> Option<Vec<u8>>,
+        links: Option<&mut Links>,
     ) -> Self {
-        let viewer = Viewer { pid, tid };
+        let Viewer { pid, tid } = viewer;
         let op = args.op();
         let mut unresolved = false;
         let args = match *args {
@@ -225,7 +226,7 @@ impl Event {
                 dirfd,
                 path: {
                     let known = (dirfd != resolve::AT_FDCWD && path.first() != Some(&b'/')).then(|| dirs(dirfd));
-                    viewer.resolve_from(known.flatten(), dirfd, path, flags & O_NOFOLLOW == 0)
+                    viewer.resolve_from(known.flatten(), dirfd, path, flags & O_NOFOLLOW == 0, links)
                 }
                 .unwrap_or_else(|| {
                     unresolved = true;

@@ -38,6 +38,7 @@ use hermes_wire::{self as wire, Call, ClientMsg, Layer};
 
 use crate::event::{monotonic_ns, Event, ProcInfo};
 use crate::policy::{self, Outcome, Verdict};
+use crate::resolve::{Links, Viewer};
 use crate::server::{ClientFrame, Shared};
 use crate::shm::{self, Mapping};
 use crate::trace::{CallResult, Record, Sink};
@@ -102,6 +103,8 @@ struct LaneState {
     frame: Vec<u8>,
     /// Trace lines made while the lane is held, written when it is let go.
     lines: Vec<u8>,
+    /// Symlinks read for the observed calls of the batch being read.
+    links: Links,
 }
 
 /// A lane's state, held. The trace lines made meanwhile (a ring's worth, often) are
@@ -257,6 +260,7 @@ impl ReadAt {
 
 impl LaneState {
     fn drain(&mut self, lane: &Lane, shared: &Shared) {
+        self.links.clear(); // a new batch
         let Some(ring) = lane.ring.as_ref().and_then(RingMap::ring) else { return };
         if self.broken {
             return;
@@ -350,7 +354,15 @@ impl LaneState {
         let (func, tid, layer, args) = (call.func, call.tid, lane.layer, &call.args);
         let event = if observed {
             let state = shared.engine.state();
-            Event::observed(func, pid, tid, layer, proc, args, |fd| state.recorded_dir(pid, fd))
+            Event::observed(
+                func,
+                Viewer { pid, tid },
+                layer,
+                proc,
+                args,
+                |fd| state.recorded_dir(pid, fd),
+                Some(&mut self.links),
+            )
         } else {
             Event::new(func, pid, tid, layer, proc, args)
         };

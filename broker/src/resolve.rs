@@ -7,6 +7,7 @@
 //! The broker reads the target's state from `/proc`: `/proc/TID/cwd`, `/proc/PID/fd/N`,
 //! and rewrites `/proc/self` and `/proc/thread-self` to the caller's own entries.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -16,6 +17,41 @@ pub const AT_FDCWD: i32 = libc::AT_FDCWD;
 
 /// Linux gives up after this many symlinks in one lookup (ELOOP); so do we.
 const MAX_SYMLINKS: usize = 40;
+
+/// What [`Links`] keeps before starting over.
+const LINKS_MAX: usize = 4096;
+
+/// The symlinks (and the names that are none) read while resolving one batch of
+/// observed calls' paths: a ring's worth, read together milliseconds after the calls.
+/// Their paths share directories (`/usr`, `/usr/include`, …), each of which would cost a
+/// `readlink` per call. Only for observed calls, whose paths are resolved after the fact
+/// anyway: a decided call's path is read afresh, name by name, as it is decided.
+#[derive(Default)]
+pub struct Links(HashMap<Vec<u8>, Option<Vec<u8>>>);
+
+impl Links {
+    /// Forget what was read: the batch is over.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    fn read(&mut self, path: &[u8]) -> Option<Vec<u8>> {
+        if let Some(known) = self.0.get(path) {
+            return known.clone();
+        }
+        let target = read_link(path);
+        if self.0.len() >= LINKS_MAX {
+            self.0.clear();
+        }
+        self.0.insert(path.to_vec(), target.clone());
+        target
+    }
+}
+
+/// Where the symlink at `path` points; `None` when it is no symlink or does not exist.
+fn read_link(path: &[u8]) -> Option<Vec<u8>> {
+    std::fs::read_link(Path::new(OsStr::from_bytes(path))).ok().map(|t| t.into_os_string().into_encoded_bytes())
+}
 
 /// The thread whose view of the filesystem a path is resolved in.
 #[derive(Clone, Copy, Debug)]
@@ -47,19 +83,27 @@ impl Viewer {
     /// read (the process is gone, not dumpable, or in another PID namespace): the
     /// caller must not guess.
     pub fn resolve(self, dirfd: i32, raw: &[u8], follow_last: bool) -> Option<Vec<u8>> {
-        self.resolve_from(None, dirfd, raw, follow_last)
+        self.resolve_from(None, dirfd, raw, follow_last, None)
     }
 
     /// [`Viewer::resolve`] where a relative path starts from `known`, when the caller
-    /// knows what `dirfd` was at the call, instead of from what /proc says now.
-    pub fn resolve_from(self, known: Option<Vec<u8>>, dirfd: i32, raw: &[u8], follow_last: bool) -> Option<Vec<u8>> {
+    /// knows what `dirfd` was at the call, instead of from what /proc says now; with
+    /// `links`, symlinks already read in this batch are not read again.
+    pub fn resolve_from(
+        self,
+        known: Option<Vec<u8>>,
+        dirfd: i32,
+        raw: &[u8],
+        follow_last: bool,
+        links: Option<&mut Links>,
+    ) -> Option<Vec<u8>> {
         let mut start = match known {
             _ if raw.first() == Some(&b'/') => Vec::new(),
             Some(dir) => dir,
             None => self.base(dirfd)?,
         };
         start.reserve(raw.len() + 1); // room for the names, so one allocation is the usual case
-        let mut walker = Walker { viewer: self, out: start, links: 0 };
+        let mut walker = Walker { viewer: self, out: start, followed: 0, links };
         walker.walk(raw, follow_last);
         if walker.out.is_empty() {
             walker.out.push(b'/');
@@ -68,14 +112,16 @@ impl Viewer {
     }
 }
 
-struct Walker {
+struct Walker<'a> {
     viewer: Viewer,
     /// The resolved prefix, absolute, without a trailing slash ("" is the root).
     out: Vec<u8>,
-    links: usize,
+    /// Symlinks followed so far.
+    followed: usize,
+    links: Option<&'a mut Links>,
 }
 
-impl Walker {
+impl Walker<'_> {
     fn walk(&mut self, path: &[u8], follow_last: bool) {
         if path.first() == Some(&b'/') {
             self.out.clear();
@@ -102,15 +148,19 @@ impl Walker {
             self.out = magic;
             return;
         }
-        if !follow || self.links >= MAX_SYMLINKS {
+        if !follow || self.followed >= MAX_SYMLINKS {
             return;
         }
-        let Ok(target) = std::fs::read_link(Path::new(OsStr::from_bytes(&self.out))) else {
+        let target = match self.links.as_deref_mut() {
+            Some(links) => links.read(&self.out),
+            None => read_link(&self.out),
+        };
+        let Some(target) = target else {
             return; // not a symlink, or does not exist (yet): keep the name as written
         };
-        self.links += 1;
+        self.followed += 1;
         self.out.truncate(parent_len);
-        self.walk(target.as_os_str().as_bytes(), true);
+        self.walk(&target, true);
     }
 
     /// `/proc/self` and `/proc/thread-self` name the *caller*, not the broker.
@@ -200,6 +250,30 @@ mod tests {
         assert_eq!(v.resolve(AT_FDCWD, b"/../..", true), Some(b"/".to_vec()));
         // An unreadable dirfd: no guess.
         assert_eq!(v.resolve(987_654, b"x", true), None);
+    }
+
+    #[test]
+    fn a_batch_reads_each_symlink_once_and_a_new_batch_reads_it_again() {
+        let dir = std::env::temp_dir().join(format!("hermes-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("a")).unwrap();
+        std::fs::create_dir_all(dir.join("b")).unwrap();
+        symlink(dir.join("a"), dir.join("cur")).unwrap();
+        let (v, root) = (me(), bytes(&dir));
+        let path = [root.as_slice(), b"/cur/file"].concat();
+        let want = |to: &str| Some([root.as_slice(), b"/", to.as_bytes(), b"/file"].concat());
+        let mut links = Links::default();
+        let resolve = |links: &mut Links| v.resolve_from(None, AT_FDCWD, &path, true, Some(links));
+        assert_eq!(resolve(&mut links), want("a"));
+        assert_eq!(resolve(&mut links), v.resolve(AT_FDCWD, &path, true), "the same as read name by name");
+        // Re-pointed within the batch: the batch keeps what it read.
+        std::fs::remove_file(dir.join("cur")).unwrap();
+        symlink(dir.join("b"), dir.join("cur")).unwrap();
+        assert_eq!(resolve(&mut links), want("a"));
+        assert_eq!(v.resolve(AT_FDCWD, &path, true), want("b"), "a decided call reads afresh");
+        links.clear();
+        assert_eq!(resolve(&mut links), want("b"), "the next batch reads it again");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
