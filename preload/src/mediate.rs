@@ -108,9 +108,9 @@ impl From<Cached> for Verdict<'_> {
     }
 }
 
-/// The guard word ([`busy`]) while a cached decision's call runs: not a thread id, so a vfork child that
-/// leaves it set cannot make its parent's calls look nested (and cached calls are
-/// never execs, so they always return and clear it).
+/// The guard word ([`busy`]) while a cached decision's call runs: not a thread id, so
+/// a vfork child that leaves it set cannot make its parent's calls look nested (and
+/// cached calls are never execs, so they always return and clear it).
 const CACHED_CALL: i32 = -1;
 
 /// Holds the reentrancy guard for this thread; dropping it releases the guard.
@@ -446,11 +446,8 @@ impl Pending {
     /// Tell the broker the result, if it asked. Guarded: the clock read below is a
     /// libc call a library hook may be tracing.
     pub fn done(self, ret: i64) {
-        if self.reports() {
-            let _guard = Guard::take();
-            self.report(ret);
-        }
-        self.release();
+        let _guard = self.reports().then(Guard::take);
+        self.finish(ret);
     }
 
     /// Report (the caller holds the guard) and release.
