@@ -167,7 +167,7 @@ fn watch(args: &BrokerArgs, handle: &Arc<Handle>, loaded: Loaded) -> std::io::Re
     if files.is_empty() {
         return Ok(());
     }
-    let watcher = crate::watch::Watcher::new(&files)?;
+    let mut watcher = crate::watch::Watcher::new(&files)?;
     let handle = Arc::clone(handle);
     let timeout = Duration::from_millis(args.timeout_ms);
     std::thread::Builder::new().name("hermes-reload".into()).spawn(move || {

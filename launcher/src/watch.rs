@@ -6,7 +6,6 @@
 //! replaced. Events are gathered until the watched files have been quiet for a moment,
 //! so one save is one reload.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{CString, OsString};
 use std::io;
@@ -32,7 +31,7 @@ pub struct Watcher {
     /// The files, by the caller's index.
     files: Vec<CString>,
     /// Watch descriptor of a file's own `IN_MODIFY` watch → the caller's index.
-    writes: RefCell<HashMap<i32, usize>>,
+    writes: HashMap<i32, usize>,
 }
 
 impl Watcher {
@@ -59,7 +58,7 @@ impl Watcher {
             dirs.entry(wd).or_default().insert(name, i);
             paths.push(CString::new(file.as_os_str().as_bytes()).map_err(io::Error::other)?);
         }
-        let watcher = Watcher { fd, dirs, files: paths, writes: RefCell::default() };
+        let mut watcher = Watcher { fd, dirs, files: paths, writes: HashMap::new() };
         for i in 0..files.len() {
             watcher.watch_writes(i);
         }
@@ -68,9 +67,9 @@ impl Watcher {
 
     /// Watch file `i` itself for writes (again, after it was replaced). A file that is
     /// missing now is watched once it appears in its directory.
-    fn watch_writes(&self, i: usize) {
+    fn watch_writes(&mut self, i: usize) {
         if let Ok(wd) = add_watch(&self.fd, &self.files[i], libc::IN_MODIFY) {
-            self.writes.borrow_mut().insert(wd, i);
+            self.writes.insert(wd, i);
         }
     }
 
@@ -80,7 +79,7 @@ impl Watcher {
     /// Both deadlines count only events for the watched files: other files in the
     /// same directory (a trace or a log written beside the policy, every few
     /// milliseconds) must not keep a change from settling, nor a retry from firing.
-    pub fn next(&self, wait: Option<Duration>) -> io::Result<Vec<(usize, Change)>> {
+    pub fn next(&mut self, wait: Option<Duration>) -> io::Result<Vec<(usize, Change)>> {
         let mut changes: HashMap<usize, Change> = HashMap::new();
         // Until the first change: `wait` (None: forever); then SETTLE after the last.
         let mut deadline = wait.map(|w| Instant::now() + w);
@@ -112,7 +111,7 @@ impl Watcher {
     }
 
     /// Read pending events into `changes`; whether any concerned a watched file.
-    fn read_events(&self, changes: &mut HashMap<usize, Change>) -> io::Result<bool> {
+    fn read_events(&mut self, changes: &mut HashMap<usize, Change>) -> io::Result<bool> {
         let mut buf = [0u8; 4096];
         // SAFETY: reading into a live local buffer of the given size.
         let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -137,8 +136,8 @@ impl Watcher {
                     self.watch_writes(i); // a new file under the name
                 }
             } else if ev.mask & libc::IN_IGNORED != 0 {
-                self.writes.borrow_mut().remove(&ev.wd); // the replaced file is gone
-            } else if let Some(&i) = self.writes.borrow().get(&ev.wd) {
+                self.writes.remove(&ev.wd); // the replaced file is gone
+            } else if let Some(&i) = self.writes.get(&ev.wd) {
                 watched = true;
                 changes.entry(i).or_default();
             }
@@ -162,11 +161,15 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn scratch(name: &str) -> PathBuf {
+    /// A scratch directory holding `policy.lua`, watched: (directory, policy, watcher).
+    fn watched_policy(name: &str) -> (PathBuf, PathBuf, Watcher) {
         let dir = std::env::temp_dir().join(format!("hermes-watch-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");
-        dir
+        let policy = dir.join("policy.lua");
+        std::fs::write(&policy, "-- v1\n").expect("policy");
+        let watcher = Watcher::new(std::slice::from_ref(&policy)).expect("watcher");
+        (dir, policy, watcher)
     }
 
     fn pending(w: &Watcher) -> bool {
@@ -177,10 +180,7 @@ mod tests {
 
     #[test]
     fn a_file_written_beside_the_policy_does_not_wake_the_watcher() {
-        let dir = scratch("beside");
-        let policy = dir.join("policy.lua");
-        std::fs::write(&policy, "-- v1\n").expect("policy");
-        let w = Watcher::new(std::slice::from_ref(&policy)).expect("watcher");
+        let (dir, _, mut w) = watched_policy("beside");
         let mut trace = std::fs::File::create(dir.join("trace.jsonl")).expect("trace");
         // Creating it is an event (IN_CREATE, for another name): drain it.
         w.next(Some(Duration::from_millis(1))).expect("drain");
@@ -194,10 +194,7 @@ mod tests {
 
     #[test]
     fn writes_to_the_policy_are_seen_in_place_open_and_after_a_rename() {
-        let dir = scratch("policy");
-        let policy = dir.join("policy.lua");
-        std::fs::write(&policy, "-- v1\n").expect("policy");
-        let w = Watcher::new(std::slice::from_ref(&policy)).expect("watcher");
+        let (dir, policy, mut w) = watched_policy("policy");
         let wait = Some(Duration::from_secs(5));
 
         // Written in place and closed: complete.
