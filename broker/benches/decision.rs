@@ -22,6 +22,9 @@ use hermes_broker::policy::{Verdict, ALLOW_ALL_SOURCE};
 use hermes_broker::Policy;
 use hermes_wire::{Args, Layer};
 
+#[path = "../../bench/criterion.rs"]
+mod settings;
+
 const PATH: &[u8] = b"/usr/share/zoneinfo/Europe/Rome";
 
 const ALLOW_HANDLER: &str = "function on_open(ev) return hermes.allow() end\n";
@@ -78,11 +81,7 @@ fn bench_decide(c: &mut Criterion) {
 }
 
 fn main() {
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1))
-        .sample_size(30)
-        .configure_from_args();
+    let mut c = settings::criterion(30);
     bench_decide(&mut c);
     c.final_summary();
 }

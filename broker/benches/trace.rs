@@ -21,6 +21,9 @@ use hermes_broker::trace::{CallResult, Record};
 use hermes_broker::Sink;
 use hermes_wire::{Args, Layer};
 
+#[path = "../../bench/criterion.rs"]
+mod settings;
+
 const DIR: &[u8] = b"/usr/include";
 const NAME: &[u8] = b"stdio.h";
 const ABSOLUTE: &[u8] = b"/usr/include/linux/types.h";
@@ -72,11 +75,7 @@ fn bench_line(c: &mut Criterion) {
 }
 
 fn main() {
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1))
-        .sample_size(30)
-        .configure_from_args();
+    let mut c = settings::criterion(30);
     bench_event(&mut c);
     bench_line(&mut c);
     c.final_summary();

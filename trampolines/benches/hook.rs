@@ -18,9 +18,12 @@
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::Criterion;
+
+#[path = "../../bench/criterion.rs"]
+mod settings;
 
 type Unary = extern "C" fn(u64) -> u64;
 
@@ -153,11 +156,7 @@ fn summary() {
 }
 
 fn main() {
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1))
-        .sample_size(30)
-        .configure_from_args();
+    let mut c = settings::criterion(30);
     bench_hook(&mut c);
     c.final_summary();
     // `cargo bench` passes --bench; `cargo test --benches` runs each benchmark once, without.

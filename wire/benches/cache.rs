@@ -5,11 +5,13 @@
 //! `cargo bench -p hermes-wire --bench cache` (add `-- --quick` for a faster run).
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::Criterion;
 use hermes_wire::cache::{Cache, Cached, KeyBuilder};
 use hermes_wire::Op;
+
+#[path = "../../bench/criterion.rs"]
+mod settings;
 
 static CACHE: Cache<1024> = Cache::new();
 
@@ -42,10 +44,7 @@ fn bench(c: &mut Criterion) {
 }
 
 fn main() {
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1))
-        .configure_from_args();
+    let mut c = settings::criterion(100);
     bench(&mut c);
     c.final_summary();
 }

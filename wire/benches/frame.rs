@@ -12,10 +12,12 @@
 //! `cargo bench -p hermes-wire --bench frame` (add `-- --quick` for a faster run).
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use hermes_wire::{decode, encode, Args, Call, ClientMsg, Context, Decision, Reply, SockAddr};
+
+#[path = "../../bench/criterion.rs"]
+mod settings;
 
 /// The broker's view of a client message (as in broker/src/server.rs).
 type Frame<'a> = ClientMsg<'a, Vec<&'a [u8]>>;
@@ -101,11 +103,7 @@ fn bench_decode(c: &mut Criterion) {
 }
 
 fn main() {
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1))
-        .sample_size(30)
-        .configure_from_args();
+    let mut c = settings::criterion(30);
     bench_encode(&mut c);
     bench_decode(&mut c);
     c.final_summary();
