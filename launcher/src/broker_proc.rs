@@ -1,12 +1,12 @@
-//! The broker process. `hermes launch` starts `hermes broker …`; it loads the policy,
-//! binds the socket, then forks so that it is not the launcher's child (the launcher
-//! reaps every process of the target's tree, and must not wait for the broker), and
-//! reports on stdout: `ready MASK HOOKS DOORS BOARD` (BOARD: where processes map the
-//! board, see `hermes_wire::board`; HOOKS: the policy's `hermes.hook` list
-//! as `LIB:SYMBOL=KINDS;…`, or `-`; DOORS: its seccomp settings, or `-`) or
-//! `error MESSAGE`. It serves until its stdin (the
-//! launcher's lifeline) closes, drains the connections, and exits; stdout closes last,
-//! which tells the launcher the trace is complete.
+//! The broker process. `hermes launch` starts `hermes broker …`, which forks at once so
+//! that the broker is not the launcher's child (the launcher reaps every process of the
+//! target's tree, and must not wait for the broker). The broker loads the policy, binds
+//! the socket, and reports on stdout: `ready MASK HOOKS DOORS BOARD` (BOARD: where
+//! processes map the board, see `hermes_wire::board`; HOOKS: the policy's `hermes.hook`
+//! list as `LIB:SYMBOL=KINDS;…`, or `-`; DOORS: its seccomp settings, or `-`) or
+//! `error MESSAGE`. It serves until its stdin (the launcher's lifeline) closes, drains the
+//! connections, and exits; stdout closes last, which tells the launcher the trace is
+//! complete.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -67,15 +67,11 @@ pub fn run(args: &BrokerArgs) -> ExitCode {
 
 /// [`run`], returning the exit status: what a forked broker exits with.
 pub fn serve(args: &BrokerArgs) -> u8 {
-    let (broker, loaded) = match start(args) {
-        Ok(b) => b,
-        Err(msg) => {
-            println!("error {}", msg.replace('\n', " "));
-            return 2;
-        }
-    };
-    // SAFETY: no thread has been started yet (the server threads start after this),
-    // so the child is a complete copy of a single-threaded process.
+    // Fork before loading anything: the process that exits (and that `launch` waits
+    // for) is then a small copy, quick to make and to tear down, and the broker's own
+    // memory is never copied.
+    // SAFETY: no thread has been started yet (the server threads start later), so the
+    // child is a complete copy of a single-threaded process.
     match unsafe { libc::fork() } {
         -1 => {
             println!("error fork: {}", std::io::Error::last_os_error());
@@ -87,6 +83,13 @@ pub fn serve(args: &BrokerArgs) -> u8 {
     // SAFETY: setsid has no memory effects. A session of its own keeps the terminal's
     // ^C (meant for the target) away from the broker.
     unsafe { libc::setsid() };
+    let (broker, loaded) = match start(args) {
+        Ok(b) => b,
+        Err(msg) => {
+            println!("error {}", msg.replace('\n', " "));
+            return 2;
+        }
+    };
     let mask = broker.mask();
     let hooks = match policy::ApiHook::env_list(broker.hooks()) {
         list if list.is_empty() => "-".to_owned(),

@@ -227,11 +227,13 @@ impl BrokerProc {
             pid => {
                 drop((stdin_r, stdout_w));
                 let done = meanwhile();
-                // The first process forks the real broker and exits at once.
+                let ready = Self::ready(File::from(stdin_w), BufReader::new(File::from(stdout_r)));
+                // The child forked the real broker and exited at once; reaped here, after
+                // the broker's answer, so its teardown is not waited for first.
                 let mut status = 0;
                 // SAFETY: waits for our own child; the status goes into a live local.
                 unsafe { libc::waitpid(pid, &mut status, 0) };
-                Ok((Self::ready(File::from(stdin_w), BufReader::new(File::from(stdout_r)))?, done))
+                Ok((ready?, done))
             }
         }
     }

@@ -4,10 +4,26 @@
 //! are built on first use). The launcher links the same libc as most targets, so it makes
 //! them from its own, on its core, while the broker starts on the other. Recipes carry the
 //! hash of the bytes they were made from: a target with another libc ignores them.
+//!
+//! Making them costs the launcher half a millisecond, more than the broker takes to start,
+//! so they are kept in a file per libc ([`CacheFile`]) and made again only when that libc's
+//! bytes no longer match them. A recipe is checked against the live bytes before it is
+//! used, here and in every target, so a stale or foreign file costs time, never a wrong
+//! hook.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString, OsStr};
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::PathBuf;
 
+use hermes_trampolines::Recipe;
 use hermes_wire::INLINE_HOOKED;
+
+/// Where recipes are kept: `$HERMES_CACHE_DIR`, else `$XDG_CACHE_HOME/hermes`, else
+/// `~/.cache/hermes`. `HERMES_CACHE_DIR=` (empty) keeps none.
+pub const ENV_CACHE_DIR: &str = "HERMES_CACHE_DIR";
 
 /// What the preload's `HERMES_RECIPES` would say after hooking this process's libc; `None`
 /// when nothing could be planned.
@@ -21,8 +37,87 @@ pub fn from_own_libc() -> Option<String> {
             (!at.is_null()).then_some(at as *const u8)
         })
         .collect();
+    let cache = targets.first().and_then(|&f| CacheFile::for_library_of(f));
+    let known = cache.as_ref().and_then(CacheFile::read).map(|text| Recipe::parse_list(&text)).unwrap_or_default();
     // SAFETY: functions of libc, which stays mapped for the life of the process.
-    let recipes = unsafe { hermes_trampolines::recipes_at(&targets) }.ok()?;
+    let (recipes, decoded) = unsafe { hermes_trampolines::recipes_at(&targets, &known) }.ok()?;
     let text: Vec<String> = recipes.iter().map(ToString::to_string).collect();
-    (!text.is_empty()).then(|| text.join(","))
+    let text = (!text.is_empty()).then(|| text.join(","))?;
+    if let (true, Some(cache)) = (decoded, &cache) {
+        cache.write(&text);
+    }
+    Some(text)
+}
+
+/// The recipes file for one library: named after its path, device, inode, size and
+/// modification time, so an upgraded libc gets a file of its own.
+struct CacheFile {
+    path: PathBuf,
+}
+
+impl CacheFile {
+    /// The file for the library that holds `function`; `None` without a cache directory.
+    fn for_library_of(function: *const u8) -> Option<CacheFile> {
+        let dir = cache_dir()?;
+        // SAFETY: Dl_info is plain data (pointers and addresses): all zeroes is a valid value.
+        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+        // SAFETY: dladdr only reads the loader's tables and fills `info`, a live local.
+        if unsafe { libc::dladdr(function.cast(), &mut info) } == 0 || info.dli_fname.is_null() {
+            return None;
+        }
+        // SAFETY: dli_fname is the loader's NUL-terminated name of a loaded object.
+        let library = unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes();
+        let meta = fs::metadata(OsStr::from_bytes(library)).ok()?;
+        let mut identity = [env!("CARGO_PKG_VERSION").as_bytes(), library].concat();
+        for n in [meta.dev(), meta.ino(), meta.size(), meta.mtime() as u64, meta.mtime_nsec() as u64] {
+            identity.extend_from_slice(&n.to_le_bytes());
+        }
+        let key = fnv(&identity);
+        Some(CacheFile { path: dir.join(format!("recipes-{key:016x}")) })
+    }
+
+    /// The file's text, if it is ours: owned by this user and writable by no one else
+    /// (recipes say how to copy code; a file others can write must not say it).
+    fn read(&self) -> Option<String> {
+        let meta = fs::symlink_metadata(&self.path).ok()?;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if !meta.is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+            return None;
+        }
+        fs::read_to_string(&self.path).ok()
+    }
+
+    /// Replace the file with `text`, whole or not at all (a rename over it). Failing is
+    /// fine: the next run makes the recipes again.
+    fn write(&self, text: &str) {
+        let Some(dir) = self.path.parent() else { return };
+        let _ = fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
+        let temp = self.path.with_extension(std::process::id().to_string());
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .and_then(|mut f| f.write_all(text.as_bytes()));
+        if written.and_then(|()| fs::rename(&temp, &self.path)).is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+    }
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    let set = |name| std::env::var_os(name).map(PathBuf::from);
+    match set(ENV_CACHE_DIR) {
+        Some(dir) if dir.as_os_str().is_empty() => None,
+        Some(dir) => Some(dir),
+        None => set("XDG_CACHE_HOME")
+            .filter(|d| d.is_absolute())
+            .map(|d| d.join("hermes"))
+            .or_else(|| set("HOME").filter(|d| d.is_absolute()).map(|d| d.join(".cache/hermes"))),
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }

@@ -97,3 +97,56 @@ fn exec_children_hook_from_their_parents_recipes() {
         run.check(run.stdout.trim() == "ERR 13", "recipes that match nothing change nothing");
     }
 }
+
+/// The launcher keeps the recipes it makes in a file per libc (`HERMES_CACHE_DIR`), so a
+/// run that finds the file makes none. A file whose recipes do not match the libc, or that
+/// others could have written, is not used: the recipes are made again and the file
+/// replaced.
+#[test]
+fn the_launchers_recipes_are_kept_in_a_cache_file() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    let dir = Scratch::new();
+    let secret = dir.write("secret", "top secret\n").display().to_string();
+    let cache = dir.join("cache");
+    let run_once = || {
+        let run = launch(POLICY, c_program("libc_internal"), &["fopen", &secret])
+            .env("HERMES_CACHE_DIR", &cache)
+            .env("HERMES_DEBUG_HOOKS", "1")
+            .run();
+        run.check(run.stdout.trim() == "ERR 13", "the inline open hook denies the fopen");
+        let report = run.stderr.lines().find(|l| l.contains("inline hooks,")).unwrap_or_default().to_owned();
+        let words: Vec<&str> = report.split_whitespace().collect();
+        let copied_all = words.len() > 6 && words[3] == words[6] && words[3] != "0";
+        run.check(copied_all, &format!("the first process copied every hook from recipes: {report:?}"));
+        let files: Vec<_> =
+            std::fs::read_dir(&cache).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        run.check(files.len() == 1, "one recipes file, and no temporary left beside it");
+        files[0].clone()
+    };
+
+    let file = run_once();
+    let made = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(made.split(',').count() >= 5, "the file holds the recipes: {made:?}");
+    let meta = std::fs::metadata(&file).expect("recipes file");
+    assert_eq!(meta.mode() & 0o777, 0o600, "only its owner may read or write it");
+
+    // Found and used as it is: not written again.
+    let again = run_once();
+    assert_eq!(std::fs::metadata(&again).expect("recipes file").ino(), meta.ino(), "a matching file is not replaced");
+
+    // Recipes that match nothing: made again, and the file replaced.
+    std::fs::write(&file, "0123456789abcdef:64:0:f:c5").expect("overwrite");
+    run_once();
+    assert_eq!(std::fs::read_to_string(&file).unwrap_or_default(), made, "the stale file was replaced");
+
+    // Good recipes in a file others may write are not trusted: replaced by the launcher's own.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let ino = std::fs::metadata(&file).expect("recipes file").ino();
+    run_once();
+    let replaced = std::fs::metadata(&file).expect("recipes file");
+    assert!(
+        replaced.ino() != ino && replaced.mode() & 0o777 == 0o600,
+        "the group- and world-writable file was replaced"
+    );
+}

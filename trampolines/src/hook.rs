@@ -34,22 +34,30 @@ pub unsafe fn plan_at(target: *const u8) -> Result<Plan, HookError> {
 }
 
 /// The recipes hooks on `targets` would be made from and hand on, made without hooking
-/// anything (the maps are read once): for a process that will start others using the same
-/// library, whose first hooks then need no decoder. Functions that cannot be planned are
-/// left out.
+/// (for a process about to start others that hook the same library, whose first hooks then
+/// need no decoder). A target whose bytes one of `known` was made from takes that recipe
+/// as it is; the others are decoded. Functions that cannot be planned are left out. Also
+/// says whether a recipe was made by decoding (one that `known` lacked).
 ///
 /// # Safety
 /// As [`plan_at`], for each target.
-pub unsafe fn recipes_at(targets: &[*const u8]) -> Result<Vec<Recipe>, HookError> {
+pub unsafe fn recipes_at(targets: &[*const u8], known: &[Recipe]) -> Result<(Vec<Recipe>, bool), HookError> {
     let mappings = maps::read_self_maps()?;
-    Ok(targets
+    let mut decoded = false;
+    let recipes = targets
         .iter()
         .filter_map(|&target| {
             // SAFETY: forwarded.
             let code = unsafe { read_prologue(&mappings, target as u64) }.ok()?;
-            relocate::plan(&code, target as u64).ok()?.recipe(&code)
+            if let Some(recipe) = known.iter().find(|r| r.apply(&code, target as u64).is_some()) {
+                return Some(recipe.clone());
+            }
+            let recipe = relocate::plan(&code, target as u64).ok()?.recipe(&code)?;
+            decoded = true;
+            Some(recipe)
         })
-        .collect())
+        .collect();
+    Ok((recipes, decoded))
 }
 
 /// The bytes [`plan_at`] and [`Hook::new`] plan from: the function's first [`SCAN_WINDOW`],
