@@ -229,7 +229,9 @@ impl BrokerProc {
                 let done = meanwhile();
                 let ready = Self::ready(File::from(stdin_w), BufReader::new(File::from(stdout_r)));
                 // The child forked the real broker and exited at once; reaped here, after
-                // the broker's answer, so its teardown is not waited for first.
+                // the broker's answer, so its teardown is not waited for first. It must be
+                // gone before we become a subreaper: the broker, orphaned later, would be
+                // handed to us, and the tree's reaper would wait for it forever.
                 let mut status = 0;
                 // SAFETY: waits for our own child; the status goes into a live local.
                 unsafe { libc::waitpid(pid, &mut status, 0) };
