@@ -35,7 +35,7 @@ impl Board {
         let words = notice.words();
         let page = self.words();
         for (i, w) in words.iter().enumerate() {
-            if i != board::GENERATION {
+            if i != board::GENERATION && i != board::BROKER {
                 page[i].store(*w, Ordering::Relaxed);
             }
         }
@@ -50,6 +50,46 @@ impl Board {
 
     pub fn word(&self, i: usize) -> u64 {
         self.words()[i].load(Ordering::Acquire)
+    }
+
+    /// Make the calling thread the broker's life on the board: its id goes into
+    /// [`board::BROKER`], registered as the thread's only robust futex, so that the kernel
+    /// marks the word when the thread ends (the process's end: call this from the thread
+    /// that lives as long as the broker). This replaces the list glibc registered for the
+    /// thread, which only its robust pthread mutexes use; none is locked here.
+    pub fn watch_over(&self) -> io::Result<()> {
+        #[repr(C)]
+        struct RobustList {
+            next: *const RobustList,
+        }
+        #[repr(C)]
+        struct RobustListHead {
+            list: RobustList,
+            futex_offset: libc::c_long,
+            list_op_pending: *const RobustList,
+        }
+        let word = &self.words()[board::BROKER];
+        // The one entry, whose futex is the word, linked back to the head. Both must
+        // outlive the thread: leaked (a few words, once per broker).
+        let entry = Box::into_raw(Box::new(RobustList { next: std::ptr::null() }));
+        let head = Box::into_raw(Box::new(RobustListHead {
+            list: RobustList { next: entry },
+            futex_offset: word.as_ptr() as libc::c_long - entry as libc::c_long,
+            list_op_pending: std::ptr::null(),
+        }));
+        // SAFETY: `entry` is the live allocation made above, ours alone.
+        unsafe { (*entry).next = &raw const (*head).list };
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        word.store(tid as u64, Ordering::Release);
+        // SAFETY: `head` describes a well-formed circular list (one entry, whose futex word
+        // is in our shared page), and both live until the process ends.
+        let done = unsafe { libc::syscall(libc::SYS_set_robust_list, head, std::mem::size_of::<RobustListHead>()) };
+        if done != 0 {
+            word.store(0, Ordering::Release);
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 

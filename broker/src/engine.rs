@@ -369,6 +369,11 @@ impl Engine {
         self.board.word(board::FLAGS) & board::REPORT != 0
     }
 
+    /// See [`Board::watch_over`].
+    pub fn watch_over_board(&self) -> std::io::Result<()> {
+        self.board.watch_over()
+    }
+
     pub fn board_path(&self) -> String {
         self.board.path()
     }

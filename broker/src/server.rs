@@ -234,6 +234,13 @@ impl Handle {
         self.shared.engine.board_path()
     }
 
+    /// Tie the board to the calling thread's life, so that the run's processes learn of
+    /// the broker's death from it ([`hermes_wire::board::BROKER`]). Call it from the
+    /// thread that lives as long as the broker.
+    pub fn watch_over_board(&self) -> io::Result<()> {
+        self.shared.engine.watch_over_board()
+    }
+
     /// Wait (up to `wait`) for the shadow to evaluate the calls still queued; see
     /// [`Engine::finish_shadow`]. Returns whether it finished.
     pub fn finish_shadow(&self, wait: Duration) -> bool {

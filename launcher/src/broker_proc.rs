@@ -111,6 +111,9 @@ pub fn serve(args: &BrokerArgs) -> u8 {
             return 2;
         }
     };
+    if let Err(e) = handle.watch_over_board() {
+        eprintln!("hermes: broker: cannot tie the board to the broker's life ({e}): if the broker dies, calls the preload does not send it (observed, cached) go on");
+    }
     let handle = Arc::new(handle);
     if let Err(e) = watch(args, &handle, loaded) {
         eprintln!("hermes: cannot watch the policy for changes (hot reload is off): {e}");

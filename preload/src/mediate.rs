@@ -186,6 +186,12 @@ impl Token {
         reply: &'r mut ReplyBuf,
     ) -> (Verdict<'r>, Session) {
         debug_assert_eq!(args.op(), self.op);
+        // The kernel marked the broker dead on the board: nothing it would have seen may
+        // run now, not even a call it would only have observed, or one it let us cache.
+        if board::word(board::BROKER) & board::BROKER_DIED != 0 {
+            warn_unreachable(b"it died");
+            return (Verdict::Deny(libc::EPERM), Session::unguarded());
+        }
         let generation = board::word(board::GENERATION);
         // An observed operation's only decision is a constant allow: never cached.
         let observe = board::word(board::OBSERVE) & self.op.bit() != 0 && observable(self.op);
@@ -214,13 +220,7 @@ impl Token {
             }
             Err(e) => {
                 session.abandon();
-                if !WARNED.swap(true, Relaxed) {
-                    sys::warn(&[
-                        b"hermes-preload: broker unreachable (",
-                        crate::errno_text(e),
-                        b"): denying mediated calls with EPERM\n",
-                    ]);
-                }
+                warn_unreachable(crate::errno_text(e));
                 Verdict::Deny(libc::EPERM)
             }
         };
@@ -228,6 +228,13 @@ impl Token {
         session.start = if report && session.fd >= 0 { sys::monotonic_ns() } else { 0 };
         sys::set_errno(errno);
         (verdict, session)
+    }
+}
+
+/// Say once per process that calls are being denied for want of a broker.
+fn warn_unreachable(why: &[u8]) {
+    if !WARNED.swap(true, Relaxed) {
+        sys::warn(&[b"hermes-preload: broker unreachable (", why, b"): denying mediated calls with EPERM\n"]);
     }
 }
 

@@ -218,3 +218,20 @@ fn a_decision_slower_than_the_broker_timeout_does_not_break_later_calls() {
     let ms = got.first().map(|r| r.1).unwrap_or(u64::MAX);
     run.check(ms < 8000, &format!("the late call waited one timeout, not two ({ms} ms)"));
 }
+
+/// The kernel marks the board when the broker dies, however it dies (here SIGKILL), so
+/// even calls the preload never sends it fail closed at once: an observed open, which
+/// would otherwise go into the thread's ring unread.
+#[test]
+fn after_the_broker_is_killed_even_observed_calls_are_denied() {
+    let (_dir, a, _b) = two_files();
+    let run = launch("on_open = hermes.allow()\n", c_program("kill_broker"), &["5", "3", &a])
+        .timeout(Duration::from_secs(20))
+        .run();
+    run.check(run.code == 5, "hermes exits with the target's own status");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    run.check(lines.first() == Some(&"before = OK"), "the open before the kill is observed and runs");
+    run.check(lines.len() == 4 && lines[1..].iter().all(|l| *l == "after = ERR EPERM"), "every later open is denied");
+    run.check(run.stderr.contains("broker unreachable (it died)"), "the preload says why, once");
+    run.check(run.elapsed < Duration::from_secs(5), "nothing waits for the dead broker");
+}

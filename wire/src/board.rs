@@ -29,6 +29,15 @@ pub const PAYLOAD: usize = 5;
 /// [`MASK`] | [`OBSERVE`]: whether a hook has anything to do, in one load.
 pub const WATCHED: usize = 6;
 
+/// The broker's main thread id, as a robust futex word (the low 32 bits): when the broker
+/// dies, however it dies, the kernel sets [`BROKER_DIED`] in it. A process that sees that
+/// bit denies its calls at once, observed and cached ones too, instead of carrying on
+/// until it next talks to the broker. Not part of a [`Notice`]: only the broker's main
+/// thread and the kernel write it.
+pub const BROKER: usize = 7;
+/// `FUTEX_OWNER_DIED`, in [`BROKER`].
+pub const BROKER_DIED: u64 = 0x4000_0000;
+
 /// Report the result of every allowed call ([`crate::ClientMsg::Done`]).
 pub const REPORT: u64 = 1;
 /// Send the calling thread's backtrace with each call.
