@@ -302,7 +302,7 @@ impl Policy {
         Ok(Policy {
             lua,
             display: name.to_owned(),
-            hash: fnv1a64(source),
+            hash: source_hash(source),
             mask,
             handlers,
             timeout,
@@ -1048,13 +1048,7 @@ fn with_article(word: &str) -> String {
 
 /// The hash a policy with this source reports ([`Policy::hash`]).
 pub fn source_hash(source: &[u8]) -> String {
-    fnv1a64(source)
-}
-
-/// FNV-1a, 64 bit: a stable content hash with no dependency.
-fn fnv1a64(data: &[u8]) -> String {
-    let h = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    format!("fnv1a64:{h:016x}")
+    format!("fnv1a64:{:016x}", hermes_wire::fnv1a64(source))
 }
 
 #[cfg(test)]

@@ -72,7 +72,7 @@ impl CacheFile {
         for n in [meta.dev(), meta.ino(), meta.size(), meta.mtime() as u64, meta.mtime_nsec() as u64] {
             identity.extend_from_slice(&n.to_le_bytes());
         }
-        let key = fnv(&identity);
+        let key = hermes_wire::fnv1a64(&identity);
         Some(CacheFile { path: dir.join(format!("recipes-{key:016x}")) })
     }
 
@@ -116,8 +116,4 @@ fn cache_dir() -> Option<PathBuf> {
             .map(|d| d.join("hermes"))
             .or_else(|| set("HOME").filter(|d| d.is_absolute()).map(|d| d.join(".cache/hermes"))),
     }
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }

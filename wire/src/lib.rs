@@ -357,6 +357,12 @@ pub struct Done {
     pub duration_ns: u64,
 }
 
+/// FNV-1a, 64 bit: a stable content hash with no dependency (policy hashes, the
+/// launcher's recipe file names).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// Errors building or reading a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
