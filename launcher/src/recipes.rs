@@ -13,7 +13,7 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
@@ -78,14 +78,19 @@ impl CacheFile {
 
     /// The file's text, if it is ours: owned by this user and writable by no one else
     /// (recipes say how to copy code; a file others can write must not say it).
+    /// The checks are made on the file opened (not followed through a symlink), so it
+    /// cannot be swapped between the check and the read.
     fn read(&self) -> Option<String> {
-        let meta = fs::symlink_metadata(&self.path).ok()?;
+        let mut file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&self.path).ok()?;
+        let meta = file.metadata().ok()?;
         // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
         if !meta.is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 {
             return None;
         }
-        fs::read_to_string(&self.path).ok()
+        let mut text = String::new();
+        file.read_to_string(&mut text).ok()?;
+        Some(text)
     }
 
     /// Replace the file with `text`, whole or not at all (a rename over it). Failing is
