@@ -65,6 +65,16 @@ impl RingMap {
         Ok((map, fd))
     }
 
+    /// The ring a client made and passed with its Hello: a memfd of the ring's size,
+    /// sealed against resizing, that the client has set up.
+    pub fn adopt(fd: &OwnedFd) -> io::Result<RingMap> {
+        let map = RingMap(shm::adopt(fd, ring::SIZE)?);
+        match map.ring() {
+            Some(ring) if ring.valid() => Ok(map),
+            _ => Err(io::Error::other("not an event ring")),
+        }
+    }
+
     fn ring(&self) -> Option<Ring<'_>> {
         Ring::new(self.0.words())
     }
@@ -143,9 +153,10 @@ pub enum Wait {
 }
 
 impl Lane {
-    /// The lane of a connection whose Hello was just read. A preload client waits for
-    /// its Welcome: its process is alive, and what /proc says of it now is what its
-    /// events will carry, even those read after it has exited.
+    /// The lane of a connection whose Hello was just read. The preload's process is
+    /// alive: it waits for its Welcome, or (when it sent its ring with the Hello) reads
+    /// it before it execs or exits, so what /proc says of it now is what its events
+    /// will carry, even those read after it has exited.
     pub fn new(shared: &Shared, peer_pid: i32, tid: i32, layer: Layer, ring: Option<RingMap>) -> Self {
         let lane = Lane { peer_pid, tid, layer, ring, state: Mutex::default() };
         if layer == Layer::Preload {

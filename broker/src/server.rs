@@ -1,12 +1,14 @@
 //! The broker's socket: one connection per target thread, one server thread per
 //! connection, taken from the threads waiting in accept ([`Acceptors`]). Each
-//! connection is a typed exchange: `Hello` → `Welcome` (with an event ring attached
-//! when the client asks for one), then any number of `Call` → `Reply`, with one-way
-//! `Observe`s and `Done`s, on the socket or through the ring ([`crate::lane`]). A
-//! client may send its first call right after its Hello, before the Welcome.
+//! connection is a typed exchange: `Hello` (with the client's event ring attached, or
+//! asking for one) → `Welcome` (with the ring made here attached, if that was asked),
+//! then any number of `Call` → `Reply`, with one-way `Observe`s and `Done`s, on the
+//! socket or through the ring ([`crate::lane`]). A client may send its first call
+//! right after its Hello, and one with a ring of its own write into it, before the
+//! Welcome.
 
 use std::io::{self, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -179,7 +181,9 @@ impl Acceptors {
     fn connection(shared: &Shared, stream: UnixStream) {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = Connection::new(shared, stream).and_then(|c| c.run()) {
-            if !matches!(&e, ConnError::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof) {
+            // The client went away (exited, or was killed): not worth a word.
+            let gone = [io::ErrorKind::UnexpectedEof, io::ErrorKind::BrokenPipe, io::ErrorKind::ConnectionReset];
+            if !matches!(&e, ConnError::Io(io) if gone.contains(&io.kind())) {
                 eprintln!("hermes: broker: connection {id}: {e}");
             }
         }
@@ -351,17 +355,23 @@ impl<'s> Connection<'s> {
     }
 
     fn run(mut self) -> Result<(), ConnError> {
-        let lane = Arc::new(self.welcome()?);
+        let (lane, welcomed) = self.welcome()?;
+        let lane = Arc::new(lane);
         self.shared.lanes.add(&lane);
-        let result = self.serve(&lane);
+        // A client that passed its own ring may have written into it and gone before
+        // its Welcome could be sent: what it wrote is read all the same (`close`).
+        let result = welcomed.and_then(|()| self.serve(&lane));
         lane.close(self.shared);
         self.shared.lanes.remove(&lane);
         result
     }
 
-    /// `Hello` → `Welcome`, with a ring when the client asks for one and can have it.
-    fn welcome(&mut self) -> Result<Lane, ConnError> {
-        self.read_frame()?;
+    /// `Hello` → `Welcome`, with a ring when the client asks for one and can have it:
+    /// the one it passed with the Hello, or one made here and passed with the Welcome.
+    /// The lane is made even when the Welcome cannot be sent; the second result says
+    /// whether it was.
+    fn welcome(&mut self) -> Result<(Lane, Result<(), ConnError>), ConnError> {
+        let given = self.read_hello()?;
         let hello = match wire::decode::<ClientFrame>(&self.buf) {
             Ok(ClientMsg::Hello(h)) if h.version == wire::PROTOCOL_VERSION => h,
             Ok(ClientMsg::Hello(_)) => return Err(ConnError::Protocol("unsupported protocol version")),
@@ -371,24 +381,40 @@ impl<'s> Connection<'s> {
         let mut welcome =
             Welcome { mask: engine.decided(), observe: engine.observe(), report: engine.reports(), ring: false };
         // Only a preload thread writes a ring: the tracer's calls stop the tracee anyway.
-        let (ring, fd) = match (hello.ring && hello.layer == Layer::Preload).then(RingMap::create) {
-            Some(Ok((map, fd))) => (Some(map), Some(fd)),
-            Some(Err(e)) => {
-                eprintln!("hermes: broker: no event ring for pid {} ({e}); its events go on the socket", self.peer_pid);
-                (None, None)
-            }
-            None => (None, None),
+        let wants_ring = hello.ring && hello.layer == Layer::Preload;
+        let (ring, fd) = match (wants_ring, given) {
+            (true, Some(given)) => match RingMap::adopt(&given) {
+                Ok(map) => (Some(map), None),
+                Err(e) => {
+                    // It may have written into it already: say so, the Welcome tells it.
+                    eprintln!(
+                        "hermes: broker: the event ring pid {} passed is unusable ({e}); what it wrote \
+                         there is lost, its next events go on the socket",
+                        self.peer_pid
+                    );
+                    (None, None)
+                }
+            },
+            (true, None) => match RingMap::create() {
+                Ok((map, fd)) => (Some(map), Some(fd)),
+                Err(e) => {
+                    eprintln!(
+                        "hermes: broker: no event ring for pid {} ({e}); its events go on the socket",
+                        self.peer_pid
+                    );
+                    (None, None)
+                }
+            },
+            (false, _) => (None, None),
         };
+        welcome.ring = ring.is_some();
         // Before the Welcome, while the client waits for it.
         let lane = Lane::new(self.shared, self.peer_pid, hello.tid, hello.layer, ring);
-        match fd {
-            Some(fd) => {
-                welcome.ring = true;
-                self.replier.send_with_fd(&welcome, fd.as_fd())?;
-            }
-            None => self.replier.send(&welcome)?,
-        }
-        Ok(lane)
+        let sent = match fd {
+            Some(fd) => self.replier.send_with_fd(&welcome, fd.as_fd()),
+            None => self.replier.send(&welcome),
+        };
+        Ok((lane, sent))
     }
 
     fn serve(&mut self, lane: &Lane) -> Result<(), ConnError> {
@@ -450,9 +476,33 @@ impl<'s> Connection<'s> {
         self.replier.answer(&Reply { seq, decision: Decision::Allow, cache: false })
     }
 
+    /// Read the Hello, the connection's first frame, and the descriptor the client
+    /// passed with it, if any (SCM_RIGHTS: its event ring).
+    fn read_hello(&mut self) -> Result<Option<OwnedFd>, ConnError> {
+        // Straight from the socket, which recvmsg(2) needs: nothing is buffered yet.
+        debug_assert!(self.reader.buffer().is_empty());
+        let mut header = [0u8; 4];
+        let mut got = 0;
+        let mut given = None;
+        while got < header.len() {
+            let (n, fd) = recv_with_fd(self.reader.get_ref(), &mut header[got..])?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+            }
+            got += n;
+            given = given.or(fd);
+        }
+        self.read_body(header)?;
+        Ok(given)
+    }
+
     fn read_frame(&mut self) -> Result<(), ConnError> {
         let mut header = [0u8; 4];
         self.reader.read_exact(&mut header)?;
+        self.read_body(header)
+    }
+
+    fn read_body(&mut self, header: [u8; 4]) -> Result<(), ConnError> {
         let len = wire::body_len(header, wire::MAX_FRAME).map_err(|_| ConnError::Protocol("frame too large"))?;
         self.buf.resize(len, 0);
         self.reader.read_exact(&mut self.buf)?;
@@ -506,6 +556,55 @@ fn send_fd(stream: &UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
+    }
+}
+
+/// One recvmsg(2) into `buf`, retried on EINTR: the bytes read, and the first
+/// descriptor passed with them (made close-on-exec); any others are closed.
+fn recv_with_fd(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    // Room for a cmsghdr and a few descriptors, aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    loop {
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: `msg` points at `iov` (the live, writable `buf`) and at `control`, both
+        // of the lengths given; the socket is ours.
+        let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut passed = Vec::new();
+        // SAFETY: `msg` is the header recvmsg just filled in: msg_control points at our
+        // buffer and msg_controllen says how much of it the kernel wrote, which the CMSG
+        // helpers stay within.
+        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        while !cmsg.is_null() {
+            // SAFETY: a non-null header from CMSG_FIRSTHDR/CMSG_NXTHDR lies inside the buffer.
+            let (level, kind, len) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
+            if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+                // SAFETY: CMSG_LEN(0) is a constant computation.
+                let count = (len - unsafe { libc::CMSG_LEN(0) } as usize) / std::mem::size_of::<i32>();
+                for i in 0..count {
+                    // SAFETY: the kernel wrote `count` new descriptors after the header,
+                    // inside msg_controllen (maybe unaligned); each is ours to own.
+                    passed.push(unsafe {
+                        OwnedFd::from_raw_fd(libc::CMSG_DATA(cmsg).cast::<i32>().add(i).read_unaligned())
+                    });
+                }
+            }
+            // SAFETY: as above; returns null after the last header.
+            cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+        }
+        return Ok((n as usize, passed.into_iter().next()));
     }
 }
 

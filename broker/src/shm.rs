@@ -1,7 +1,8 @@
-//! Shared memory the broker makes for its clients (the board, the event rings): a
+//! Shared memory between the broker and its clients (the board, the event rings): a
 //! memfd of a fixed size, mapped read-write here and sealed so that nobody can shrink
 //! it under our mapping (a read past the end of a shrunk file would kill the broker
-//! with SIGBUS).
+//! with SIGBUS). The broker makes the board and some rings; a ring a client made is
+//! mapped only once its seals are checked.
 
 use std::ffi::CStr;
 use std::io;
@@ -52,12 +53,43 @@ pub fn memfd(name: &CStr, len: usize) -> io::Result<(OwnedFd, Mapping)> {
     if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: a fresh shared mapping of our memfd, at an address the kernel picks.
+    let mapping = map(&fd, len)?;
+    Ok((fd, mapping))
+}
+
+/// Map a memfd a client made, of `len` bytes: only when it is sealed against
+/// shrinking and growing, so that it stays `len` bytes for as long as we map it.
+pub fn adopt(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
+    // SAFETY: fcntl on a descriptor we own; F_GET_SEALS fails on anything but a memfd
+    // (or a shmem file), which we refuse.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(io::Error::other(format!("not a memfd ({})", io::Error::last_os_error())));
+    }
+    let fixed = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+    if seals & fixed != fixed {
+        return Err(io::Error::other("not sealed against resizing"));
+    }
+    // SAFETY: fstat into a zeroed stat of our own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.st_size != len as libc::off_t {
+        return Err(io::Error::other(format!("{} bytes, not {len}", st.st_size)));
+    }
+    map(fd, len)
+}
+
+/// Map `len` bytes of `fd` shared and read-write.
+fn map(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
+    // SAFETY: a fresh shared mapping of a memfd, at an address the kernel picks.
     let at = unsafe {
         libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
     };
     match NonNull::new(at.cast::<AtomicU64>()) {
-        Some(at) if at.as_ptr().cast() != libc::MAP_FAILED => Ok((fd, Mapping { at, len })),
+        Some(at) if at.as_ptr().cast() != libc::MAP_FAILED => Ok(Mapping { at, len }),
         _ => Err(io::Error::last_os_error()),
     }
 }
@@ -70,4 +102,32 @@ pub fn seal(fd: &OwnedFd, seals: libc::c_int) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A memfd of `len` bytes with `seals`, as a client could pass one.
+    fn client_memfd(len: usize, seals: libc::c_int) -> OwnedFd {
+        let (fd, _ours) = memfd(c"test-ring", len).expect("memfd");
+        if seals != 0 {
+            seal(&fd, seals).expect("seal");
+        }
+        fd
+    }
+
+    #[test]
+    fn a_client_memfd_is_mapped_only_when_sealed_against_resizing_and_of_the_right_size() {
+        let fixed = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        assert!(adopt(&client_memfd(8192, fixed), 8192).is_ok());
+        assert!(adopt(&client_memfd(8192, fixed | libc::F_SEAL_SEAL), 8192).is_ok());
+        // The client could shrink it under our mapping: SIGBUS in the broker.
+        assert!(adopt(&client_memfd(8192, 0), 8192).is_err());
+        assert!(adopt(&client_memfd(8192, libc::F_SEAL_GROW), 8192).is_err());
+        assert!(adopt(&client_memfd(4096, fixed), 8192).is_err());
+        // Not a memfd at all.
+        let file = std::fs::File::open("/proc/self/exe").expect("open");
+        assert!(adopt(&OwnedFd::from(file), 8192).is_err());
+    }
 }

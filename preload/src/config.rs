@@ -123,8 +123,7 @@ fn env(name: &str) -> Option<Vec<u8>> {
 
 fn fatal(why: &[u8]) -> ! {
     sys::warn(&[b"hermes-preload: ", why, b"\n"]);
-    // SAFETY: _exit ends the process without running anything of the program's.
-    unsafe { libc::_exit(126) }
+    sys::exit_now(126)
 }
 
 /// Read the configuration and prepare the environment to inject. Runs in the

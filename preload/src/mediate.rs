@@ -31,6 +31,10 @@ thread_local! {
     /// this one is this thread, in this process: a vfork or posix_spawn child sharing
     /// the memory has a tid of its own. So the pid costs no system call.
     static SELF: Cell<(i32, i32)> = const { Cell::new((0, 0)) };
+    /// This thread's connection whose Welcome is still unread (-1: none). A connection
+    /// made with a ring of our own, the board mapped, does not wait for it: it is read
+    /// before the first reply, or before an exec (see [`connect`]).
+    static WELCOME_DUE: Cell<i32> = const { Cell::new(-1) };
 }
 
 /// The pid of the calling thread, whose tid is `tid`.
@@ -335,6 +339,9 @@ impl Session {
                 if observe {
                     return Ok(0);
                 }
+                if !self.one_shot {
+                    settle_welcome(self.fd)?;
+                }
                 recv_frame(self.fd, reply.get(), None).map(<[u8]>::len)
             });
             match exchanged {
@@ -376,7 +383,7 @@ impl Session {
     /// at that time) on the thread's connection goes into its ring when it can.
     fn deliver(&mut self, (pid, tid): (i32, i32), frame: &[u8], made: Option<u64>) -> Result<(), i32> {
         if self.one_shot {
-            self.fd = connect(pid, tid, false, Some(frame))?.0;
+            self.fd = connect(pid, tid, false, Some(frame))?.fd;
             return Ok(());
         }
         self.fd = match (own_conn(tid), made) {
@@ -519,8 +526,7 @@ fn own_conn(tid: i32) -> Option<i32> {
     }
     if fd >= 0 {
         // The program closed or replaced it: the number is not ours any more.
-        CONN.with(|c| c.set((-1, seq)));
-        ring::install(0);
+        forget_thread_conn(seq);
     }
     None
 }
@@ -528,12 +534,57 @@ fn own_conn(tid: i32) -> Option<i32> {
 /// Make this thread's connection, with a ring when one-way frames may come, and send
 /// `first` (a call) right after its Hello.
 fn new_thread_conn(pid: i32, tid: i32, first: Option<&[u8]>) -> Result<i32, i32> {
-    let (fd, at) = connect(pid, tid, wants_ring(), first)?;
-    fds::mark_ours(fd, tid);
-    config::on_thread_exit_close(fd);
-    CONN.with(|c| c.set((fd, c.get().1)));
-    ring::install(at);
-    Ok(fd)
+    let made = connect(pid, tid, wants_ring(), first)?;
+    fds::mark_ours(made.fd, tid);
+    config::on_thread_exit_close(made.fd);
+    CONN.with(|c| c.set((made.fd, c.get().1)));
+    WELCOME_DUE.with(|w| w.set(if made.welcome_due { made.fd } else { -1 }));
+    ring::install(made.ring);
+    Ok(made.fd)
+}
+
+/// This thread has no connection (any more): forget it, its Welcome and its ring.
+fn forget_thread_conn(seq: u32) {
+    CONN.with(|c| c.set((-1, seq)));
+    WELCOME_DUE.with(|w| w.set(-1));
+    ring::install(0);
+}
+
+/// Read the Welcome of this thread's connection `fd` if it is still due: it comes
+/// before any reply on the connection.
+fn settle_welcome(fd: i32) -> Result<(), i32> {
+    if WELCOME_DUE.with(Cell::get) != fd {
+        return Ok(());
+    }
+    WELCOME_DUE.with(|w| w.set(-1));
+    let (welcome, passed) = read_welcome(fd)?;
+    if passed >= 0 {
+        sys::close(passed);
+    }
+    if !welcome.ring {
+        // The broker did not take our ring: what the thread wrote there is lost, and
+        // its next one-way frames go on the socket.
+        ring::install(0);
+        sys::warn(&[b"hermes-preload: the broker refused a thread's event ring: calls it observed were lost\n"]);
+    }
+    Ok(())
+}
+
+/// Before the process image ends without the exit flush: an exec the policy does not
+/// decide (one it decides reads the Welcome with its reply), or `_exit`. Wait for this
+/// thread's Welcome if it is still due, so that the broker has read what /proc says of
+/// this image (its executable, its parent) before it is gone, as the calls the thread
+/// observed need. Usually the Welcome is there already: one read, no wait.
+pub fn settle_before_leaving() {
+    let due = WELCOME_DUE.with(Cell::get);
+    // A vfork child sees its parent's thread-locals: the connection is not its own.
+    if due < 0 || in_shared_memory_child() {
+        return;
+    }
+    let Some(_guard) = Guard::take() else { return };
+    if settle_welcome(due).is_err() {
+        drop_thread_conn();
+    }
 }
 
 /// Whether a new connection should have an event ring: the policy observes calls or
@@ -547,8 +598,7 @@ fn drop_thread_conn() {
     if fd >= 0 && fds::release(fd, sys::gettid()) {
         sys::close(fd);
     }
-    CONN.with(|c| c.set((-1, seq)));
-    ring::install(0);
+    forget_thread_conn(seq);
 }
 
 /// Whether the caller shares this memory without having forked through libc: a vfork
@@ -565,6 +615,7 @@ pub fn after_fork_child() {
     busy::set(0);
     fds::close_all_ours();
     CONN.with(|c| c.set((-1, 0)));
+    WELCOME_DUE.with(|w| w.set(-1));
     SELF.with(|s| s.set((0, 0)));
     ring::forget_after_fork();
     // A slot some other thread of the parent was writing stays locked here: start over.
@@ -589,10 +640,13 @@ extern "C" fn flush_at_exit() {
     let Some(guard) = Guard::take() else { return };
     let (own, _) = CONN.with(Cell::get);
     let (fd, seq, one_shot) = if own >= 0 && fds::is_ours(own, guard.tid) {
+        if settle_welcome(own).is_err() {
+            return;
+        }
         (own, next_seq(), false)
     } else {
         match connect(pid_of(guard.tid), guard.tid, false, None) {
-            Ok((fd, _)) => (fd, 1, true),
+            Ok(made) => (made.fd, 1, true),
             Err(_) => return,
         }
     };
@@ -614,13 +668,27 @@ pub fn close_thread_conn(fd: i32) {
     if fds::release(fd, sys::gettid()) {
         sys::close(fd);
     }
+    WELCOME_DUE.with(|w| w.set(-1));
     ring::install(0);
 }
 
-/// Connect to the broker; with `want_ring`, ask for an event ring as well. `first`, a
-/// frame, is sent right after the Hello. Returns the descriptor and the ring's
-/// mapping (0: none).
-fn connect(pid: i32, tid: i32, want_ring: bool, first: Option<&[u8]>) -> Result<(i32, usize), i32> {
+/// A new connection to the broker.
+struct Connected {
+    fd: i32,
+    /// Its event ring's mapping (0: none).
+    ring: usize,
+    /// Its Welcome is still to be read ([`settle_welcome`]).
+    welcome_due: bool,
+}
+
+/// Connect to the broker; with `want_ring`, with an event ring as well. `first`, a
+/// frame, is sent right after the Hello.
+///
+/// With the board mapped, the Welcome brings no news: the ring is then made here and
+/// passed with the Hello, and a connection made for a one-way frame does not wait for
+/// the broker at all (a thread's first observed call costs a few system calls, not a
+/// round trip). Otherwise the broker makes the ring and passes it with the Welcome.
+fn connect(pid: i32, tid: i32, want_ring: bool, first: Option<&[u8]>) -> Result<Connected, i32> {
     let fd = sys::connect_abstract(config::get().socket())?;
     let fd = sys::move_high(fd, HIGH_FD);
     sys::set_timeouts(fd, BROKER_TIMEOUT_SECS);
@@ -632,34 +700,64 @@ fn connect(pid: i32, tid: i32, want_ring: bool, first: Option<&[u8]>) -> Result<
         client: "preload",
         ring: want_ring,
     });
-    let mut passed = -1;
-    let welcome =
-        send(fd, &hello).and_then(|()| first.map_or(Ok(()), |frame| sys::write_all(fd, frame))).and_then(|()| {
-            let mut buf = [0u8; 64];
-            let body = recv_frame(fd, &mut buf, Some(&mut passed))?;
-            wire::decode::<Welcome>(body).map_err(|_| libc::EPROTO)
-        });
+    let (given, own) = match want_ring && board::is_mapped() {
+        true => ring::create().unwrap_or((-1, 0)),
+        false => (-1, 0),
+    };
+    let sent = with_frame(&hello, |frame| sys::write_all_passing(fd, frame, given))
+        .and_then(|()| first.map_or(Ok(()), |frame| sys::write_all(fd, frame)));
+    if given >= 0 {
+        sys::close(given);
+    }
+    let welcome = match sent {
+        Ok(()) if own != 0 && first.is_none() => return Ok(Connected { fd, ring: own, welcome_due: true }),
+        Ok(()) => read_welcome(fd),
+        Err(e) => Err(e),
+    };
     match welcome {
-        Ok(w) => {
-            // Without a board, the Welcome is our news of the policy.
-            board::set_fallback(board::MASK, w.mask);
-            board::set_fallback(board::OBSERVE, w.observe);
-            board::set_fallback(board::FLAGS, if w.report { board::REPORT } else { 0 });
-            let at = match passed {
+        Ok((w, passed)) => {
+            let ring = match passed {
+                -1 if own != 0 && w.ring => own,
                 -1 => 0,
-                ring_fd if w.ring && want_ring => ring::map(ring_fd),
+                ring_fd if own == 0 && w.ring && want_ring => ring::map(ring_fd),
                 other => {
                     sys::close(other);
                     0
                 }
             };
-            Ok((fd, at))
+            if own != 0 && ring != own {
+                ring::discard(own);
+            }
+            Ok(Connected { fd, ring, welcome_due: false })
+        }
+        Err(e) => {
+            if own != 0 {
+                ring::discard(own);
+            }
+            sys::close(fd);
+            Err(e)
+        }
+    }
+}
+
+/// Read a connection's Welcome, and the descriptor passed with it (-1: none). Without a
+/// board, the Welcome is our news of the policy.
+fn read_welcome(fd: i32) -> Result<(Welcome, i32), i32> {
+    let mut passed = -1;
+    let mut buf = [0u8; 64];
+    let welcome = recv_frame(fd, &mut buf, Some(&mut passed))
+        .and_then(|body| wire::decode::<Welcome>(body).map_err(|_| libc::EPROTO));
+    match welcome {
+        Ok(w) => {
+            board::set_fallback(board::MASK, w.mask);
+            board::set_fallback(board::OBSERVE, w.observe);
+            board::set_fallback(board::FLAGS, if w.report { board::REPORT } else { 0 });
+            Ok((w, passed))
         }
         Err(e) => {
             if passed >= 0 {
                 sys::close(passed);
             }
-            sys::close(fd);
             Err(e)
         }
     }

@@ -1,6 +1,7 @@
-//! This thread's event ring ([`hermes_wire::ring`]): shared memory the broker gave the
-//! thread's connection, into which the thread writes its one-way frames instead of
-//! sending them. Mapped when the thread connects; unmapped with the connection
+//! This thread's event ring ([`hermes_wire::ring`]): shared memory the thread's
+//! connection shares with the broker (made here and passed with the Hello, or made by
+//! the broker and passed with the Welcome), into which the thread writes its one-way
+//! frames instead of sending them. Mapped when the thread connects; unmapped with the connection
 //! (dropped, or the thread exits) and in a fork child, whose copy of the mapping is
 //! its parent's ring. A vfork or posix_spawn child shares its parent's memory and
 //! never touches it (it uses a one-shot connection of its own).
@@ -38,7 +39,27 @@ pub fn map(fd: i32) -> usize {
     }
 }
 
-/// Run `f` on the ring mapped at `at` (from [`map`]).
+/// A ring of our own making for a new connection: a sealed memfd, mapped and set up,
+/// whose descriptor goes to the broker with the Hello, so that the thread can write
+/// into it at once instead of waiting for the broker to make one. The descriptor (to
+/// pass, then close) and the mapping's address; `None` when it cannot be made.
+pub fn create() -> Option<(i32, usize)> {
+    let fd = sys::memfd_sealed(c"hermes-ring", ring::SIZE).ok()?;
+    let Some(at) = sys::map_shared(fd, ring::SIZE) else {
+        sys::close(fd);
+        return None;
+    };
+    with_ring(at, |ring| ring.init());
+    Some((fd, at))
+}
+
+/// Undo [`create`] for a ring the broker did not take.
+pub fn discard(at: usize) {
+    // SAFETY: `at` is a mapping from `create` that no thread installed.
+    unsafe { sys::unmap(at, ring::SIZE) };
+}
+
+/// Run `f` on the ring mapped at `at` (from [`map`] or [`create`]).
 fn with_ring<R>(at: usize, f: impl FnOnce(Ring<'_>) -> R) -> Option<R> {
     // SAFETY: `at` is a live, page-aligned mapping of ring::SIZE bytes made by `map`.
     // Only the thread that holds it unmaps it (`install`), never while `f` runs, and

@@ -52,13 +52,34 @@ pub fn close(fd: i32) {
 }
 
 /// Write all of `buf`, retrying on EINTR and short writes.
-pub fn write_all(fd: i32, mut buf: &[u8]) -> Result<(), i32> {
+pub fn write_all(fd: i32, buf: &[u8]) -> Result<(), i32> {
+    write_all_passing(fd, buf, -1)
+}
+
+/// [`write_all`], passing descriptor `passed` (when not -1) with the first bytes
+/// (SCM_RIGHTS).
+pub fn write_all_passing(fd: i32, mut buf: &[u8], mut passed: i32) -> Result<(), i32> {
+    // Room for one cmsghdr and one descriptor, aligned for cmsghdr.
+    let mut control = [0u64; 4];
     while !buf.is_empty() {
         let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
         // SAFETY: msghdr is plain data; all-zero is a valid empty header.
         let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
+        if passed >= 0 {
+            // SAFETY: CMSG_SPACE and CMSG_LEN are constant computations; `control` holds
+            // CMSG_SPACE(4) = 24 bytes, the one header and descriptor written here.
+            unsafe {
+                msg.msg_control = control.as_mut_ptr().cast();
+                msg.msg_controllen = libc::CMSG_SPACE(core::mem::size_of::<i32>() as u32) as usize;
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::SOL_SOCKET;
+                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(core::mem::size_of::<i32>() as u32) as usize;
+                libc::CMSG_DATA(cmsg).cast::<i32>().write_unaligned(passed);
+            }
+        }
         // sendmsg, not write: MSG_NOSIGNAL (no SIGPIPE for the program if the broker
         // is gone), and r9 free for the strict-mode cookie (our own I/O is not the
         // program's: the tracer must not stop it).
@@ -75,7 +96,11 @@ pub fn write_all(fd: i32, mut buf: &[u8]) -> Result<(), i32> {
             )
         };
         match n {
-            n if n > 0 => buf = &buf[n as usize..],
+            n if n > 0 => {
+                buf = &buf[n as usize..];
+                // The descriptor went with the first byte.
+                passed = -1;
+            }
             n if n == -(libc::EINTR as isize) => {}
             0 => return Err(libc::EPIPE),
             n => return Err(-n as i32),
@@ -175,6 +200,37 @@ fn map(len: usize, flags: i32, fd: i32) -> Option<usize> {
     (!(-4095..0).contains(&p)).then_some(p as usize)
 }
 
+/// A new close-on-exec memfd of `len` bytes, sealed so that nobody (the broker that
+/// maps it included) can shrink or grow it; the descriptor, or `-errno`.
+pub fn memfd_sealed(name: &core::ffi::CStr, len: usize) -> Result<i32, i32> {
+    // SAFETY: a NUL-terminated name and flags; the result is checked.
+    let fd = unsafe {
+        syscall3(
+            libc::SYS_memfd_create,
+            name.as_ptr() as usize,
+            (libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) as usize,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(-fd as i32);
+    }
+    let fd = fd as i32;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: plain integer arguments on the descriptor just made.
+    let made = unsafe {
+        match syscall3(libc::SYS_ftruncate, fd as usize, len, 0) {
+            0 => syscall3(libc::SYS_fcntl, fd as usize, libc::F_ADD_SEALS as usize, seals as usize),
+            e => e,
+        }
+    };
+    if made != 0 {
+        close(fd);
+        return Err(-made as i32);
+    }
+    Ok(fd)
+}
+
 /// Map `len` bytes of `fd` shared and read-write; the address, or `None`.
 pub fn map_shared(fd: i32, len: usize) -> Option<usize> {
     map(len, libc::MAP_SHARED, fd)
@@ -250,6 +306,14 @@ pub fn move_high(fd: i32, min: i32) -> i32 {
     }
     close(fd);
     high as i32
+}
+
+/// End the process now with `status`, running nothing of the program's (nor our own
+/// `_exit` hook).
+pub fn exit_now(status: i32) -> ! {
+    // SAFETY: plain integer arguments; exit_group does not return.
+    unsafe { syscall3(libc::SYS_exit_group, status as usize, 0, 0) };
+    unreachable!("exit_group returned")
 }
 
 pub fn kill_self() -> ! {

@@ -20,6 +20,9 @@
  *   ring_events sleep N PATH MARKER MS    N open+close, mkdir MARKER, sleep MS ms
  *   ring_events scribble HOW N PATH       N open+close, then overwrite this thread's ring
  *                                         (HOW: head, length, garbage), N more, exit(7)
+ *   ring_events brief _exit|exec N PATH   N times: fork a child that opens PATH once and
+ *                                         at once _exits or execs /bin/true (its first
+ *                                         observed call, then its image is gone)
  *
  * Prints "mono START END" (CLOCK_MONOTONIC ns around the opens of the first thread,
  * for modes that open) and one "MODE = RESULT" line.
@@ -270,6 +273,25 @@ int main(int argc, char **argv) {
         printf("sleep = ok=%d\n", timed_open_loop(argv[3], atoi(argv[2])));
         mkdir(argv[4], 0755);
         usleep((useconds_t)atoi(argv[5]) * 1000);
+    } else if (strcmp(mode, "brief") == 0 && argc == 5) {
+        int ok = 0, n = atoi(argv[3]);
+        for (int i = 0; i < n; i++) {
+            pid_t child = fork();
+            if (child == 0) {
+                int fd = open(argv[4], O_RDONLY);
+                if (fd < 0) _exit(1);
+                if (strcmp(argv[2], "exec") == 0) {
+                    char *args[] = {"true", NULL};
+                    execv("/bin/true", args);
+                    _exit(2);
+                }
+                _exit(0);
+            }
+            int status = 0;
+            waitpid(child, &status, 0);
+            ok += WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        }
+        printf("brief = ok=%d pid=%d\n", ok, getpid());
     } else if (strcmp(mode, "scribble") == 0 && argc == 5) {
         return scribble(argv[2], atoi(argv[3]), argv[4]);
     } else {

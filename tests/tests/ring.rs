@@ -203,6 +203,41 @@ fn a_fork_child_and_its_parent_each_trace_their_own_opens() {
     );
 }
 
+/// Processes whose image ends right after their first observed call: the broker still
+/// reads what /proc says of each (its executable, its parent) before the image is gone,
+/// though the call did not wait for the broker.
+fn check_brief_children(how: &str) {
+    const N: usize = 60;
+    let (_dir, f) = target_file();
+    let run = launch(OBSERVE_OPENS, ring_events(), &["brief", how, &N.to_string(), &f]).timeout(TIMEOUT).run();
+    run.check(run.code == 0, "ring_events exits 0");
+    run.check(field(&run, "brief =", "ok") == N as i64, "every child opened and ended as told");
+    let parent = field(&run, "brief =", "pid");
+    let recs = opens_of(&run.trace, &f);
+    check_observed_with_results(&run, &recs);
+    let exe = ring_events().display().to_string();
+    let wrong: Vec<_> = recs.iter().filter(|r| r["exe"] != exe.as_str() || r["ppid"] != parent).collect();
+    run.check(
+        recs.len() == N && wrong.is_empty(),
+        &format!(
+            "{N} records, each with the child's own image ({exe}, parent {parent}): {} records, {} wrong, e.g. {:?}",
+            recs.len(),
+            wrong.len(),
+            wrong.first()
+        ),
+    );
+}
+
+#[test]
+fn children_that_underscore_exit_right_after_their_first_open_are_traced_with_their_image() {
+    check_brief_children("_exit");
+}
+
+#[test]
+fn children_that_exec_right_after_their_first_open_are_traced_with_the_image_that_opened() {
+    check_brief_children("exec");
+}
+
 /// A vfork or posix_spawn child shares its parent's memory: its open goes on a socket
 /// of its own, the parent's ring is untouched, and both are traced.
 fn check_shared_memory_child(mode: &str) {

@@ -152,8 +152,9 @@ pub struct Hello<'a> {
     pub tid: i32,
     /// Free-form client name for diagnostics (`"preload"`, `"ptrace"`).
     pub client: &'a str,
-    /// The client would write its one-way frames into an event [`ring`]. Only a
-    /// thread's own connection asks: not the ptrace tracer, not a vfork child's
+    /// The client would write its one-way frames into an event [`ring`]: the one whose
+    /// descriptor is attached to this frame (SCM_RIGHTS), or else one the broker makes.
+    /// Only a thread's own connection asks: not the ptrace tracer, not a vfork child's
     /// one-shot connection (it shares its parent's memory).
     pub ring: bool,
 }
@@ -167,9 +168,10 @@ pub struct Welcome {
     pub observe: u64,
     /// Whether the client should send [`Done`] after allowed calls.
     pub report: bool,
-    /// The descriptor of an event [`ring`] (a memfd of [`ring::SIZE`] bytes) is
-    /// attached to this frame (SCM_RIGHTS). `false` when the Hello did not ask or
-    /// the broker could not make one: one-way frames then go on the socket.
+    /// The connection has an event [`ring`]: the client's own, or one the broker made,
+    /// whose descriptor (a memfd of [`ring::SIZE`] bytes) is attached to this frame
+    /// (SCM_RIGHTS). `false` when the Hello did not ask, or the broker could neither
+    /// use the client's ring nor make one: one-way frames then go on the socket.
     pub ring: bool,
 }
 

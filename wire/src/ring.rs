@@ -1,9 +1,12 @@
 //! The event ring: shared memory through which a preload thread sends its one-way
 //! frames ([`crate::ClientMsg::Observe`], [`crate::ClientMsg::Done`]) without a system
-//! call. One ring per thread connection: the broker creates it (a memfd sealed so that
-//! the client cannot shrink or grow it) when the [`crate::Hello`] asks for one, and
-//! attaches its descriptor to the [`crate::Welcome`] (SCM_RIGHTS); the client maps it
-//! read-write and closes the descriptor.
+//! call. One ring per thread connection, a memfd sealed against shrinking and growing
+//! (the broker's mapping would not survive either). Usually the client makes it, sets
+//! it up ([`Ring::init`]) and attaches its descriptor to the [`crate::Hello`]
+//! (SCM_RIGHTS): it can write into it at once, and the broker maps it once it has
+//! checked the seals and the size. A client that does not (or cannot) asks for one
+//! with the Hello, and the broker makes it and attaches it to the [`crate::Welcome`].
+//! Either way the [`crate::Welcome`] says whether the connection has a ring.
 //!
 //! Layout: one page of header ([`HEADER`] bytes) and [`DATA`] bytes of records, all
 //! little-endian `u64` words used only through atomics. The header holds the magic,
