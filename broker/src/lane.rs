@@ -484,6 +484,14 @@ impl Lanes {
         }
     }
 
+    /// `pid` is about to exit: read the working directory of each of its threads with
+    /// calls still unread, for them to resolve against once it is gone.
+    pub fn pin_cwds(&self, shared: &Shared, pid: i32) {
+        for lane in self.with_news(Some(pid)) {
+            lane.hold(shared).links.pin_cwd(Viewer { pid, tid: lane.tid });
+        }
+    }
+
     /// Read every ring of `pid` (rule 5), waiting for readers that hold one.
     pub fn drain_process(&self, shared: &Shared, pid: i32) {
         for lane in self.with_news(Some(pid)) {

@@ -21,29 +21,53 @@ const MAX_SYMLINKS: usize = 40;
 /// What [`Links`] keeps before starting over.
 const LINKS_MAX: usize = 4096;
 
-/// The symlinks (and the names that are none) read while resolving one batch of
-/// observed calls' paths: a ring's worth, read together milliseconds after the calls.
-/// Their paths share directories (`/usr`, `/usr/include`, …), each of which would cost a
-/// `readlink` per call. Only for observed calls, whose paths are resolved after the fact
-/// anyway: a decided call's path is read afresh, name by name, as it is decided.
+/// The symlinks (and the names that are none) and working directories read while
+/// resolving one batch of observed calls' paths: a ring's worth, read together
+/// milliseconds after the calls. Their paths share directories (`/usr`,
+/// `/usr/include`, …) and a working directory, each of which would cost a `readlink`
+/// per call. Only for observed calls, whose paths are resolved after the fact anyway:
+/// a decided call's path is read afresh, name by name, as it is decided.
 #[derive(Default)]
-pub struct Links(HashMap<Vec<u8>, Option<Vec<u8>>>);
+pub struct Links {
+    links: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Each thread's working directory, read once per batch.
+    cwds: HashMap<i32, Option<Vec<u8>>>,
+    /// Working directories read while their process was about to exit, kept past the
+    /// batch: see [`Links::pin_cwd`].
+    pinned: HashMap<i32, Vec<u8>>,
+}
 
 impl Links {
     /// Forget what was read: the batch is over.
     pub fn clear(&mut self) {
-        self.0.clear();
+        self.links.clear();
+        self.cwds.clear();
+    }
+
+    /// Read the viewer's working directory now and keep it for its calls still to be
+    /// resolved: its process is exiting, and they are read after it is gone.
+    pub fn pin_cwd(&mut self, viewer: Viewer) {
+        if let Some(cwd) = viewer.base(AT_FDCWD) {
+            self.pinned.insert(viewer.tid, cwd);
+        }
+    }
+
+    fn cwd(&mut self, viewer: Viewer) -> Option<Vec<u8>> {
+        if let Some(cwd) = self.pinned.get(&viewer.tid) {
+            return Some(cwd.clone());
+        }
+        self.cwds.entry(viewer.tid).or_insert_with(|| viewer.base(AT_FDCWD)).clone()
     }
 
     fn read(&mut self, path: &[u8]) -> Option<Vec<u8>> {
-        if let Some(known) = self.0.get(path) {
+        if let Some(known) = self.links.get(path) {
             return known.clone();
         }
         let target = read_link(path);
-        if self.0.len() >= LINKS_MAX {
-            self.0.clear();
+        if self.links.len() >= LINKS_MAX {
+            self.links.clear();
         }
-        self.0.insert(path.to_vec(), target.clone());
+        self.links.insert(path.to_vec(), target.clone());
         target
     }
 }
@@ -95,12 +119,13 @@ impl Viewer {
         dirfd: i32,
         raw: &[u8],
         follow_last: bool,
-        links: Option<&mut Links>,
+        mut links: Option<&mut Links>,
     ) -> Option<Vec<u8>> {
-        let mut start = match known {
+        let mut start = match (known, links.as_deref_mut()) {
             _ if raw.first() == Some(&b'/') => Vec::new(),
-            Some(dir) => dir,
-            None => self.base(dirfd)?,
+            (Some(dir), _) => dir,
+            (None, Some(links)) if dirfd == AT_FDCWD => links.cwd(self)?,
+            (None, _) => self.base(dirfd)?,
         };
         start.reserve(raw.len() + 1); // room for the names, so one allocation is the usual case
         let mut walker = Walker { viewer: self, out: start, followed: 0, links };

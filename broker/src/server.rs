@@ -469,11 +469,18 @@ impl<'s> Connection<'s> {
         })
     }
 
-    /// A process about to exit waits until everything it sent is handled.
+    /// A process about to exit waits until what its unread calls need of it is read:
+    /// its threads' working directories, against which their relative paths resolve.
+    /// Everything else they need is the broker's own (the descriptors its reported
+    /// calls left, its details read at the Hello), so the calls themselves are read
+    /// after the answer, while it exits.
     fn on_flush(&mut self, lane: &Lane, seq: u32) -> Result<(), ConnError> {
         self.replier.begin(seq);
-        self.shared.lanes.drain_process(self.shared, lane.peer_pid());
-        self.replier.answer(&Reply { seq, decision: Decision::Allow, cache: false })
+        let pid = lane.peer_pid();
+        self.shared.lanes.pin_cwds(self.shared, pid);
+        let answered = self.replier.answer(&Reply { seq, decision: Decision::Allow, cache: false });
+        self.shared.lanes.drain_process(self.shared, pid);
+        answered
     }
 
     /// Read the Hello, the connection's first frame, and the descriptor the client

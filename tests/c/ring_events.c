@@ -20,9 +20,9 @@
  *   ring_events sleep N PATH MARKER MS    N open+close, mkdir MARKER, sleep MS ms
  *   ring_events scribble HOW N PATH       N open+close, then overwrite this thread's ring
  *                                         (HOW: head, length, garbage), N more, exit(7)
- *   ring_events brief _exit|exec N PATH   N times: fork a child that opens PATH once and
- *                                         at once _exits or execs /bin/true (its first
- *                                         observed call, then its image is gone)
+ *   ring_events brief HOW N PATH          N times: fork a child that opens PATH once and
+ *                                         at once ends its image: HOW is _exit, exec
+ *                                         (/bin/true) or exit (the exit flush runs)
  *
  * Prints "mono START END" (CLOCK_MONOTONIC ns around the opens of the first thread,
  * for modes that open) and one "MODE = RESULT" line.
@@ -285,6 +285,7 @@ int main(int argc, char **argv) {
                     execv("/bin/true", args);
                     _exit(2);
                 }
+                if (strcmp(argv[2], "exit") == 0) exit(0);
                 _exit(0);
             }
             int status = 0;

@@ -206,10 +206,14 @@ fn a_fork_child_and_its_parent_each_trace_their_own_opens() {
 /// Processes whose image ends right after their first observed call: the broker still
 /// reads what /proc says of each (its executable, its parent) before the image is gone,
 /// though the call did not wait for the broker.
-fn check_brief_children(how: &str) {
+fn check_brief_children(how: &str, relative: bool) {
     const N: usize = 60;
-    let (_dir, f) = target_file();
-    let run = launch(OBSERVE_OPENS, ring_events(), &["brief", how, &N.to_string(), &f]).timeout(TIMEOUT).run();
+    let (dir, f) = target_file();
+    let path = if relative { "f" } else { &f };
+    let run = launch(OBSERVE_OPENS, ring_events(), &["brief", how, &N.to_string(), path])
+        .current_dir(dir.path())
+        .timeout(TIMEOUT)
+        .run();
     run.check(run.code == 0, "ring_events exits 0");
     run.check(field(&run, "brief =", "ok") == N as i64, "every child opened and ended as told");
     let parent = field(&run, "brief =", "pid");
@@ -230,12 +234,19 @@ fn check_brief_children(how: &str) {
 
 #[test]
 fn children_that_underscore_exit_right_after_their_first_open_are_traced_with_their_image() {
-    check_brief_children("_exit");
+    check_brief_children("_exit", false);
 }
 
 #[test]
 fn children_that_exec_right_after_their_first_open_are_traced_with_the_image_that_opened() {
-    check_brief_children("exec");
+    check_brief_children("exec", false);
+}
+
+/// The exit flush is answered before the broker reads the child's calls: the relative
+/// path still resolves against the working directory it had (read at the flush).
+#[test]
+fn children_that_exit_right_after_a_relative_open_have_it_resolved_against_their_directory() {
+    check_brief_children("exit", true);
 }
 
 /// A vfork or posix_spawn child shares its parent's memory: its open goes on a socket
