@@ -589,7 +589,7 @@ fn recv_with_fd(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Optio
             }
             return Err(e);
         }
-        let mut passed = Vec::new();
+        let mut first = None;
         // SAFETY: `msg` is the header recvmsg just filled in: msg_control points at our
         // buffer and msg_controllen says how much of it the kernel wrote, which the CMSG
         // helpers stay within.
@@ -603,15 +603,16 @@ fn recv_with_fd(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Optio
                 for i in 0..count {
                     // SAFETY: the kernel wrote `count` new descriptors after the header,
                     // inside msg_controllen (maybe unaligned); each is ours to own.
-                    passed.push(unsafe {
-                        OwnedFd::from_raw_fd(libc::CMSG_DATA(cmsg).cast::<i32>().add(i).read_unaligned())
-                    });
+                    let fd =
+                        unsafe { OwnedFd::from_raw_fd(libc::CMSG_DATA(cmsg).cast::<i32>().add(i).read_unaligned()) };
+                    // Any but the first is closed here.
+                    first.get_or_insert(fd);
                 }
             }
             // SAFETY: as above; returns null after the last header.
             cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
         }
-        return Ok((n as usize, passed.into_iter().next()));
+        return Ok((n as usize, first));
     }
 }
 

@@ -256,6 +256,12 @@ pub fn install(inline: bool) {
 /// Patch every `Inline` entry. The recipes of the process that exec'd us (the same libc,
 /// usually) let its hooks be made without decoding; ours go to the processes we exec.
 fn patch_all() {
+    // The launcher makes recipes for exactly these (hermes_wire::INLINE_HOOKED): the two
+    // lists must agree, or a run's first process would decode what it was meant to copy.
+    debug_assert!(
+        HOOKS.iter().filter(|h| h.patch == Patch::Inline).map(|h| h.name).eq(hermes_wire::INLINE_HOOKED),
+        "the Inline entries of the hook table differ from hermes_wire::INLINE_HOOKED"
+    );
     let text = String::from_utf8(crate::config::recipes()).unwrap_or_default();
     let given = Recipe::parse_list(&text);
     let mut made = Vec::new();

@@ -33,7 +33,8 @@ thread_local! {
     static SELF: Cell<(i32, i32)> = const { Cell::new((0, 0)) };
     /// This thread's connection whose Welcome is still unread (-1: none). A connection
     /// made with a ring of our own, the board mapped, does not wait for it: it is read
-    /// before the first reply, or before an exec (see [`connect`]).
+    /// before the connection's first reply, or before the process image ends (see
+    /// [`connect`], [`settle_welcome`]).
     static WELCOME_DUE: Cell<i32> = const { Cell::new(-1) };
 }
 
@@ -392,9 +393,10 @@ impl Session {
                 self.fd = new_thread_conn(pid, tid, Some(frame))?;
                 return Ok(());
             }
-            // A one-way frame waits for the Welcome and its ring: sent on the socket
-            // instead, it would close the ring until the broker has handled it, and
-            // the thread's next frames would chase it there.
+            // A one-way frame goes into the new connection's ring, not on the socket:
+            // there it would close the ring until the broker has handled it, and the
+            // thread's next frames would chase it. (The ring is ours at once, or the
+            // broker's with the Welcome when there is no board.)
             (None, Some(_)) => new_thread_conn(pid, tid, None)?,
         };
         match made {
@@ -663,13 +665,12 @@ extern "C" fn flush_at_exit() {
 }
 
 /// Thread exit: close the connection the thread made, if it still is its own, and
-/// unmap its ring.
+/// forget it (and unmap its ring).
 pub fn close_thread_conn(fd: i32) {
     if fds::release(fd, sys::gettid()) {
         sys::close(fd);
     }
-    WELCOME_DUE.with(|w| w.set(-1));
-    ring::install(0);
+    forget_thread_conn(CONN.with(Cell::get).1);
 }
 
 /// A new connection to the broker.
