@@ -178,6 +178,11 @@ impl Lane {
         self.peer_pid
     }
 
+    /// The thread whose connection this is.
+    pub fn tid(&self) -> i32 {
+        self.tid
+    }
+
     /// The process a call comes from: the kernel's word on who is calling beats the
     /// message's, for the preload.
     pub fn caller(&self, call: &Call<'_, Vec<&[u8]>>) -> i32 {
@@ -353,6 +358,7 @@ impl LaneState {
             // The ring was read before this frame was handled.
             ClientMsg::Nudge => {}
             ClientMsg::Call(_) | ClientMsg::Flush { .. } => return Err("a frame that waits for an answer"),
+            ClientMsg::Exit { .. } => return Err("an Exit off the socket"),
             ClientMsg::Hello(_) => return Err("a second Hello"),
         }
         Ok(())
@@ -484,11 +490,20 @@ impl Lanes {
         }
     }
 
-    /// `pid` is about to exit: read the working directory of each of its threads with
-    /// calls still unread, for them to resolve against once it is gone.
-    pub fn pin_cwds(&self, shared: &Shared, pid: i32) {
+    /// `pid` is about to exit: keep the working directory of each of its threads with
+    /// calls still unread, for them to resolve against once it is gone. `exiting`: the
+    /// thread that says so and the directory it gave; the others' are read from /proc,
+    /// or are that one when /proc no longer shows them (threads share one unless they
+    /// unshared it).
+    pub fn pin_cwds(&self, shared: &Shared, pid: i32, exiting: Option<(i32, &[u8])>) {
         for lane in self.with_news(Some(pid)) {
-            lane.hold(shared).links.pin_cwd(Viewer { pid, tid: lane.tid });
+            let links = &mut lane.hold(shared).links;
+            match exiting {
+                Some((tid, cwd)) if tid == lane.tid => links.pin(tid, cwd),
+                _ if links.pin_cwd(Viewer { pid, tid: lane.tid }) => {}
+                Some((_, cwd)) => links.pin(lane.tid, cwd),
+                None => {}
+            }
         }
     }
 

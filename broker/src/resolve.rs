@@ -45,11 +45,21 @@ impl Links {
     }
 
     /// Read the viewer's working directory now and keep it for its calls still to be
-    /// resolved: its process is exiting, and they are read after it is gone.
-    pub fn pin_cwd(&mut self, viewer: Viewer) {
-        if let Some(cwd) = viewer.base(AT_FDCWD) {
+    /// resolved: its process is exiting, and they are read after it is gone. Returns
+    /// whether it could be read.
+    pub fn pin_cwd(&mut self, viewer: Viewer) -> bool {
+        let cwd = viewer.base(AT_FDCWD);
+        let read = cwd.is_some();
+        if let Some(cwd) = cwd {
             self.pinned.insert(viewer.tid, cwd);
         }
+        read
+    }
+
+    /// Keep `cwd` as thread `tid`'s working directory for its calls still to be
+    /// resolved (its process said so as it exited).
+    pub fn pin(&mut self, tid: i32, cwd: &[u8]) {
+        self.pinned.insert(tid, cwd.to_vec());
     }
 
     fn cwd(&mut self, viewer: Viewer) -> Option<Vec<u8>> {

@@ -386,12 +386,15 @@ impl<'s> Connection<'s> {
             (true, Some(given)) => match RingMap::adopt(&given) {
                 Ok(map) => (Some(map), None),
                 Err(e) => {
-                    // It may have written into it already: say so, the Welcome tells it.
+                    // It may have written into it already: say so (the trace too, like a
+                    // ring found corrupt later), the Welcome tells it.
                     eprintln!(
                         "hermes: broker: the event ring pid {} passed is unusable ({e}); what it wrote \
                          there is lost, its next events go on the socket",
                         self.peer_pid
                     );
+                    let note = serde_json::json!({ "pid": self.peer_pid, "tid": hello.tid, "error": e.to_string() });
+                    self.shared.sink.note("ring_error", note);
                     (None, None)
                 }
             },
@@ -424,6 +427,10 @@ impl<'s> Connection<'s> {
             let handled = match wire::decode::<ClientFrame>(&buf) {
                 Ok(ClientMsg::Call(call)) => self.on_call(lane, &call),
                 Ok(ClientMsg::Flush { seq }) => self.on_flush(lane, seq),
+                Ok(ClientMsg::Exit { cwd }) => {
+                    self.on_exit(lane, cwd);
+                    Ok(())
+                }
                 Ok(msg) => lane.socket_frame(self.shared, &msg).map_err(ConnError::Protocol),
                 Err(_) => Err(ConnError::Protocol("malformed frame")),
             };
@@ -469,18 +476,28 @@ impl<'s> Connection<'s> {
         })
     }
 
-    /// A process about to exit waits until what its unread calls need of it is read:
-    /// its threads' working directories, against which their relative paths resolve.
+    /// A process about to exit whose working directory getcwd could not give waits
+    /// until what its unread calls need of it is read: its threads' working
+    /// directories, against which their relative paths resolve.
     /// Everything else they need is the broker's own (the descriptors its reported
     /// calls left, its details read at the Hello), so the calls themselves are read
     /// after the answer, while it exits.
     fn on_flush(&mut self, lane: &Lane, seq: u32) -> Result<(), ConnError> {
         self.replier.begin(seq);
         let pid = lane.peer_pid();
-        self.shared.lanes.pin_cwds(self.shared, pid);
+        self.shared.lanes.pin_cwds(self.shared, pid, None);
         let answered = self.replier.answer(&Reply { seq, decision: Decision::Allow, cache: false });
         self.shared.lanes.drain_process(self.shared, pid);
         answered
+    }
+
+    /// A process exiting says where its unread calls' relative paths start (its
+    /// working directory) and goes on without waiting: its calls are read now, after
+    /// it, against that.
+    fn on_exit(&mut self, lane: &Lane, cwd: &[u8]) {
+        let pid = lane.peer_pid();
+        self.shared.lanes.pin_cwds(self.shared, pid, Some((lane.tid(), cwd)));
+        self.shared.lanes.drain_process(self.shared, pid);
     }
 
     /// Read the Hello, the connection's first frame, and the descriptor the client

@@ -631,34 +631,46 @@ pub fn after_fork_child() {
 #[link_section = ".fini_array"]
 static FINI: extern "C" fn() = flush_at_exit;
 
-/// At exit, wait until the broker has read every ring of this process, while the
-/// process is still whole: its observed calls' relative paths resolve against the
-/// working directory and descriptors they used. (After `_exit` or a kill the broker
-/// still reads them all, later.)
+/// At exit, tell the broker where this process's unread calls' relative paths start:
+/// it reads them (every thread's ring) after the process is gone, when /proc no longer
+/// shows its working directory. One-way ([`ClientMsg::Exit`]); only a working directory
+/// getcwd cannot give costs a round trip ([`ClientMsg::Flush`]: the broker reads /proc
+/// while the process waits). Everything else those calls need is the broker's own: the
+/// descriptors its reported calls left, the details it read at the Hello. (After `_exit`
+/// or a kill the broker still reads every ring, later.)
 extern "C" fn flush_at_exit() {
     if !READY.load(Relaxed) || !ring::had_ring() || in_shared_memory_child() {
         return;
     }
     let Some(guard) = Guard::take() else { return };
     let (own, _) = CONN.with(Cell::get);
-    let (fd, seq, one_shot) = if own >= 0 && fds::is_ours(own, guard.tid) {
+    let (fd, one_shot) = if own >= 0 && fds::is_ours(own, guard.tid) {
         if settle_welcome(own).is_err() {
             return;
         }
-        (own, next_seq(), false)
+        (own, false)
     } else {
         match connect(pid_of(guard.tid), guard.tid, false, None) {
-            Ok(made) => (made.fd, 1, true),
+            Ok(made) => (made.fd, true),
             Err(_) => return,
         }
     };
-    let flush: ClientMsg<'_, ()> = ClientMsg::Flush { seq };
-    // Whatever the answer, the process goes on exiting.
-    let _ = send(fd, &flush).and_then(|()| {
-        let mut buf = [0u8; 64];
-        let body = recv_frame(fd, &mut buf, None)?;
-        wire::decode::<Reply>(body).map(|r| r.seq).map_err(|_| libc::EPROTO)
-    });
+    let mut dir = [0u8; libc::PATH_MAX as usize];
+    // Whatever the broker makes of it, the process goes on exiting.
+    let _ = match sys::getcwd(&mut dir) {
+        Some(cwd) => {
+            let exit: ClientMsg<'_, ()> = ClientMsg::Exit { cwd };
+            send(fd, &exit)
+        }
+        None => {
+            let flush: ClientMsg<'_, ()> = ClientMsg::Flush { seq: if one_shot { 1 } else { next_seq() } };
+            send(fd, &flush).and_then(|()| {
+                let mut buf = [0u8; 64];
+                let body = recv_frame(fd, &mut buf, None)?;
+                wire::decode::<Reply>(body).map(drop).map_err(|_| libc::EPROTO)
+            })
+        }
+    };
     if one_shot {
         sys::close(fd);
     }

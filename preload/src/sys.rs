@@ -45,6 +45,16 @@ pub fn gettid() -> i32 {
     unsafe { syscall3(libc::SYS_gettid, 0, 0, 0) as i32 }
 }
 
+/// The calling thread's working directory, written into `buf` (without its NUL);
+/// `None` when it does not fit or is unreachable (removed, or outside the root).
+pub fn getcwd(buf: &mut [u8]) -> Option<&[u8]> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into the live, writable `buf`.
+    let n = unsafe { syscall3(libc::SYS_getcwd, buf.as_mut_ptr() as usize, buf.len(), 0) };
+    // The length counts the NUL; an unreachable directory reads "(unreachable)/…".
+    let cwd = buf.get(..usize::try_from(n).ok()?.checked_sub(1)?)?;
+    cwd.starts_with(b"/").then_some(cwd)
+}
+
 pub fn close(fd: i32) {
     // SAFETY: closing a descriptor number has no memory effects; callers only close
     // descriptors the preload opened.

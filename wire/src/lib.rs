@@ -4,7 +4,8 @@
 //! Every message travels as a frame: a little-endian `u32` body length followed by a
 //! postcard-encoded body. The client sends [`ClientMsg`]s, the broker answers
 //! [`Hello`] with a [`Welcome`] and each [`Call`] (and [`ClientMsg::Flush`]) with a
-//! [`Reply`]; [`Done`], [`ClientMsg::Observe`] and [`ClientMsg::Nudge`] are one-way.
+//! [`Reply`]; [`Done`], [`ClientMsg::Observe`], [`ClientMsg::Nudge`] and
+//! [`ClientMsg::Exit`] are one-way.
 //!
 //! A preload thread asks for an event [`ring`] in its Hello; the broker attaches one
 //! to the Welcome. From then on the thread writes its one-way frames into the ring,
@@ -39,7 +40,7 @@ pub const INLINE_HOOKED: [&str; 8] =
     ["open", "openat", "__open_nocancel", "connect", "sendto", "sendmsg", "execve", "execveat"];
 
 /// Bump when a message changes shape; the broker refuses other versions.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Largest frame body either side accepts. exec requests carry argv and envp, which
 /// the kernel caps at a quarter of the stack limit (2 MiB by default).
@@ -137,11 +138,18 @@ pub enum ClientMsg<'a, L> {
     /// One-way, on the socket: the client's [`ring`] just passed half full; read it
     /// now rather than at the next periodic drain.
     Nudge,
-    /// Answered by a [`Reply`] (allow, with this `seq`) once the broker has handled
-    /// everything the process sent before, through every thread's [`ring`]. A
-    /// process sends it as it exits, while what the broker reads of it in /proc (its
-    /// working directory, its descriptors) still holds.
+    /// Answered by a [`Reply`] (allow, with this `seq`) once the broker has read what
+    /// the calls the process sent before, through every thread's [`ring`], need of it
+    /// in /proc (its threads' working directories). A process sends it as it exits
+    /// when it cannot send [`ClientMsg::Exit`], while /proc still shows it.
     Flush { seq: u32 },
+    /// One-way, on the socket: the process is exiting, and `cwd` is its working
+    /// directory (getcwd(2)), against which its unread calls' relative paths resolve
+    /// once it is gone. It takes the place of a [`ClientMsg::Flush`]'s round trip.
+    Exit {
+        #[serde(with = "serde_bytes")]
+        cwd: &'a [u8],
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug)]
