@@ -15,7 +15,11 @@
 //!    rule 1 covers it;
 //! 5. before a call of the same process is decided: every ring of that process, so
 //!    what the policy reads (`hermes.fd`, built from results) includes everything
-//!    the process published before the call.
+//!    the process published before the call;
+//! 6. when the process says it is exiting ([`hermes_wire::ClientMsg::Exit`], or the
+//!    `Flush` round trip when it could not name its working directory): every ring
+//!    of that process, its threads' working directories kept first for the relative
+//!    paths still unread.
 //!
 //! Readers of one ring (its connection's thread, the periodic drainer, another
 //! connection deciding a call) take the lane's lock. The lock is never held while a

@@ -572,7 +572,7 @@ fn settle_welcome(fd: i32) -> Result<(), i32> {
     Ok(())
 }
 
-/// Before the process image ends without the exit flush: an exec the policy does not
+/// Before the process image ends without `flush_at_exit`: an exec the policy does not
 /// decide (one it decides reads the Welcome with its reply), or `_exit`. Wait for this
 /// thread's Welcome if it is still due, so that the broker has read what /proc says of
 /// this image (its executable, its parent) before it is gone, as the calls the thread

@@ -13,8 +13,8 @@ use hermes_wire::ring::{self, Pushed, Ring};
 
 use crate::sys;
 
-/// Whether a thread of this process has had a ring: then its exit waits until the
-/// broker has read them ([`crate::mediate`]'s exit flush).
+/// Whether a thread of this process has had a ring: then its exit tells the broker,
+/// which reads them after it ([`crate::mediate`]'s `flush_at_exit`).
 static HAD_RING: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
