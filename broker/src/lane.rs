@@ -322,7 +322,7 @@ impl LaneState {
             lane.peer_pid, lane.tid
         );
         shared.sink.write_lines(&mut self.lines); // what was read before, first
-        shared.sink.note("ring_error", serde_json::json!({ "pid": lane.peer_pid, "tid": lane.tid, "error": why }));
+        shared.sink.ring_error(lane.peer_pid, lane.tid, why);
     }
 
     /// Handle a one-way frame; `at` is the client's clock when it came through the

@@ -393,8 +393,7 @@ impl<'s> Connection<'s> {
                          there is lost, its next events go on the socket",
                         self.peer_pid
                     );
-                    let note = serde_json::json!({ "pid": self.peer_pid, "tid": hello.tid, "error": e.to_string() });
-                    self.shared.sink.note("ring_error", note);
+                    self.shared.sink.ring_error(self.peer_pid, hello.tid, &e.to_string());
                     (None, None)
                 }
             },

@@ -49,12 +49,10 @@ pub unsafe fn recipes_at(targets: &[*const u8], known: &[Recipe]) -> Result<(Vec
         .filter_map(|&target| {
             // SAFETY: forwarded.
             let code = unsafe { read_prologue(&mappings, target as u64) }.ok()?;
-            if let Some(recipe) = known.iter().find(|r| r.apply(&code, target as u64).is_some()) {
-                return Some(recipe.clone());
-            }
-            let recipe = relocate::plan(&code, target as u64).ok()?.recipe(&code)?;
-            decoded = true;
-            Some(recipe)
+            // As a hook would steal its bytes: a matching recipe, else decoded.
+            let (steal, recipe) = Steal::new(&code, target as u64, known).ok()?;
+            decoded |= matches!(steal, Steal::Decoded(_));
+            recipe
         })
         .collect();
     Ok((recipes, decoded))
