@@ -15,7 +15,10 @@
 //!    rule 1 covers it;
 //! 5. before a call of the same process is decided: every ring of that process, so
 //!    what the policy reads (`hermes.fd`, built from results) includes everything
-//!    the process published before the call;
+//!    the process published before the call. A thread writes into a ring it made as
+//!    soon as its Hello is sent, so the call says how many such rings its process
+//!    image had passed ([`hermes_wire::Call::rings`]), and their Hellos are read first
+//!    ([`Lanes::await_rings`]);
 //! 6. when the process says it is exiting ([`hermes_wire::ClientMsg::Exit`], or the
 //!    `Flush` round trip when it could not name its working directory): every ring
 //!    of that process, its threads' working directories kept first for the relative
@@ -34,7 +37,7 @@ use std::collections::HashMap;
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, SystemTime};
 
 use hermes_wire::ring::{self, Ring};
@@ -91,6 +94,8 @@ pub struct Lane {
     peer_pid: i32,
     /// The thread, as the Hello gave it (for diagnostics).
     tid: i32,
+    /// The process image's stamp, as the Hello gave it ([`wire::Hello::image`]).
+    image: u32,
     layer: Layer,
     ring: Option<RingMap>,
     state: Mutex<LaneState>,
@@ -161,8 +166,9 @@ impl Lane {
     /// alive: it waits for its Welcome, or (when it sent its ring with the Hello) reads
     /// it before it execs or exits, so what /proc says of it now is what its events
     /// will carry, even those read after it has exited.
-    pub fn new(shared: &Shared, peer_pid: i32, tid: i32, layer: Layer, ring: Option<RingMap>) -> Self {
-        let lane = Lane { peer_pid, tid, layer, ring, state: Mutex::default() };
+    pub fn new(shared: &Shared, peer_pid: i32, hello: &wire::Hello<'_>, ring: Option<RingMap>) -> Self {
+        let (tid, image, layer) = (hello.tid, hello.image, hello.layer);
+        let lane = Lane { peer_pid, tid, image, layer, ring, state: Mutex::default() };
         if layer == Layer::Preload {
             lane.hold(shared).process(shared, layer, peer_pid, 0);
         }
@@ -456,41 +462,113 @@ fn returns_file_pointer(func: &str) -> bool {
     func.starts_with("fopen") || func.starts_with("freopen")
 }
 
-/// The lanes with rings, by process.
+/// The lanes with rings, by process, and the rings each process image has passed.
 #[derive(Default)]
 pub struct Lanes {
-    by_pid: Mutex<HashMap<i32, Vec<Arc<Lane>>>>,
+    listed: Mutex<Listed>,
+    /// Signalled when an image's passed ring is counted.
+    counted: Condvar,
 }
 
+#[derive(Default)]
+struct Listed {
+    by_pid: HashMap<i32, Vec<Arc<Lane>>>,
+    /// Per pid, its latest images (stamp, rings passed with their Hellos): an exec'd
+    /// image's new Hellos may be read before the old one's last.
+    passed: HashMap<i32, Vec<(u32, u32)>>,
+}
+
+/// Images of one pid whose ring counts are kept.
+const IMAGES_PER_PID: usize = 4;
+/// Pids whose ring counts are kept beyond their lanes' lifetimes.
+const MAX_COUNTED: usize = 4096;
+/// The longest a decision waits for Hellos its call says were sent: only a Hello the
+/// broker will never read (a client killed mid-write) makes it wait this long.
+const HELLO_WAIT: Duration = Duration::from_secs(1);
+
 impl Lanes {
-    fn map(&self) -> MutexGuard<'_, HashMap<i32, Vec<Arc<Lane>>>> {
-        self.by_pid.lock().unwrap_or_else(|e| e.into_inner())
+    fn map(&self) -> MutexGuard<'_, Listed> {
+        self.listed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Start reading `lane`'s ring periodically and before its process's calls.
-    pub fn add(&self, lane: &Arc<Lane>) {
+    /// Start reading `lane`'s ring periodically and before its process's calls, and
+    /// count the ring its Hello passed (`passed`), used or not ([`Lanes::await_rings`]).
+    pub fn add(&self, lane: &Arc<Lane>, passed: bool) {
+        let mut listed = self.map();
         if lane.ring.is_some() {
-            self.map().entry(lane.peer_pid).or_default().push(Arc::clone(lane));
+            listed.by_pid.entry(lane.peer_pid).or_default().push(Arc::clone(lane));
+        }
+        if passed {
+            if listed.passed.len() >= MAX_COUNTED && !listed.passed.contains_key(&lane.peer_pid) {
+                // Processes long gone without an Exit (killed, or exec'd into a
+                // program without the preload): keep the counts of those with lanes.
+                let Listed { by_pid, passed } = &mut *listed;
+                passed.retain(|pid, _| by_pid.contains_key(pid));
+            }
+            let images = listed.passed.entry(lane.peer_pid).or_default();
+            match images.iter_mut().find(|(image, _)| *image == lane.image) {
+                Some((_, n)) => *n += 1,
+                None => {
+                    if images.len() >= IMAGES_PER_PID {
+                        images.remove(0);
+                    }
+                    images.push((lane.image, 1));
+                }
+            }
+            self.counted.notify_all();
         }
     }
 
     pub fn remove(&self, lane: &Arc<Lane>) {
-        let mut map = self.map();
-        if let Some(lanes) = map.get_mut(&lane.peer_pid) {
+        let mut listed = self.map();
+        let by_pid = &mut listed.by_pid;
+        if let Some(lanes) = by_pid.get_mut(&lane.peer_pid) {
             lanes.retain(|l| !Arc::ptr_eq(l, lane));
             if lanes.is_empty() {
-                map.remove(&lane.peer_pid);
+                by_pid.remove(&lane.peer_pid);
+            }
+        }
+    }
+
+    /// Wait until `rings` rings that `lane`'s process image passed with its Hellos
+    /// are counted ([`Lanes::add`]), or `HELLO_WAIT` has passed: a call or an exit
+    /// says how many the image had passed when it was sent, and their lanes must be
+    /// listed before the process's rings are read (rules 5 and 6).
+    pub fn await_rings(&self, lane: &Lane, rings: u32) {
+        if rings == 0 || lane.layer != Layer::Preload {
+            return;
+        }
+        let counted = |listed: &mut Listed| {
+            let images = listed.passed.get(&lane.peer_pid);
+            images.and_then(|i| i.iter().find(|(image, _)| *image == lane.image)).map_or(0, |&(_, n)| n)
+        };
+        let listed = self.map();
+        let _ = self
+            .counted
+            .wait_timeout_while(listed, HELLO_WAIT, |listed| counted(listed) < rings)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+
+    /// `lane`'s process image has exited: forget its count.
+    pub fn forget_image(&self, lane: &Lane) {
+        let mut listed = self.map();
+        let passed = &mut listed.passed;
+        if let Some(images) = passed.get_mut(&lane.peer_pid) {
+            images.retain(|(image, _)| *image != lane.image);
+            if images.is_empty() {
+                passed.remove(&lane.peer_pid);
             }
         }
     }
 
     /// Lanes with something to read (of `pid`, or of every process).
     fn with_news(&self, pid: Option<i32>) -> Vec<Arc<Lane>> {
-        let map = self.map();
+        let listed = self.map();
+        let by_pid = &listed.by_pid;
         let pick = |lanes: &Vec<Arc<Lane>>| lanes.iter().filter(|l| l.has_news()).cloned().collect::<Vec<_>>();
         match pid {
-            Some(pid) => map.get(&pid).map(pick).unwrap_or_default(),
-            None => map.values().flat_map(pick).collect(),
+            Some(pid) => by_pid.get(&pid).map(pick).unwrap_or_default(),
+            None => by_pid.values().flat_map(pick).collect(),
         }
     }
 

@@ -356,8 +356,6 @@ impl<'s> Connection<'s> {
 
     fn run(mut self) -> Result<(), ConnError> {
         let (lane, welcomed) = self.welcome()?;
-        let lane = Arc::new(lane);
-        self.shared.lanes.add(&lane);
         // A client that passed its own ring may have written into it and gone before
         // its Welcome could be sent: what it wrote is read all the same (`close`).
         let result = welcomed.and_then(|()| self.serve(&lane));
@@ -368,9 +366,10 @@ impl<'s> Connection<'s> {
 
     /// `Hello` → `Welcome`, with a ring when the client asks for one and can have it:
     /// the one it passed with the Hello, or one made here and passed with the Welcome.
-    /// The lane is made even when the Welcome cannot be sent; the second result says
-    /// whether it was.
-    fn welcome(&mut self) -> Result<(Lane, Result<(), ConnError>), ConnError> {
+    /// The lane is made, and listed, before the Welcome is sent (the client writes
+    /// into a ring the Welcome brings at once) and even when it cannot be sent; the
+    /// second result says whether it was.
+    fn welcome(&mut self) -> Result<(Arc<Lane>, Result<(), ConnError>), ConnError> {
         let given = self.read_hello()?;
         let hello = match wire::decode::<ClientFrame>(&self.buf) {
             Ok(ClientMsg::Hello(h)) if h.version == wire::PROTOCOL_VERSION => h,
@@ -382,6 +381,7 @@ impl<'s> Connection<'s> {
             Welcome { mask: engine.decided(), observe: engine.observe(), report: engine.reports(), ring: false };
         // Only a preload thread writes a ring: the tracer's calls stop the tracee anyway.
         let wants_ring = hello.ring && hello.layer == Layer::Preload;
+        let passed = wants_ring && given.is_some();
         let (ring, fd) = match (wants_ring, given) {
             (true, Some(given)) => match RingMap::adopt(&given) {
                 Ok(map) => (Some(map), None),
@@ -411,7 +411,8 @@ impl<'s> Connection<'s> {
         };
         welcome.ring = ring.is_some();
         // Before the Welcome, while the client waits for it.
-        let lane = Lane::new(self.shared, self.peer_pid, hello.tid, hello.layer, ring);
+        let lane = Arc::new(Lane::new(self.shared, self.peer_pid, &hello, ring));
+        self.shared.lanes.add(&lane, passed);
         let sent = match fd {
             Some(fd) => self.replier.send_with_fd(&welcome, fd.as_fd()),
             None => self.replier.send(&welcome),
@@ -425,9 +426,9 @@ impl<'s> Connection<'s> {
             let buf = std::mem::take(&mut self.buf);
             let handled = match wire::decode::<ClientFrame>(&buf) {
                 Ok(ClientMsg::Call(call)) => self.on_call(lane, &call),
-                Ok(ClientMsg::Flush { seq }) => self.on_flush(lane, seq),
-                Ok(ClientMsg::Exit { cwd }) => {
-                    self.on_exit(lane, cwd);
+                Ok(ClientMsg::Flush { seq, rings }) => self.on_flush(lane, seq, rings),
+                Ok(ClientMsg::Exit { cwd, rings }) => {
+                    self.on_exit(lane, cwd, rings);
                     Ok(())
                 }
                 Ok(msg) => lane.socket_frame(self.shared, &msg).map_err(ConnError::Protocol),
@@ -442,7 +443,9 @@ impl<'s> Connection<'s> {
         let started = Instant::now();
         self.replier.begin(call.seq);
         // Everything the process published before this call (through any of its
-        // threads' rings, this one's included) is handled before the policy decides.
+        // threads' rings, this one's included) is handled before the policy decides:
+        // the rings passed with Hellos not read yet included.
+        self.shared.lanes.await_rings(lane, call.rings);
         self.shared.lanes.drain_process(self.shared, lane.caller(call));
         let time = SystemTime::now();
         let event = lane.event(self.shared, call);
@@ -481,22 +484,26 @@ impl<'s> Connection<'s> {
     /// Everything else they need is the broker's own (the descriptors its reported
     /// calls left, its details read at the Hello), so the calls themselves are read
     /// after the answer, while it exits.
-    fn on_flush(&mut self, lane: &Lane, seq: u32) -> Result<(), ConnError> {
+    fn on_flush(&mut self, lane: &Lane, seq: u32, rings: u32) -> Result<(), ConnError> {
         self.replier.begin(seq);
         let pid = lane.peer_pid();
+        self.shared.lanes.await_rings(lane, rings);
         self.shared.lanes.pin_cwds(self.shared, pid, None);
         let answered = self.replier.answer(&Reply { seq, decision: Decision::Allow, cache: false });
         self.shared.lanes.drain_process(self.shared, pid);
+        self.shared.lanes.forget_image(lane);
         answered
     }
 
     /// A process exiting says where its unread calls' relative paths start (its
     /// working directory) and goes on without waiting: its calls are read now, after
     /// it, against that.
-    fn on_exit(&mut self, lane: &Lane, cwd: &[u8]) {
+    fn on_exit(&mut self, lane: &Lane, cwd: &[u8], rings: u32) {
         let pid = lane.peer_pid();
+        self.shared.lanes.await_rings(lane, rings);
         self.shared.lanes.pin_cwds(self.shared, pid, Some((lane.tid(), cwd)));
         self.shared.lanes.drain_process(self.shared, pid);
+        self.shared.lanes.forget_image(lane);
     }
 
     /// Read the Hello, the connection's first frame, and the descriptor the client

@@ -38,7 +38,7 @@ extern "C" fn init() {
     hooks::install(config::inline_hooks());
     api::init();
     api::find_own_text();
-    mediate::PROCESS_PID.store(sys::getpid(), Relaxed);
+    mediate::begin_image();
     mediate::READY.store(true, Relaxed);
 }
 

@@ -5,7 +5,7 @@
 //! has one ([`crate::ring`]): no system call.
 
 use core::cell::Cell;
-use core::sync::atomic::{AtomicBool, AtomicI32, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering::Relaxed};
 
 use hermes_wire::cache::{Cache, Cached, Key, KeyBuilder};
 use hermes_wire::ring::Pushed;
@@ -22,6 +22,13 @@ pub static READY: AtomicBool = AtomicBool::new(false);
 /// caller with another pid shares our memory without having forked through libc: a
 /// vfork or posix_spawn child. It must not touch the thread's connection.
 pub static PROCESS_PID: AtomicI32 = AtomicI32::new(0);
+/// This process image's stamp ([`Hello::image`]): drawn by the constructor and in
+/// fork children.
+static IMAGE: AtomicU32 = AtomicU32::new(0);
+/// How many rings of this image's making went to the broker with a Hello
+/// ([`Call::rings`]). Counted before the thread that made one writes into it, so a
+/// thread that learned of what another published there counts that ring too.
+static RINGS_PASSED: AtomicU32 = AtomicU32::new(0);
 static WARNED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
@@ -36,6 +43,30 @@ thread_local! {
     /// before the connection's first reply, or before the process image ends (see
     /// [`connect`], [`settle_welcome`]).
     static WELCOME_DUE: Cell<i32> = const { Cell::new(-1) };
+}
+
+/// A process image begins: the constructor's, or a fork child's. Its pid, and a
+/// stamp no other image of that pid has had (the clock differs, whatever the pid).
+pub fn begin_image() {
+    let pid = sys::getpid();
+    PROCESS_PID.store(pid, Relaxed);
+    let mut x = sys::monotonic_ns() ^ (u64::from(pid as u32) << 32);
+    // splitmix64's finaliser: every bit of the clock and the pid stirs the low 32.
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    IMAGE.store((x ^ (x >> 31)) as u32, Relaxed);
+    RINGS_PASSED.store(0, Relaxed);
+}
+
+/// The rings a call must have the broker wait for ([`Call::rings`]): none for a call
+/// on a one-shot connection, a vfork or posix_spawn child's, whose memory (and so
+/// count) is its parent's while its pid is its own.
+fn rings_passed(one_shot: bool) -> u32 {
+    if one_shot {
+        0
+    } else {
+        RINGS_PASSED.load(Relaxed)
+    }
 }
 
 /// The pid of the calling thread, whose tid is `tid`.
@@ -332,7 +363,9 @@ impl Session {
         let mut len = 0;
         for attempt in 0..2 {
             self.seq = if self.one_shot { 1 } else { next_seq() };
-            let call = Call { seq: self.seq, func, pid, tid, image: 0, args: clone_args(args), ctx: context(payload) };
+            let rings = rings_passed(self.one_shot);
+            let call =
+                Call { seq: self.seq, func, pid, tid, image: 0, rings, args: clone_args(args), ctx: context(payload) };
             let made = observe.then(sys::monotonic_ns);
             let msg = if observe { ClientMsg::Observe(call) } else { ClientMsg::Call(call) };
             let exchanged = with_frame(&msg, |frame| {
@@ -622,7 +655,7 @@ pub fn after_fork_child() {
     ring::forget_after_fork();
     // A slot some other thread of the parent was writing stays locked here: start over.
     CACHE.clear();
-    PROCESS_PID.store(sys::getpid(), Relaxed);
+    begin_image();
 }
 
 /// Runs as the process exits (exit(), or main returning), after the program's own
@@ -659,11 +692,12 @@ extern "C" fn flush_at_exit() {
     // Whatever the broker makes of it, the process goes on exiting.
     let _ = match sys::getcwd(&mut dir) {
         Some(cwd) => {
-            let exit: ClientMsg<'_, ()> = ClientMsg::Exit { cwd };
+            let exit: ClientMsg<'_, ()> = ClientMsg::Exit { cwd, rings: rings_passed(false) };
             send(fd, &exit)
         }
         None => {
-            let flush: ClientMsg<'_, ()> = ClientMsg::Flush { seq: if one_shot { 1 } else { next_seq() } };
+            let seq = if one_shot { 1 } else { next_seq() };
+            let flush: ClientMsg<'_, ()> = ClientMsg::Flush { seq, rings: rings_passed(false) };
             send(fd, &flush).and_then(|()| {
                 let mut buf = [0u8; 64];
                 let body = recv_frame(fd, &mut buf, None)?;
@@ -712,12 +746,19 @@ fn connect(pid: i32, tid: i32, want_ring: bool, first: Option<&[u8]>) -> Result<
         tid,
         client: "preload",
         ring: want_ring,
+        image: IMAGE.load(Relaxed),
     });
     let (given, own) = match want_ring && board::is_mapped() {
         true => ring::create().unwrap_or((-1, 0)),
         false => (-1, 0),
     };
     let sent = with_frame(&hello, |frame| sys::write_all_passing(fd, frame, given))
+        .inspect(|()| {
+            if given >= 0 {
+                // Before the ring is installed, so before the thread writes into it.
+                RINGS_PASSED.fetch_add(1, Relaxed);
+            }
+        })
         .and_then(|()| first.map_or(Ok(()), |frame| sys::write_all(fd, frame)));
     if given >= 0 {
         sys::close(given);

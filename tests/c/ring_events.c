@@ -10,10 +10,12 @@
  *   ring_events spawn N PATH              N open+close; posix_spawn /bin/true with an
  *                                         addopen of PATH (opened by the child before
  *                                         its exec); N more in the parent
- *   ring_events connect PORT              a thread connects to 127.0.0.1:PORT and waits;
- *                                         the main thread then sends on that socket
- *   ring_events hold PATH                 a thread opens PATH and waits; the main thread
- *                                         then sends on that descriptor (ENOTSOCK if run)
+ *   ring_events connect PORT ROUNDS       the main thread opens /dev/null (so has its own
+ *                                         connection); then ROUNDS times: a new thread
+ *                                         connects to 127.0.0.1:PORT and waits, the main
+ *                                         thread sends on that socket
+ *   ring_events hold PATH ROUNDS          the same, but each thread opens PATH (the send:
+ *                                         ENOTSOCK if run)
  *   ring_events dirs N DIR_A DIR_B        N times: open DIR_A (then DIR_B, in turn) as a
  *                                         directory, openat(it, "f"), close both: the
  *                                         directory's descriptor number is reused each time
@@ -103,6 +105,9 @@ static int threads(int t, int n, const char *path) {
 }
 
 /* --- a descriptor made in one thread, used by another ---------------------------- */
+/* Each round a new thread makes a descriptor (so a new connection, whose ring it writes
+ * into before the broker has read its Hello) and keeps it open and itself alive while
+ * the main thread, whose connection the broker already serves, sends on it. */
 static int held_fd = -1;
 static pthread_mutex_t hold_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t hold_cond = PTHREAD_COND_INITIALIZER;
@@ -141,18 +146,34 @@ static void *holder(void *arg) {
     return NULL;
 }
 
-static int held(const char *mode, void *(*body)(void *), char *arg) {
-    pthread_t t;
-    pthread_create(&t, NULL, body, arg);
-    hold_wait(1);
-    if (held_fd < 0) {
+static int held(const char *mode, void *(*body)(void *), char *arg, int rounds) {
+    if (open("/dev/null", O_RDONLY) < 0) {
         printf("%s = ERR setup %s\n", mode, errname(errno));
-    } else {
-        ssize_t rc = sendto(held_fd, "x\n", 2, MSG_NOSIGNAL, NULL, 0);
-        printf("%s = %s\n", mode, rc >= 0 ? "OK" : errname(errno));
+        return 0;
     }
-    hold_signal(2);
-    pthread_join(t, NULL);
+    const char *first = NULL;
+    for (int i = 0; i < rounds; i++) {
+        pthread_t t;
+        held_fd = -1;
+        hold_state = 0;
+        pthread_create(&t, NULL, body, arg);
+        hold_wait(1);
+        if (held_fd < 0) {
+            printf("%s = ERR setup %s (round %d)\n", mode, errname(errno), i);
+            return 0;
+        }
+        /* The descriptors stay open: numbers are not reused from round to round. */
+        ssize_t rc = sendto(held_fd, "x\n", 2, MSG_NOSIGNAL, NULL, 0);
+        const char *got = rc >= 0 ? "OK" : errname(errno);
+        hold_signal(2);
+        pthread_join(t, NULL);
+        if (first == NULL) first = got;
+        if (strcmp(got, first) != 0) {
+            printf("%s = %s in round 0, %s in round %d\n", mode, first, got, i);
+            return 0;
+        }
+    }
+    printf("%s = %s (%d rounds)\n", mode, first, rounds);
     return 0;
 }
 
@@ -255,10 +276,10 @@ int main(int argc, char **argv) {
         if (rc == 0) waitpid(child, &status, 0);
         ok += open_loop(argv[3], n);
         printf("spawn = ok=%d rc=%d child=%d exit=%d\n", ok, rc, child, WEXITSTATUS(status));
-    } else if (strcmp(mode, "connect") == 0 && argc == 3) {
-        return held(mode, connector, argv[2]);
-    } else if (strcmp(mode, "hold") == 0 && argc == 3) {
-        return held(mode, holder, argv[2]);
+    } else if (strcmp(mode, "connect") == 0 && argc == 4) {
+        return held(mode, connector, argv[2], atoi(argv[3]));
+    } else if (strcmp(mode, "hold") == 0 && argc == 4) {
+        return held(mode, holder, argv[2], atoi(argv[3]));
     } else if (strcmp(mode, "dirs") == 0 && argc == 5) {
         int ok = 0;
         for (int i = 0; i < atoi(argv[2]); i++) {

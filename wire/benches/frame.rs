@@ -29,6 +29,7 @@ fn open_call() -> Frame<'static> {
         pid: 12345,
         tid: 12346,
         image: 0,
+        rings: 0,
         args: Args::Open { dirfd: -100, path: b"/usr/share/zoneinfo/Europe/Rome", flags: 0o2000000, mode: 0 },
         ctx: Context::default(),
     })
@@ -41,6 +42,7 @@ fn connect_call() -> Frame<'static> {
         pid: 12345,
         tid: 12346,
         image: 0,
+        rings: 0,
         args: Args::Connect { fd: 7, addr: SockAddr::Inet { ip: [127, 0, 0, 1], port: 8080 } },
         ctx: Context::default(),
     })

@@ -40,7 +40,7 @@ pub const INLINE_HOOKED: [&str; 8] =
     ["open", "openat", "__open_nocancel", "connect", "sendto", "sendmsg", "execve", "execveat"];
 
 /// Bump when a message changes shape; the broker refuses other versions.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Largest frame body either side accepts. exec requests carry argv and envp, which
 /// the kernel caps at a quarter of the stack limit (2 MiB by default).
@@ -142,13 +142,16 @@ pub enum ClientMsg<'a, L> {
     /// the calls the process sent before, through every thread's [`ring`], need of it
     /// in /proc (its threads' working directories). A process sends it as it exits
     /// when it cannot send [`ClientMsg::Exit`], while /proc still shows it.
-    Flush { seq: u32 },
+    /// `rings`: as [`Call::rings`].
+    Flush { seq: u32, rings: u32 },
     /// One-way, on the socket: the process is exiting, and `cwd` is its working
     /// directory (getcwd(2)), against which its unread calls' relative paths resolve
     /// once it is gone. It takes the place of a [`ClientMsg::Flush`]'s round trip.
+    /// `rings`: as [`Call::rings`].
     Exit {
         #[serde(with = "serde_bytes")]
         cwd: &'a [u8],
+        rings: u32,
     },
 }
 
@@ -165,6 +168,10 @@ pub struct Hello<'a> {
     /// Only a thread's own connection asks: not the ptrace tracer, not a vfork child's
     /// one-shot connection (it shares its parent's memory).
     pub ring: bool,
+    /// The client's process image, as the preload stamps it: a number drawn anew in
+    /// each exec'd image and each fork child, under which the broker counts the rings
+    /// passed with Hellos ([`Call::rings`]). 0 from the tracer.
+    pub image: u32,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +203,13 @@ pub struct Call<'a, L> {
     /// execs, so the broker may cache what it learns of a process (exe, parent) per
     /// image. The preload, whose connections do not outlive an exec, sends 0.
     pub image: u32,
+    /// How many rings the calling process image had passed with its Hellos
+    /// ([`Hello::image`]) when it sent this call. A thread writes into the ring it
+    /// made before the broker has read its Hello; the broker reads that many of the
+    /// image's Hellos before it reads the process's rings for a decision, so the
+    /// policy sees everything the process published before the call. 0: no wait
+    /// (the tracer; a vfork child, whose memory is its parent's).
+    pub rings: u32,
     #[serde(borrow)]
     pub args: Args<'a, L>,
     /// What the policy asked to see beyond the arguments ([`board::FLAGS`]).
@@ -461,6 +475,7 @@ mod tests {
             pid: 10,
             tid: 11,
             image: 0,
+            rings: 0,
             args: Args::Exec {
                 dirfd: -100,
                 path: b"/bin/echo",
@@ -525,6 +540,7 @@ mod tests {
                 pid: 1,
                 tid: 1,
                 image: 0,
+                rings: 0,
                 args: Args::Exec {
                     dirfd: -100,
                     path: b"/bin/sh",

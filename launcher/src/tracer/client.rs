@@ -91,6 +91,7 @@ impl Client {
             client: "ptrace",
             // The tracer's calls stop the tracee anyway: it keeps to the socket.
             ring: false,
+            image: 0,
         });
         send(&mut stream, &hello, &mut self.buf)?;
         let welcome = recv(&mut stream, &mut self.buf, 64)?;
@@ -145,7 +146,7 @@ impl Client {
     ) -> (u32, Verdict) {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        match self.exchange(Call { seq, func, pid, tid, image, args, ctx }) {
+        match self.exchange(Call { seq, func, pid, tid, image, rings: 0, args, ctx }) {
             Ok(verdict) => (seq, verdict),
             Err(e) => {
                 self.stream = None;
