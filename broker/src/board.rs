@@ -5,6 +5,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use hermes_wire::board::{self, Notice};
 
@@ -34,12 +35,18 @@ impl Board {
     pub fn post(&self, notice: Notice) {
         let words = notice.words();
         let page = self.words();
-        for (i, w) in words.iter().enumerate() {
-            if i != board::GENERATION && i != board::BROKER {
+        // From BROKER on, the words are not the policy's: not a notice's to write.
+        for (i, w) in words.iter().enumerate().take(board::BROKER) {
+            if i != board::GENERATION {
                 page[i].store(*w, Ordering::Relaxed);
             }
         }
         page[board::GENERATION].store(words[board::GENERATION], Ordering::Release);
+    }
+
+    /// Tell clients how long to poll for an answer before they sleep ([`board::SPIN`]).
+    pub fn set_spin(&self, spin: Duration) {
+        self.words()[board::SPIN].store(spin.as_nanos().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
     }
 
     /// Where the processes of the run open the board: valid in the process that holds

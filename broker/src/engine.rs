@@ -377,6 +377,11 @@ impl Engine {
     pub fn board_path(&self) -> String {
         self.board.path()
     }
+
+    /// See [`crate::Broker::set_spin`].
+    pub fn set_spin(&self, spin: std::time::Duration) {
+        self.board.set_spin(spin);
+    }
 }
 
 fn notice(slot: &Slot, generation: u64, report: bool) -> Notice {

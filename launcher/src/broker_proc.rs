@@ -33,6 +33,8 @@ pub struct BrokerArgs {
     shadow: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Reload::Enforce)]
     reload: Reload,
+    #[arg(long, default_value_t = 0)]
+    spin_us: u64,
 }
 
 impl BrokerArgs {
@@ -46,6 +48,7 @@ impl BrokerArgs {
             timeout_ms: launch.timeout().as_millis() as u64,
             shadow: launch.shadow.clone(),
             reload: launch.reload,
+            spin_us: launch.spin_us,
         }
     }
 }
@@ -83,13 +86,16 @@ pub fn serve(args: &BrokerArgs) -> u8 {
     // SAFETY: setsid has no memory effects. A session of its own keeps the terminal's
     // ^C (meant for the target) away from the broker.
     unsafe { libc::setsid() };
-    let (broker, loaded) = match start(args) {
+    let (mut broker, loaded) = match start(args) {
         Ok(b) => b,
         Err(msg) => {
             println!("error {}", msg.replace('\n', " "));
             return 2;
         }
     };
+    // One CPU: whoever polls keeps the side it waits for off the CPU.
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    broker.set_spin(if cpus > 1 { Duration::from_micros(args.spin_us) } else { Duration::ZERO });
     let mask = broker.mask();
     let hooks = match policy::ApiHook::env_list(broker.hooks()) {
         list if list.is_empty() => "-".to_owned(),

@@ -122,6 +122,12 @@ pub struct LaunchArgs {
     /// (file:line) and the policy in force stays.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = broker_proc::Reload::Enforce)]
     reload: broker_proc::Reload,
+    /// How long a thread waiting for a decision polls for it before it sleeps, and the
+    /// broker for a busy thread's next call (each side stops polling where it keeps
+    /// timing out). Waking a sleeping thread costs tens of microseconds on a virtual
+    /// machine; polling costs CPU while it lasts. 0: never poll (as on one CPU)
+    #[arg(long, value_name = "US", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    spin_us: u64,
     /// Path of libhermes_preload.so (default: next to the hermes binary)
     #[arg(long, value_name = "LIB", env = "HERMES_PRELOAD")]
     preload: Option<PathBuf>,

@@ -43,6 +43,9 @@ thread_local! {
     /// before the connection's first reply, or before the process image ends (see
     /// [`connect`], [`settle_welcome`]).
     static WELCOME_DUE: Cell<i32> = const { Cell::new(-1) };
+    /// The broker's last answer to this thread came within the spin ([`board::SPIN`]):
+    /// poll for the next one rather than sleep at once.
+    static QUICK: Cell<bool> = const { Cell::new(true) };
 }
 
 /// A process image begins: the constructor's, or a fork child's. Its pid, and a
@@ -858,16 +861,49 @@ fn post_frame(fd: i32, one_shot: bool, frame: &[u8], mono_ns: u64) -> Result<(),
 /// all; more than one frame's worth is a protocol error. With `passed` (for the
 /// Welcome), a descriptor sent with the frame (SCM_RIGHTS) is stored there, and the
 /// frame is read exactly: the reply to a frame sent with the Hello may follow it.
+/// Before reading the broker's answer on `fd`: poll for it for up to the board's
+/// spin while the broker has been answering this thread that quickly, so that the
+/// thread need not sleep and be woken (on a virtual machine the wake-up costs more
+/// than a decision). `Some(start)` when the answer is not there yet: the caller
+/// sleeps in its read, and [`answer_came`] learns from how long that took.
+fn await_answer(fd: i32) -> Option<u64> {
+    let spin = board::word(board::SPIN);
+    if spin == 0 {
+        return None;
+    }
+    let start = sys::monotonic_ns();
+    if QUICK.with(Cell::get) {
+        while sys::monotonic_ns() - start < spin {
+            if sys::readable_now(fd) {
+                return None;
+            }
+            core::hint::spin_loop();
+        }
+    }
+    Some(start)
+}
+
+/// The answer [`await_answer`] did not see come: poll next time only if it came
+/// within the spin after all.
+fn answer_came(start: u64) {
+    let quick = sys::monotonic_ns() - start < board::word(board::SPIN);
+    QUICK.with(|q| q.set(quick));
+}
+
 fn recv_frame<'b>(fd: i32, buf: &'b mut [u8], mut passed: Option<&mut i32>) -> Result<&'b [u8], i32> {
     let exact = passed.is_some();
     let mut read = |fd: i32, buf: &mut [u8]| match passed.as_deref_mut() {
         Some(slot) => sys::recv_some_with_fd(fd, buf, slot),
         None => sys::read_some(fd, buf),
     };
+    let slept = await_answer(fd);
     let mut got = 0;
     while got < 4 {
         let end = if exact { 4 } else { buf.len() };
         got += read(fd, &mut buf[got..end])?;
+    }
+    if let Some(start) = slept {
+        answer_came(start);
     }
     let header = [buf[0], buf[1], buf[2], buf[3]];
     let len = wire::body_len(header, buf.len() - 4).map_err(|_| libc::EPROTO)?;

@@ -134,6 +134,26 @@ pub fn read_some(fd: i32, buf: &mut [u8]) -> Result<usize, i32> {
     }
 }
 
+/// Whether `fd` has something to read (or has ended, or failed) now, without
+/// reading it: a descriptor passed with the bytes stays queued with them.
+pub fn readable_now(fd: i32) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: a one-byte peek into a live local; MSG_DONTWAIT never blocks, and no
+    // address or control buffer is asked for.
+    let n = unsafe {
+        syscall6(
+            libc::SYS_recvfrom,
+            fd as usize,
+            &raw mut byte as usize,
+            1,
+            (libc::MSG_PEEK | libc::MSG_DONTWAIT) as usize,
+            0,
+            0,
+        )
+    };
+    n != -(libc::EAGAIN as isize)
+}
+
 /// [`read_some`] by recvmsg(2): a descriptor the peer passed with the bytes
 /// (SCM_RIGHTS, made close-on-exec) lands in `*passed` when that is still -1; any
 /// other passed descriptor is closed.

@@ -26,6 +26,8 @@ fn help_teaches_with_examples() {
     run.check(run.stdout.contains("launch") && run.stdout.contains("check"), "top-level help lists the commands");
     let run = hermes(&["launch", "--policy-timeout", "99999", "--", "true"]).run();
     run.check(run.code == 2 && run.stderr.contains("3000"), "an out-of-range time limit is refused with its range");
+    let run = hermes(&["launch", "--spin-us", "20000", "--", "true"]).run();
+    run.check(run.code == 2 && run.stderr.contains("10000"), "an out-of-range spin is refused with its range");
 }
 
 #[test]

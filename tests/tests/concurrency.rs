@@ -149,3 +149,22 @@ fn concurrent_calls_under_the_time_limit_are_not_denied() {
     run.check(run.stdout.trim() == "ok=32 eperm=0 other=0", "all 32 opens allowed");
     run.check(run.trace.iter().all(|r| r["error"].is_null()), "no policy error traced");
 }
+
+/// Threads and connections poll for answers and calls (`--spin-us`) or sleep for them;
+/// either way each call gets its own decision. A spin of 10 ms always polls; 1 µs
+/// polls once, misses and sleeps from then on; 0 never polls.
+#[test]
+fn decisions_are_the_same_whether_answers_are_polled_for_or_slept_for() {
+    let (_dir, allowed, denied) = files();
+    let src = format!("function on_open(ev) if ev.path == {denied:?} then return hermes.deny('EPERM') end end\n");
+    for spin in ["10000", "1", "0"] {
+        for (path, want) in [(&allowed, "ok=200 eperm=0 other=0"), (&denied, "ok=0 eperm=200 other=0")] {
+            let run = launch(&src, c_program("parallel_opens"), &["4", "50", path])
+                .launch_option(&format!("--spin-us={spin}"))
+                .timeout(Duration::from_secs(20))
+                .run();
+            run.check(run.code == 0 && run.stdout.trim() == want, &format!("--spin-us {spin}, {path}: {want}"));
+            run.check(run.calls("open").iter().filter(|r| r["args"]["path"] == path.as_str()).count() == 200, "traced");
+        }
+    }
+}

@@ -7,7 +7,7 @@
 //! [`GENERATION`].
 
 /// Bytes the board occupies (one word per index below, rounded up).
-pub const SIZE: usize = 64;
+pub const SIZE: usize = 128;
 /// Words on the board.
 pub const WORDS: usize = SIZE / 8;
 
@@ -37,6 +37,11 @@ pub const WATCHED: usize = 6;
 pub const BROKER: usize = 7;
 /// `FUTEX_OWNER_DIED`, in [`BROKER`].
 pub const BROKER_DIED: u64 = 0x4000_0000;
+/// How long (ns) a client that waits for the broker's answer polls for it before it
+/// sleeps (`hermes launch --spin-us`): on this VM a sleeping thread takes tens of
+/// microseconds to wake, several times what a decision costs. 0: it sleeps at once
+/// (one CPU, or spinning turned off). Not part of a [`Notice`]: set once at start.
+pub const SPIN: usize = 8;
 
 /// Report the result of every allowed call ([`crate::ClientMsg::Done`]).
 pub const REPORT: u64 = 1;
