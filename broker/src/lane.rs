@@ -478,6 +478,13 @@ struct Listed {
     passed: HashMap<i32, Vec<(u32, u32)>>,
 }
 
+/// Whether process `pid` exists (a zombie too).
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    exists || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// Images of one pid whose ring counts are kept.
 const IMAGES_PER_PID: usize = 4;
 /// Pids whose ring counts are kept beyond their lanes' lifetimes.
@@ -500,10 +507,10 @@ impl Lanes {
         }
         if passed {
             if listed.passed.len() >= MAX_COUNTED && !listed.passed.contains_key(&lane.peer_pid) {
-                // Processes long gone without an Exit (killed, or exec'd into a
-                // program without the preload): keep the counts of those with lanes.
+                // Processes gone without an Exit (killed, or exec'd into a program
+                // without the preload): keep the counts of the living.
                 let Listed { by_pid, passed } = &mut *listed;
-                passed.retain(|pid, _| by_pid.contains_key(pid));
+                passed.retain(|pid, _| by_pid.contains_key(pid) || alive(*pid));
             }
             let images = listed.passed.entry(lane.peer_pid).or_default();
             match images.iter_mut().find(|(image, _)| *image == lane.image) {

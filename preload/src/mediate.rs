@@ -877,7 +877,8 @@ fn await_answer(fd: i32) -> Option<u64> {
             if sys::readable_now(fd) {
                 return None;
             }
-            core::hint::spin_loop();
+            // The broker's thread, if it is ready to run on this CPU, runs first.
+            sys::yield_now();
         }
     }
     Some(start)

@@ -40,6 +40,11 @@ pub fn getpid() -> i32 {
     unsafe { syscall3(libc::SYS_getpid, 0, 0, 0) as i32 }
 }
 
+pub fn yield_now() {
+    // SAFETY: sched_yield takes no arguments and cannot fail.
+    unsafe { syscall3(libc::SYS_sched_yield, 0, 0, 0) };
+}
+
 pub fn gettid() -> i32 {
     // SAFETY: gettid takes no arguments and cannot fail.
     unsafe { syscall3(libc::SYS_gettid, 0, 0, 0) as i32 }
