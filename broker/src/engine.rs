@@ -382,6 +382,11 @@ impl Engine {
     pub fn set_spin(&self, spin: std::time::Duration) {
         self.board.set_spin(spin);
     }
+
+    /// The spin the board tells clients, which the broker's connections keep to too.
+    pub fn spin(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.board.word(hermes_wire::board::SPIN))
+    }
 }
 
 fn notice(slot: &Slot, generation: u64, report: bool) -> Notice {

@@ -501,6 +501,9 @@ impl Lanes {
     /// Start reading `lane`'s ring periodically and before its process's calls, and
     /// count the ring its Hello passed (`passed`), used or not ([`Lanes::await_rings`]).
     pub fn add(&self, lane: &Arc<Lane>, passed: bool) {
+        if lane.ring.is_none() && !passed {
+            return;
+        }
         let mut listed = self.map();
         if lane.ring.is_some() {
             listed.by_pid.entry(lane.peer_pid).or_default().push(Arc::clone(lane));

@@ -65,7 +65,6 @@ pub struct Broker {
     /// Policy settings fixed at start (hooks, doors), which a reload cannot change.
     hooks: Vec<ApiHook>,
     doors: Doors,
-    spin: Duration,
 }
 
 impl Broker {
@@ -76,7 +75,7 @@ impl Broker {
         let listener = UnixListener::bind_addr(&addr)?;
         let (hooks, doors) = (policy.hooks().to_vec(), policy.doors());
         let engine = Engine::new(policy, sink.wants_results())?;
-        Ok(Broker { listener, engine, sink, hooks, doors, spin: Duration::ZERO })
+        Ok(Broker { listener, engine, sink, hooks, doors })
     }
 
     /// Poll instead of sleeping, for up to `spin`, where an answer or a call is due
@@ -84,8 +83,7 @@ impl Broker {
     /// thread whose calls have been coming quickly. Waking a sleeping thread costs tens
     /// of microseconds on a virtual machine, several times a decision; on one CPU
     /// polling only delays the side it waits for, so give zero there.
-    pub fn set_spin(&mut self, spin: Duration) {
-        self.spin = spin;
+    pub fn set_spin(&self, spin: Duration) {
         self.engine.set_spin(spin);
     }
 
@@ -122,7 +120,8 @@ impl Broker {
     /// Start serving connections on a background thread; returns a handle to reload
     /// the policy and to drain the connections.
     pub fn spawn(self) -> io::Result<Handle> {
-        let Broker { listener, engine, sink, spin, .. } = self;
+        let Broker { listener, engine, sink, .. } = self;
+        let spin = engine.spin();
         let sink = Arc::new(sink);
         engine.start(&sink)?;
         let listening = listener.as_raw_fd();
@@ -486,10 +485,13 @@ impl<'s> Connection<'s> {
         };
         let record = lane::record(event, outcome, policy_hash, time);
         // An exec that runs ends the image, and this connection with it: no next call.
-        let execs = matches!(record.event.args, EventArgs::Exec { .. }) && record.outcome.verdict.runs();
-        if let (EventArgs::Exec { path, argv, .. }, true) = (&record.event.args, execs) {
-            engine.state().exec(record.event.pid, path, argv);
-        }
+        let execs = match &record.event.args {
+            EventArgs::Exec { path, argv, .. } if record.outcome.verdict.runs() => {
+                engine.state().exec(record.event.pid, path, argv);
+                true
+            }
+            _ => false,
+        };
         let replier = &self.replier;
         let answered = lane.answer(self.shared, call.seq, record, |record| {
             let mut cpath = Vec::new();

@@ -86,7 +86,7 @@ pub fn serve(args: &BrokerArgs) -> u8 {
     // SAFETY: setsid has no memory effects. A session of its own keeps the terminal's
     // ^C (meant for the target) away from the broker.
     unsafe { libc::setsid() };
-    let (mut broker, loaded) = match start(args) {
+    let (broker, loaded) = match start(args) {
         Ok(b) => b,
         Err(msg) => {
             println!("error {}", msg.replace('\n', " "));
