@@ -38,7 +38,7 @@ use std::io;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use hermes_wire::ring::{self, Ring};
 use hermes_wire::{self as wire, Call, ClientMsg, Layer};
@@ -237,20 +237,32 @@ impl Lane {
         self.hold(shared).event(self, shared, call, false)
     }
 
-    /// Answer a decided call with `send`, and keep its record until its result comes.
+    /// Answer a decided call with `send`, and keep its record until its result comes;
+    /// `started`: when the call was read, for the record's latency.
     /// The lane is held while the answer goes out: the result may come back through
-    /// the ring at once, and whoever reads it must find the record waiting.
+    /// the ring at once, and whoever reads it must find the record waiting. A call
+    /// whose result will not come (denied, emulated, or results not reported) is
+    /// traced before it is answered: what the answer lets the program do next, in any
+    /// of its processes, must not be traced before it.
     pub fn answer(
         &self,
         shared: &Shared,
-        seq: u32,
+        (seq, started): (u32, Instant),
         mut record: Record,
-        send: impl FnOnce(&mut Record) -> Result<(), crate::server::ConnError>,
+        send: impl FnOnce(&Record) -> Result<(), crate::server::ConnError>,
     ) -> Result<(), crate::server::ConnError> {
         let mut state = self.hold(shared);
-        let sent = send(&mut record);
-        state.await_result(shared, seq, record);
-        sent
+        if awaits_result(shared, &record) {
+            let sent = send(&record);
+            record.latency = started.elapsed();
+            state.await_result(shared, seq, record);
+            return sent;
+        }
+        record.latency = started.elapsed();
+        let state = &mut *state;
+        shared.sink.emit_into(&record, &mut state.lines);
+        shared.sink.write_lines(&mut state.lines);
+        send(&record)
     }
 
     /// The connection ended: read what is left in the ring, and write the records
@@ -415,7 +427,7 @@ impl LaneState {
     /// Hold the record until the call's `Done`, when results are reported and the
     /// call runs; else write it now.
     fn await_result(&mut self, shared: &Shared, seq: u32, record: Record) {
-        if record.implied_result().is_none() && shared.engine.reports() {
+        if awaits_result(shared, &record) {
             if self.pending.len() >= MAX_PENDING {
                 // A client that never reports: keep the trace flowing.
                 let (_, oldest) = self.pending.remove(0);
@@ -426,6 +438,12 @@ impl LaneState {
             shared.sink.emit_into(&record, &mut self.lines);
         }
     }
+}
+
+/// Whether a `Done` will bring `record`'s result: results are reported, and the
+/// call runs.
+fn awaits_result(shared: &Shared, record: &Record) -> bool {
+    record.implied_result().is_none() && shared.engine.reports()
 }
 
 /// The record of a decided (or observed) event.

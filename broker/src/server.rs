@@ -493,13 +493,11 @@ impl<'s> Connection<'s> {
             _ => false,
         };
         let replier = &self.replier;
-        let answered = lane.answer(self.shared, call.seq, record, |record| {
+        let answered = lane.answer(self.shared, (call.seq, started), record, |record| {
             let mut cpath = Vec::new();
             let decision = wire_decision(record, &mut cpath);
             let cache = record.outcome.cache && record.outcome.error.is_none();
-            let sent = replier.answer(&Reply { seq: call.seq, decision, cache });
-            record.latency = started.elapsed();
-            sent
+            replier.answer(&Reply { seq: call.seq, decision, cache })
         });
         self.answered = (!execs).then(Instant::now);
         answered
