@@ -10,7 +10,9 @@
 //! 2. when the connection ends (the thread exited, exec'd, or was killed): the broker
 //!    keeps its own mapping, so nothing the thread published is lost;
 //! 3. every [`PERIOD`], so a thread that has stopped calling still has its events
-//!    traced and observed promptly;
+//!    traced and observed promptly; but not once its process is gone, since the
+//!    working directory its relative paths need is then only in the Exit frame
+//!    that may still be on its way (rules 2 and 6 read it);
 //! 4. when the client nudges ([`hermes_wire::ClientMsg::Nudge`]): a socket frame, so
 //!    rule 1 covers it;
 //! 5. before a call of the same process is decided: every ring of that process, so
@@ -214,7 +216,7 @@ impl Lane {
             (Wait::No, Err(TryLockError::WouldBlock)) => return,
             (Wait::Yes, Err(TryLockError::WouldBlock)) => self.hold(shared),
         };
-        held.drain(self, shared);
+        held.drain(self, shared, wait);
     }
 
     /// A one-way frame from the socket: read the ring first, since everything in it
@@ -222,7 +224,7 @@ impl Lane {
     /// the last of the frames it sent on the socket.
     pub fn socket_frame(&self, shared: &Shared, msg: &ClientFrame<'_>) -> Result<(), &'static str> {
         let mut state = self.hold(shared);
-        state.drain(self, shared);
+        state.drain(self, shared, Wait::Yes);
         let counted = matches!(msg, ClientMsg::Observe(_) | ClientMsg::Done(_));
         state.one_way(self, shared, msg, None)?;
         if let (true, Some(ring)) = (counted, self.ring.as_ref().and_then(RingMap::ring)) {
@@ -269,7 +271,7 @@ impl Lane {
     /// whose results will not come.
     pub fn close(&self, shared: &Shared) {
         let mut state = self.hold(shared);
-        state.drain(self, shared);
+        state.drain(self, shared, Wait::Yes);
         for (_, record) in std::mem::take(&mut state.pending) {
             shared.sink.emit_into(&record, &mut state.lines);
         }
@@ -297,10 +299,17 @@ impl ReadAt {
 }
 
 impl LaneState {
-    fn drain(&mut self, lane: &Lane, shared: &Shared) {
+    fn drain(&mut self, lane: &Lane, shared: &Shared, wait: Wait) {
         self.links.clear(); // a new batch
         let Some(ring) = lane.ring.as_ref().and_then(RingMap::ring) else { return };
         if self.broken {
+            return;
+        }
+        // The periodic reader leaves the ring of a process already gone to whoever
+        // reads the end of its connection: the Exit frame that may be on its way
+        // names the working directory the relative paths start from, which /proc no
+        // longer shows.
+        if wait == Wait::No && !self.links.knows_cwd(Viewer { pid: lane.peer_pid, tid: lane.tid }) {
             return;
         }
         // Only what is published now: a producer that never stops cannot keep a

@@ -62,6 +62,13 @@ impl Links {
         self.pinned.insert(tid, cwd.to_vec());
     }
 
+    /// Whether the viewer's working directory is known for this batch: kept for it,
+    /// or read now (and kept until the batch ends).
+    pub fn knows_cwd(&mut self, viewer: Viewer) -> bool {
+        self.pinned.contains_key(&viewer.tid)
+            || self.cwds.entry(viewer.tid).or_insert_with(|| viewer.base(AT_FDCWD)).is_some()
+    }
+
     fn cwd(&mut self, viewer: Viewer) -> Option<Vec<u8>> {
         if let Some(cwd) = self.pinned.get(&viewer.tid) {
             return Some(cwd.clone());
