@@ -133,20 +133,21 @@ fn closing_or_overwriting_every_descriptor_keeps_mediation() {
 #[test]
 fn concurrent_calls_under_the_time_limit_are_not_denied() {
     let (_dir, allowed, _denied) = files();
-    // Every open of `allowed` costs 20 ms of policy CPU time, a fifteenth of the 300 ms
-    // limit (room for a loaded CI machine to deschedule the policy thread). Sixteen
-    // threads ask twice at once: the queue is 32 x 20 ms = 640 ms deep, more than twice
-    // the limit, but no handler runs past it, so every call must be allowed.
+    // Every open of `allowed` costs 25 ms of policy CPU time, a fortieth of the 1 s
+    // limit: room for a loaded CI machine to deschedule the policy thread (a 20 ms
+    // handler under a 300 ms limit was once cut off there). Sixteen threads ask four
+    // times at once: the queue is 64 x 25 ms = 1.6 s deep, more than the limit, but no
+    // handler runs past it, so every call must be allowed.
     let src = format!(
         "function on_open(ev)\n  if ev.path == {allowed:?} then\n    local t = os.clock()\n    \
-         while os.clock() - t < 0.02 do end\n  end\nend\n"
+         while os.clock() - t < 0.025 do end\n  end\nend\n"
     );
-    let run = launch(&src, c_program("parallel_opens"), &["16", "2", &allowed])
-        .launch_option("--policy-timeout=300")
-        .timeout(Duration::from_secs(20))
+    let run = launch(&src, c_program("parallel_opens"), &["16", "4", &allowed])
+        .launch_option("--policy-timeout=1000")
+        .timeout(Duration::from_secs(30))
         .run();
     run.check(run.code == 0, "parallel_opens exits 0");
-    run.check(run.stdout.trim() == "ok=32 eperm=0 other=0", "all 32 opens allowed");
+    run.check(run.stdout.trim() == "ok=64 eperm=0 other=0", "all 64 opens allowed");
     run.check(run.trace.iter().all(|r| r["error"].is_null()), "no policy error traced");
 }
 
