@@ -560,6 +560,14 @@ def main():
         fails += not check(C, "uncached decision ≤ 1/3 of strace --seccomp-bpf's per-call overhead (open)",
                            f"{fmt_ns(dec)} = {r:.2f}× strace-bpf's {fmt_ns(sb)}", r <= 1 / 3,
                            f"{r * 3:.2f}× the target", prof.get("open"))
+    if any(w.name == "open-static" for w in wls):
+        pt, sbs = ov("open-static", "ptrace"), ov("open-static", "strace-bpf")
+        if need(pt, sbs):
+            r = pt / sbs
+            fails += not check(C, "seccomp+ptrace fallback, per trapped call (static open loop) ≤ strace -f "
+                               "--seccomp-bpf's on the same loop",
+                               f"{fmt_ns(pt)} = {r:.2f}× strace-bpf's {fmt_ns(sbs)}", r <= 1,
+                               f"{r:.2f}× the target")
     st, pre = ov("open", "strict"), dec
     if need(st, pre):
         r = (st + per[("open", "native")]) / (pre + per[("open", "native")])
