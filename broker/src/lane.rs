@@ -469,17 +469,17 @@ fn finish(shared: &Shared, record: &mut Record, done: &wire::Done) {
     record.result =
         Some(CallResult { ret: done.ret, errno: done.errno, duration: Duration::from_nanos(done.duration_ns) });
     let state = shared.engine.state();
-    let pid = record.event.pid;
+    let (pid, at) = (record.event.pid, record.event.mono_ns);
     match &record.event.args {
         // fopen and freopen return a FILE *, not a descriptor.
         crate::event::EventArgs::Open { path, .. } if done.ret >= 0 && !returns_file_pointer(&record.event.func) => {
             match &record.outcome.verdict {
-                Verdict::Redirect(to) => state.opened(pid, done.ret, to),
-                _ => state.opened(pid, done.ret, path),
+                Verdict::Redirect(to) => state.opened(pid, done.ret, to, at),
+                _ => state.opened(pid, done.ret, path, at),
             }
         }
         crate::event::EventArgs::Connect { fd, addr } if done.ret == 0 || done.errno == libc::EINPROGRESS => {
-            state.connected(pid, *fd, record.redirected_to.as_ref().unwrap_or(addr))
+            state.connected(pid, *fd, record.redirected_to.as_ref().unwrap_or(addr), at)
         }
         _ => {}
     }

@@ -41,7 +41,8 @@ pub struct ProcessInfo {
 
 #[derive(Default)]
 struct Inner {
-    fds: HashMap<(i32, i32), FdInfo>,
+    /// Each descriptor's record and when (CLOCK_MONOTONIC ns) the call that made it ran.
+    fds: HashMap<(i32, i32), (FdInfo, u64)>,
     procs: HashMap<i32, ProcessInfo>,
 }
 
@@ -71,14 +72,14 @@ impl State {
         info
     }
 
-    /// An allowed open returned `fd` for `path`.
-    pub fn opened(&self, pid: i32, fd: i64, path: &[u8]) {
-        self.set_fd(pid, fd, FdInfo::File(path.to_vec()));
+    /// An allowed open, at `at` (CLOCK_MONOTONIC ns), returned `fd` for `path`.
+    pub fn opened(&self, pid: i32, fd: i64, path: &[u8], at: u64) {
+        self.set_fd(pid, fd, FdInfo::File(path.to_vec()), at);
     }
 
-    /// An allowed connect (or a sendto with an address) on `fd` reached `peer`.
-    pub fn connected(&self, pid: i32, fd: i32, peer: &NetAddr) {
-        self.set_fd(pid, i64::from(fd), FdInfo::Socket(Some(peer.clone())));
+    /// An allowed connect (or a sendto with an address) on `fd`, at `at`, reached `peer`.
+    pub fn connected(&self, pid: i32, fd: i32, peer: &NetAddr, at: u64) {
+        self.set_fd(pid, i64::from(fd), FdInfo::Socket(Some(peer.clone())), at);
     }
 
     /// An exec succeeded (as far as the client could tell: a failed exec returns).
@@ -90,7 +91,10 @@ impl State {
         // Descriptors survive exec unless close-on-exec: leave them to the /proc check.
     }
 
-    fn set_fd(&self, pid: i32, fd: i64, info: FdInfo) {
+    /// Results come in the order their threads' rings are read, not the order the
+    /// calls ran: a number closed (unseen) and made again by another thread may be
+    /// reported newest first. A record older than the one kept is stale.
+    fn set_fd(&self, pid: i32, fd: i64, info: FdInfo, at: u64) {
         let Ok(fd) = i32::try_from(fd) else { return };
         if fd < 0 {
             return;
@@ -103,7 +107,12 @@ impl State {
                 inner.fds.clear();
             }
         }
-        inner.fds.insert((pid, fd), info);
+        match inner.fds.get(&(pid, fd)) {
+            Some(&(_, kept)) if kept > at => {}
+            _ => {
+                inner.fds.insert((pid, fd), (info, at));
+            }
+        }
     }
 
     /// What `fd` of `pid` is, or `None` when it is not open (or not known, for a
@@ -149,7 +158,7 @@ impl State {
         let inner = self.inner();
         let mut at = pid;
         for _ in 0..64 {
-            if let Some(info) = inner.fds.get(&(at, fd)) {
+            if let Some((info, _)) = inner.fds.get(&(at, fd)) {
                 return Some(info.clone());
             }
             at = inner.procs.get(&at)?.ppid;
@@ -297,7 +306,7 @@ mod tests {
         let me = std::process::id() as i32;
         let file = std::fs::File::open("/proc/self/exe").unwrap();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-        state.opened(me, i64::from(fd), b"/recorded/name");
+        state.opened(me, i64::from(fd), b"/recorded/name", 1);
         match state.fd(me, fd) {
             Some(FdInfo::File(path)) => assert!(path.starts_with(b"/"), "{path:?}"),
             other => panic!("{other:?}"),
@@ -306,8 +315,13 @@ mod tests {
         assert_eq!(state.fd(me, fd), None, "a closed descriptor is unknown");
         assert_eq!(state.fd(me, 999_999), None);
         // A process that no longer exists: the record is the answer.
-        state.opened(i32::MAX - 1, 5, b"/tmp/x");
+        state.opened(i32::MAX - 1, 5, b"/tmp/x", 10);
         assert_eq!(state.fd(i32::MAX - 1, 5), Some(FdInfo::File(b"/tmp/x".to_vec())));
+        // Reported out of order: the call that ran last says what the number is.
+        state.opened(i32::MAX - 1, 5, b"/tmp/older", 5);
+        assert_eq!(state.fd(i32::MAX - 1, 5), Some(FdInfo::File(b"/tmp/x".to_vec())));
+        state.opened(i32::MAX - 1, 5, b"/tmp/newer", 20);
+        assert_eq!(state.fd(i32::MAX - 1, 5), Some(FdInfo::File(b"/tmp/newer".to_vec())));
     }
 
     #[test]

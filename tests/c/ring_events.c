@@ -16,6 +16,10 @@
  *                                         thread sends on that socket
  *   ring_events hold PATH ROUNDS          the same, but each thread opens PATH (the send:
  *                                         ENOTSOCK if run)
+ *   ring_events reuse PORT ROUNDS         ROUNDS times: the main thread opens and closes
+ *                                         /dev/null; a new thread takes the same number
+ *                                         for a socket, connects it to 127.0.0.1:PORT and
+ *                                         sends on it itself
  *   ring_events dirs N DIR_A DIR_B        N times: open DIR_A (then DIR_B, in turn) as a
  *                                         directory, openat(it, "f"), close both: the
  *                                         directory's descriptor number is reused each time
@@ -177,6 +181,46 @@ static int held(const char *mode, void *(*body)(void *), char *arg, int rounds) 
     return 0;
 }
 
+/* Each round one descriptor number is a file in the main thread's ring and then a
+ * socket in the worker's, whose lane the broker listed first (it called first): the
+ * worker's send is decided after both rings are read, the newer one first. */
+static const char *reuse_got;
+
+/* Turns on hold_state: odd, the worker's (main closed its file); even, main's. */
+__attribute__((noreturn)) static void *reuser(void *arg) {
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((unsigned short)atoi(arg));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    close(open("/dev/null", O_RDONLY)); /* this thread's connection, before main's */
+    for (int turn = 1;; turn += 2) { /* ends when the process exits */
+        hold_wait(turn);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        reuse_got = "ERR setup";
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+            reuse_got = sendto(fd, "x\n", 2, MSG_NOSIGNAL, NULL, 0) >= 0 ? "OK" : errname(errno);
+        if (fd >= 0) close(fd);
+        hold_signal(turn + 1);
+    }
+}
+
+static int reuse(char *port, int rounds) {
+    int ok = 0;
+    pthread_t t;
+    hold_state = 0;
+    pthread_create(&t, NULL, reuser, port);
+    usleep(20000); /* the worker's first call, and so its lane, comes first */
+    for (int i = 0; i < rounds; i++) {
+        close(open("/dev/null", O_RDONLY));
+        hold_signal(2 * i + 1);
+        hold_wait(2 * i + 2);
+        ok += strcmp(reuse_got, "OK") == 0;
+    }
+    printf("reuse = ok=%d of %d (last: %s)\n", ok, rounds, reuse_got);
+    return 0; /* exit ends the worker, waiting for a turn that never comes */
+}
+
 /* --- the ring, found by its memfd's name ---------------------------------------- */
 /* hermes_wire::ring's layout: a 4096-byte header (head at byte 64, tail at 128), then
  * 128 KiB of records. */
@@ -278,6 +322,8 @@ int main(int argc, char **argv) {
         printf("spawn = ok=%d rc=%d child=%d exit=%d\n", ok, rc, child, WEXITSTATUS(status));
     } else if (strcmp(mode, "connect") == 0 && argc == 4) {
         return held(mode, connector, argv[2], atoi(argv[3]));
+    } else if (strcmp(mode, "reuse") == 0 && argc == 4) {
+        return reuse(argv[2], atoi(argv[3]));
     } else if (strcmp(mode, "hold") == 0 && argc == 4) {
         return held(mode, holder, argv[2], atoi(argv[3]));
     } else if (strcmp(mode, "dirs") == 0 && argc == 5) {

@@ -317,6 +317,21 @@ fn a_decided_call_sees_the_connect_another_thread_observed_just_before() {
     );
 }
 
+/// One descriptor number, a file the main thread opened and closed, then a socket a new
+/// thread connected: that thread's send is decided after both its ring and the main
+/// thread's are read (its own first), and `hermes.fd` must say what the number is now.
+#[test]
+fn a_reused_descriptor_number_is_what_its_latest_call_made_it() {
+    let server = EchoServer::start();
+    let port = server.port.to_string();
+    let run = decided_after_observed("reuse", &port, &format!("d.type == 'socket' and d.port == {port}"));
+    run.check(
+        run.stdout.contains(&format!("reuse = ok={HELD_ROUNDS} of {HELD_ROUNDS}")),
+        "every send was allowed: hermes.fd knew the socket's peer, not the file closed before",
+    );
+    run.check(server.wait_for(HELD_ROUNDS) == vec!["x"; HELD_ROUNDS], "and the listener got them");
+}
+
 /// (hermes.fd also asks /proc about a file, so this one holds without the ring being
 /// read first too; the connect above is the one only the reported result tells.)
 #[test]
