@@ -309,7 +309,7 @@ impl LaneState {
         // reads the end of its connection: the Exit frame that may be on its way
         // names the working directory the relative paths start from, which /proc no
         // longer shows.
-        if wait == Wait::No && !self.links.knows_cwd(Viewer { pid: lane.peer_pid, tid: lane.tid }) {
+        if wait == Wait::No && self.links.lost_cwd(Viewer { pid: lane.peer_pid, tid: lane.tid }) {
             return;
         }
         // Only what is published now: a producer that never stops cannot keep a

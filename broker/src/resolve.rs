@@ -62,11 +62,17 @@ impl Links {
         self.pinned.insert(tid, cwd.to_vec());
     }
 
-    /// Whether the viewer's working directory is known for this batch: kept for it,
-    /// or read now (and kept until the batch ends).
-    pub fn knows_cwd(&mut self, viewer: Viewer) -> bool {
-        self.pinned.contains_key(&viewer.tid)
+    /// Whether the viewer's process is gone (or a zombie) with its working directory
+    /// unknown: not kept for it, and /proc no longer shows it. A process that only
+    /// hides it (not dumpable) is not gone. Reads /proc at most once per batch.
+    pub fn lost_cwd(&mut self, viewer: Viewer) -> bool {
+        if self.pinned.contains_key(&viewer.tid)
             || self.cwds.entry(viewer.tid).or_insert_with(|| viewer.base(AT_FDCWD)).is_some()
+        {
+            return false;
+        }
+        let cwd = std::fs::read_link(format!("/proc/{}/cwd", viewer.pid));
+        cwd.is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
     }
 
     fn cwd(&mut self, viewer: Viewer) -> Option<Vec<u8>> {
