@@ -299,17 +299,21 @@ fn decided_after_observed(mode: &str, arg: &str, check: &str) -> Outcome {
     run
 }
 
-#[test]
-fn a_decided_call_sees_the_connect_another_thread_observed_just_before() {
+/// `mode`'s sends on sockets connected to a listener, allowed only when `hermes.fd` knows
+/// the socket's peer (only the reported connect tells the broker: /proc does not).
+/// Checks that the listener got every send that `said` says was allowed.
+fn sends_on_reported_sockets(mode: &str, said: impl Fn(&str) -> String) -> Outcome {
     let server = EchoServer::start();
     let port = server.port.to_string();
-    // Only the reported connect tells the broker the socket's peer: /proc does not.
-    let run = decided_after_observed("connect", &port, &format!("d.type == 'socket' and d.port == {port}"));
-    run.check(
-        run.stdout.contains(&format!("connect = OK ({HELD_ROUNDS} rounds)")),
-        "every send was allowed: hermes.fd knew the peer",
-    );
+    let run = decided_after_observed(mode, &port, &format!("d.type == 'socket' and d.port == {port}"));
+    run.check(run.stdout.contains(&said(mode)), "every send was allowed: hermes.fd knew the peer");
     run.check(server.wait_for(HELD_ROUNDS) == vec!["x"; HELD_ROUNDS], "and the listener got them");
+    run
+}
+
+#[test]
+fn a_decided_call_sees_the_connect_another_thread_observed_just_before() {
+    let run = sends_on_reported_sockets("connect", |mode| format!("{mode} = OK ({HELD_ROUNDS} rounds)"));
     let connects = run.calls("connect");
     run.check(
         connects.len() == HELD_ROUNDS && connects.iter().all(|c| c["observed"] == true && c["result"] == 0),
@@ -317,19 +321,13 @@ fn a_decided_call_sees_the_connect_another_thread_observed_just_before() {
     );
 }
 
-/// One descriptor number, a file the main thread opened and closed, then a socket a new
-/// thread connected: that thread's send is decided after both its ring and the main
-/// thread's are read (its own first), and `hermes.fd` must say what the number is now.
+/// One descriptor number, a file the main thread opened and closed, then a socket a
+/// worker thread connected: the worker's send is decided after both threads' rings are
+/// read, the worker's (listed first, and holding the newer call) first; `hermes.fd`
+/// must say what the number is now, not what the older call made it.
 #[test]
 fn a_reused_descriptor_number_is_what_its_latest_call_made_it() {
-    let server = EchoServer::start();
-    let port = server.port.to_string();
-    let run = decided_after_observed("reuse", &port, &format!("d.type == 'socket' and d.port == {port}"));
-    run.check(
-        run.stdout.contains(&format!("reuse = ok={HELD_ROUNDS} of {HELD_ROUNDS}")),
-        "every send was allowed: hermes.fd knew the socket's peer, not the file closed before",
-    );
-    run.check(server.wait_for(HELD_ROUNDS) == vec!["x"; HELD_ROUNDS], "and the listener got them");
+    sends_on_reported_sockets("reuse", |mode| format!("{mode} = ok={HELD_ROUNDS} of {HELD_ROUNDS}"));
 }
 
 /// (hermes.fd also asks /proc about a file, so this one holds without the ring being
