@@ -52,9 +52,6 @@ pub struct Shared {
     acceptors: AtomicUsize,
     /// The listening socket, to see connections still waiting to be accepted.
     listening: RawFd,
-    /// How long a connection that has just answered a call polls for the next frame
-    /// before it sleeps ([`Broker::set_spin`]).
-    spin: Duration,
 }
 
 /// A bound, ready broker.
@@ -121,7 +118,6 @@ impl Broker {
     /// the policy and to drain the connections.
     pub fn spawn(self) -> io::Result<Handle> {
         let Broker { listener, engine, sink, .. } = self;
-        let spin = engine.spin();
         let sink = Arc::new(sink);
         engine.start(&sink)?;
         let listening = listener.as_raw_fd();
@@ -134,7 +130,6 @@ impl Broker {
             next_id: AtomicUsize::new(0),
             acceptors: AtomicUsize::new(0),
             listening,
-            spin,
         });
         let draining = Arc::clone(&shared);
         std::thread::Builder::new().name("hermes-rings".into()).spawn(move || loop {
@@ -370,7 +365,7 @@ impl<'s> Connection<'s> {
             peer_pid: cred.pid,
             buf: Vec::new(),
             answered: None,
-            quick: !shared.spin.is_zero(),
+            quick: !shared.engine.spin().is_zero(),
         })
     }
 
@@ -555,7 +550,8 @@ impl<'s> Connection<'s> {
         // After an answer, a thread calling in a loop sends its next call within a few
         // microseconds: poll for it rather than sleep, as long as that keeps paying.
         let answered = self.answered.take();
-        let spin = self.shared.spin;
+        // As long as a client polls for its answer (the board's spin).
+        let spin = self.shared.engine.spin();
         if let (Some(at), true) = (answered, self.quick && self.reader.buffer().is_empty()) {
             self.quick = poll_readable(self.reader.get_ref(), at + spin);
         }

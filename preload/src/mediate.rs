@@ -751,10 +751,7 @@ fn connect(pid: i32, tid: i32, want_ring: bool, first: Option<&[u8]>) -> Result<
         ring: want_ring,
         image: IMAGE.load(Relaxed),
     });
-    let (given, own) = match want_ring && board::is_mapped() {
-        true => ring::create().unwrap_or((-1, 0)),
-        false => (-1, 0),
-    };
+    let (given, own) = if want_ring && board::is_mapped() { ring::create().unwrap_or((-1, 0)) } else { (-1, 0) };
     let sent = with_frame(&hello, |frame| sys::write_all_passing(fd, frame, given))
         .inspect(|()| {
             if given >= 0 {
@@ -856,11 +853,6 @@ fn post_frame(fd: i32, one_shot: bool, frame: &[u8], mono_ns: u64) -> Result<(),
     }
 }
 
-/// Read one frame into `buf` (header included) and return its body. The broker
-/// writes a frame in one piece and sends nothing unasked, so one read usually has it
-/// all; more than one frame's worth is a protocol error. With `passed` (for the
-/// Welcome), a descriptor sent with the frame (SCM_RIGHTS) is stored there, and the
-/// frame is read exactly: the reply to a frame sent with the Hello may follow it.
 /// Before reading the broker's answer on `fd`: poll for it for up to the board's
 /// spin while the broker has been answering this thread that quickly, so that the
 /// thread need not sleep and be woken (on a virtual machine the wake-up costs more
@@ -891,6 +883,11 @@ fn answer_came(start: u64) {
     QUICK.with(|q| q.set(quick));
 }
 
+/// Read one frame into `buf` (header included) and return its body. The broker
+/// writes a frame in one piece and sends nothing unasked, so one read usually has it
+/// all; more than one frame's worth is a protocol error. With `passed` (for the
+/// Welcome), a descriptor sent with the frame (SCM_RIGHTS) is stored there, and the
+/// frame is read exactly: the reply to a frame sent with the Hello may follow it.
 fn recv_frame<'b>(fd: i32, buf: &'b mut [u8], mut passed: Option<&mut i32>) -> Result<&'b [u8], i32> {
     let exact = passed.is_some();
     let mut read = |fd: i32, buf: &mut [u8]| match passed.as_deref_mut() {

@@ -7,11 +7,11 @@
 //! [`Reply`]; [`Done`], [`ClientMsg::Observe`], [`ClientMsg::Nudge`] and
 //! [`ClientMsg::Exit`] are one-way.
 //!
-//! A preload thread asks for an event [`ring`] in its Hello; the broker attaches one
-//! to the Welcome. From then on the thread writes its one-way frames into the ring,
-//! where the broker reads them without a system call on either side, and sends on the
-//! socket only the frames that wait for an answer (and one-way frames the ring has no
-//! room for). The broker reads the ring before each frame that arrives on the socket,
+//! A preload thread's connection has an event [`ring`]: usually one the thread made and
+//! passed with its Hello, else one the broker made and passed with the Welcome. The
+//! thread writes its one-way frames into the ring, where the broker reads them without
+//! a system call on either side, and sends on the socket only the frames that wait for
+//! an answer (and one-way frames the ring has no room for). The broker reads the ring before each frame that arrives on the socket,
 //! and the ring takes nothing while one-way frames sent on the socket are unhandled,
 //! so the thread's frames are handled in the order it sent them ([`ring`]).
 //!
