@@ -130,10 +130,9 @@ const fn padded(len: usize) -> usize {
     (len + 7) & !7
 }
 
+/// The word holding `bytes` (at most 8) little-endian, zero-padded.
 fn le_word(bytes: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    w[..bytes.len()].copy_from_slice(bytes);
-    u64::from_le_bytes(w)
+    bytes.iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b))
 }
 
 impl<'a> Ring<'a> {
@@ -178,9 +177,18 @@ impl<'a> Ring<'a> {
         self.slot(head).store(frame.len() as u64, Relaxed);
         self.slot(head + 8).store(mono_ns, Relaxed);
         let mut at = head + RECORD_HEADER as u64;
-        for chunk in frame.chunks(8) {
-            self.slot(at).store(le_word(chunk), Relaxed);
+        // Whole words by value (a call to memcpy per word costs more than the store).
+        let words = frame.chunks_exact(8);
+        let rest = words.remainder();
+        for word in words {
+            self.slot(at).store(
+                u64::from_le_bytes([word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7]]),
+                Relaxed,
+            );
             at += 8;
+        }
+        if !rest.is_empty() {
+            self.slot(at).store(le_word(rest), Relaxed);
         }
         self.words[HEAD].store(head.wrapping_add(need), Release);
         let half = DATA as u64 / 2;
@@ -228,10 +236,15 @@ impl<'a> Ring<'a> {
             return Err(Corrupt::Length);
         }
         let mut at = record.at;
-        for chunk in out.chunks_mut(8) {
-            let w = self.slot(at).load(Relaxed).to_le_bytes();
-            chunk.copy_from_slice(&w[..chunk.len()]);
+        let mut words = out.chunks_exact_mut(8);
+        for word in &mut words {
+            word.copy_from_slice(&self.slot(at).load(Relaxed).to_le_bytes());
             at += 8;
+        }
+        let rest = words.into_remainder();
+        if !rest.is_empty() {
+            let last = self.slot(at).load(Relaxed).to_le_bytes();
+            rest.iter_mut().zip(last).for_each(|(b, w)| *b = w);
         }
         let prefix = u32::from_le_bytes([out[0], out[1], out[2], out[3]]) as usize;
         if prefix != record.len - 4 {
