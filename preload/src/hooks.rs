@@ -164,13 +164,13 @@ hooks! {
     __open_nocancel(path: *const c_char, flags: c_int, mode: mode_t) -> c_int, Inline,
         |real| path_call("__open_nocancel", AT_FDCWD, path, flags, mode, real);
     __open_2(path: *const c_char, flags: c_int) -> c_int, Symbol,
-        |real| path_call("__open_2", AT_FDCWD, path, flags, 0, |p, f, _| real(p, f));
+        |real| fortified("__open_2", AT_FDCWD, path, flags, real);
     __open64_2(path: *const c_char, flags: c_int) -> c_int, Symbol,
-        |real| path_call("__open64_2", AT_FDCWD, path, flags, 0, |p, f, _| real(p, f));
+        |real| fortified("__open64_2", AT_FDCWD, path, flags, real);
     __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int, Symbol,
-        |real| path_call("__openat_2", dirfd, path, flags, 0, |p, f, _| real(dirfd, p, f));
+        |real| fortified("__openat_2", dirfd, path, flags, |p, f| real(dirfd, p, f));
     __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int, Symbol,
-        |real| path_call("__openat64_2", dirfd, path, flags, 0, |p, f, _| real(dirfd, p, f));
+        |real| fortified("__openat64_2", dirfd, path, flags, |p, f| real(dirfd, p, f));
     creat(path: *const c_char, mode: mode_t) -> c_int, Symbol,
         |real| path_call("creat", AT_FDCWD, path, CREAT, mode, |p, f, m| creat_as(f, m, |m| real(p, m), p));
     creat64(path: *const c_char, mode: mode_t) -> c_int, Symbol,
@@ -447,6 +447,28 @@ fn path_call<R: CResult>(
         }
         other => refuse(session, other),
     }
+}
+
+/// The fortified opens (`__openat_2` and kin, what `open` compiles to under
+/// _FORTIFY_SOURCE when the flags are not constant) only check that no mode is needed
+/// and call `openat`, whose patched prologue would mediate the call a second time
+/// (a nested call: let through, but after a gettid to tell it from a vfork child's).
+/// Mediated once here, the call goes to the original `openat` itself. Flags that need
+/// a mode go to the real function unmediated: it aborts the program, as it must.
+fn fortified(
+    func: &str,
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    real: impl FnOnce(*const c_char, c_int) -> c_int,
+) -> c_int {
+    if flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE {
+        return real(path, flags);
+    }
+    // SAFETY: openat's original (its trampoline when patched), with the program's
+    // directory and flags and the path the policy chose; a mode is passed only when
+    // a rewrite asked for flags that read it.
+    path_call(func, dirfd, path, flags, 0, |p, f, m| unsafe { openat::get()(dirfd, p, f, m) })
 }
 
 /// creat with rewritten flags is an open with them (creat has no flags argument).

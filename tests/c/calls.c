@@ -5,6 +5,7 @@
  *
  * open:PATH  open64:PATH  openat:DIR:NAME  creat:PATH  open2:PATH (__open_2)
  * openat2f:DIR:NAME (__openat_2)  fopen:PATH:MODE  freopen:PATH
+ * open2creat:PATH (__open_2 with O_CREAT and so no mode: glibc aborts the program)
  * write:PATH (open O_WRONLY|O_CREAT|O_TRUNC, writes "written\n")
  * connect:IP:PORT (TCP; sends "hello", prints the reply line)
  * connect6:IP6:PORT  sendto:IP:PORT (UDP "ping")  sendmsg:IP:PORT (UDP "ping")
@@ -207,6 +208,7 @@ int main(int argc, char **argv) {
         if (!strcmp(op, "open")) report_fd(step, open(f[1], O_RDONLY));
         else if (!strcmp(op, "open64")) report_fd(step, open64(f[1], O_RDONLY));
         else if (!strcmp(op, "open2")) report_fd(step, __open_2(f[1], O_RDONLY));
+        else if (!strcmp(op, "open2creat")) report_fd(step, __open_2(f[1], O_WRONLY | O_CREAT));
         else if (!strcmp(op, "openat") || !strcmp(op, "openat2f")) {
             int dfd = open(f[1], O_RDONLY | O_DIRECTORY);
             int fd = !strcmp(op, "openat") ? openat(dfd, f[2], O_RDONLY) : __openat_2(dfd, f[2], O_RDONLY);

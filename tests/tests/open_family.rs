@@ -63,6 +63,22 @@ fn each_open_function_is_allowed_denied_and_redirected() {
     );
 }
 
+/// The fortified opens are mediated once and then go to the original `openat`, but a
+/// call glibc's own check refuses (O_CREAT with no mode to give) still ends the program
+/// as glibc ends it, with nothing created.
+#[test]
+fn a_fortified_open_without_its_mode_still_aborts() {
+    let dir = Scratch::new();
+    let d = dir.path().display().to_string();
+    let (ok, bad) = (format!("open2:{d}/present"), format!("open2creat:{d}/created"));
+    dir.write("present", "here\n");
+    let run = launch(&policy(&dir), c_program("calls"), &[&ok, &bad]).run();
+    run.check(run.stdout.contains(&format!("{ok} = OK")), "the fortified open before it ran");
+    run.check(run.code == 128 + libc::SIGABRT, "the program died of SIGABRT, as natively");
+    run.check(!dir.path().join("created").exists(), "no file was created");
+    run.check(run.calls("__open_2").len() == 1, "only the open that ran is traced");
+}
+
 #[test]
 fn creat_and_write_opens_carry_their_flags() {
     let dir = Scratch::new();
