@@ -418,8 +418,8 @@ pub fn encode<'b, T: Serialize>(msg: &T, buf: &'b mut [u8]) -> Result<&'b [u8], 
 
 /// Where [`encode`] writes a body. postcard's own slice writer copies every field
 /// (a varint is 1 to 10 bytes) with a call to `memcpy`: some 20 calls per observed
-/// open, a few hundred ns on the hooked call's path. Short runs are copied byte by
-/// byte here, inline; only names and payloads go through `copy_from_slice`.
+/// open, on the hooked call's path. Short runs are copied byte by byte here, inline;
+/// only names and payloads go through `copy_from_slice`.
 struct Body<'b> {
     buf: &'b mut [u8],
     at: usize,
@@ -538,6 +538,30 @@ mod tests {
                 assert_eq!(envp, [b"A=1".as_slice()]);
             }
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Our writer ([`Body`]) makes postcard's own bytes, and reports a full buffer at
+    /// every size, whether it runs out in a varint, a short run or a long copy.
+    #[test]
+    fn frames_are_postcards_bytes_and_a_full_buffer_is_reported_at_every_size() {
+        let path = [b'p'; 40];
+        let msg: ClientMsg<'_, ()> = ClientMsg::Observe(Call {
+            seq: 300,
+            func: "__openat_2",
+            pid: 123_456,
+            tid: -1,
+            image: u32::MAX,
+            rings: 2,
+            args: Args::Open { dirfd: -100, path: &path, flags: 0o2_000_000, mode: 0o644 },
+            ctx: Context { backtrace: Some([u64::MAX; BACKTRACE_MAX]), ..Context::default() },
+        });
+        let body = postcard::to_allocvec(&msg).unwrap();
+        let mut buf = [0u8; 512];
+        let frame = encode(&msg, &mut buf).unwrap();
+        assert_eq!(&frame[4..], body.as_slice());
+        for size in 0..4 + body.len() {
+            assert_eq!(encode(&msg, &mut buf[..size]), Err(FrameError::BufferFull), "buffer of {size}");
         }
     }
 
