@@ -48,12 +48,9 @@ impl Links {
     /// resolved: its process is exiting, and they are read after it is gone. Returns
     /// whether it could be read.
     pub fn pin_cwd(&mut self, viewer: Viewer) -> bool {
-        let cwd = viewer.base(AT_FDCWD);
-        let read = cwd.is_some();
-        if let Some(cwd) = cwd {
-            self.pinned.insert(viewer.tid, cwd);
-        }
-        read
+        let Some(cwd) = viewer.base(AT_FDCWD) else { return false };
+        self.pinned.insert(viewer.tid, cwd);
+        true
     }
 
     /// Keep `cwd` as thread `tid`'s working directory for its calls still to be

@@ -506,24 +506,30 @@ impl<'s> Connection<'s> {
     /// after the answer, while it exits.
     fn on_flush(&mut self, lane: &Lane, seq: u32, rings: u32) -> Result<(), ConnError> {
         self.replier.begin(seq);
-        let pid = lane.peer_pid();
-        self.shared.lanes.await_rings(lane, rings);
-        self.shared.lanes.pin_cwds(self.shared, pid, None);
-        let answered = self.replier.answer(&Reply { seq, decision: Decision::Allow, cache: false });
-        self.shared.lanes.drain_process(self.shared, pid);
-        self.shared.lanes.forget_image(lane);
-        answered
+        self.read_exiting(lane, rings, None, || {
+            self.replier.answer(&Reply { seq, decision: Decision::Allow, cache: false })
+        })
     }
 
     /// A process exiting says where its unread calls' relative paths start (its
     /// working directory) and goes on without waiting: its calls are read now, after
     /// it, against that.
     fn on_exit(&mut self, lane: &Lane, cwd: &[u8], rings: u32) {
-        let pid = lane.peer_pid();
-        self.shared.lanes.await_rings(lane, rings);
-        self.shared.lanes.pin_cwds(self.shared, pid, Some((lane.tid(), cwd)));
-        self.shared.lanes.drain_process(self.shared, pid);
-        self.shared.lanes.forget_image(lane);
+        self.read_exiting(lane, rings, Some(cwd), || ());
+    }
+
+    /// The steps of a process's exit (rule 6 of [`crate::lane`]): its rings listed,
+    /// its threads' working directories kept (`cwd`: the one the exiting thread gave),
+    /// then `meanwhile` (the answer a waiting process needs), then its rings read and
+    /// its image forgotten.
+    fn read_exiting<R>(&self, lane: &Lane, rings: u32, cwd: Option<&[u8]>, meanwhile: impl FnOnce() -> R) -> R {
+        let (lanes, pid) = (&self.shared.lanes, lane.peer_pid());
+        lanes.await_rings(lane, rings);
+        lanes.pin_cwds(self.shared, pid, cwd.map(|cwd| (lane.tid(), cwd)));
+        let result = meanwhile();
+        lanes.drain_process(self.shared, pid);
+        lanes.forget_image(lane);
+        result
     }
 
     /// Read the Hello, the connection's first frame, and the descriptor the client

@@ -247,13 +247,13 @@ impl Sink {
         }
     }
 
-    /// A line that is not a call (`{"type": "reload", …}`): the trace's own events.
     /// A client's event ring is unusable (refused at its Hello, or found corrupt when
     /// read): the trace says so, since events the thread wrote there are lost.
     pub fn ring_error(&self, pid: i32, tid: i32, why: &str) {
         self.note("ring_error", json!({ "pid": pid, "tid": tid, "error": why }));
     }
 
+    /// A line that is not a call (`{"type": "reload", …}`): the trace's own events.
     pub fn note(&self, kind: &str, mut fields: Json) {
         if let Some(m) = fields.as_object_mut() {
             m.insert("type".into(), json!(kind));

@@ -365,7 +365,7 @@ impl Session {
         // it); then it is reconnected once.
         let mut len = 0;
         for attempt in 0..2 {
-            self.seq = if self.one_shot { 1 } else { next_seq() };
+            self.seq = call_seq(self.one_shot);
             let rings = rings_passed(self.one_shot);
             let call =
                 Call { seq: self.seq, func, pid, tid, image: 0, rings, args: clone_args(args), ctx: context(payload) };
@@ -548,6 +548,16 @@ fn clone_args<'a, L: Serialize>(args: &'a Args<'a, L>) -> Args<'a, &'a L> {
     }
 }
 
+/// The sequence number of a frame that waits for an answer: a one-shot connection
+/// carries one call, a thread's connection counts them.
+fn call_seq(one_shot: bool) -> u32 {
+    if one_shot {
+        1
+    } else {
+        next_seq()
+    }
+}
+
 fn next_seq() -> u32 {
     CONN.with(|c| {
         let (fd, seq) = c.get();
@@ -699,7 +709,7 @@ extern "C" fn flush_at_exit() {
             send(fd, &exit)
         }
         None => {
-            let seq = if one_shot { 1 } else { next_seq() };
+            let seq = call_seq(one_shot);
             let flush: ClientMsg<'_, ()> = ClientMsg::Flush { seq, rings: rings_passed(false) };
             send(fd, &flush).and_then(|()| {
                 let mut buf = [0u8; 64];

@@ -1,10 +1,10 @@
 //! This thread's event ring ([`hermes_wire::ring`]): shared memory the thread's
 //! connection shares with the broker (made here and passed with the Hello, or made by
 //! the broker and passed with the Welcome), into which the thread writes its one-way
-//! frames instead of sending them. Mapped when the thread connects; unmapped with the connection
-//! (dropped, or the thread exits) and in a fork child, whose copy of the mapping is
-//! its parent's ring. A vfork or posix_spawn child shares its parent's memory and
-//! never touches it (it uses a one-shot connection of its own).
+//! frames instead of sending them. Mapped when the thread connects; unmapped with the
+//! connection (dropped, or the thread exits) and in a fork child, whose copy of the
+//! mapping is its parent's ring. A vfork or posix_spawn child shares its parent's
+//! memory and never touches it (it uses a one-shot connection of its own).
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

@@ -11,9 +11,10 @@
 //! passed with its Hello, else one the broker made and passed with the Welcome. The
 //! thread writes its one-way frames into the ring, where the broker reads them without
 //! a system call on either side, and sends on the socket only the frames that wait for
-//! an answer (and one-way frames the ring has no room for). The broker reads the ring before each frame that arrives on the socket,
-//! and the ring takes nothing while one-way frames sent on the socket are unhandled,
-//! so the thread's frames are handled in the order it sent them ([`ring`]).
+//! an answer (and one-way frames the ring has no room for). The broker reads the ring
+//! before each frame that arrives on the socket, and the ring takes nothing while
+//! one-way frames sent on the socket are unhandled, so the thread's frames are handled
+//! in the order it sent them ([`ring`]).
 //!
 //! The crate is `no_std` and allocation-free so the preload can build requests in
 //! stack buffers, even in a vfork child or a signal handler.
