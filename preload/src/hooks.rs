@@ -230,13 +230,13 @@ hooks! {
 /// Resolve every original and (with `inline`) patch the `Inline` entries, in the
 /// constructor, while the process is single-threaded and dlsym is safe to call. A
 /// refused patch is reported and that entry stays on symbol interposition.
-pub fn install(inline: bool) {
+pub fn install(inline: bool) -> Installed {
+    let start = sys::monotonic_ns();
     for hook in HOOKS {
         hook.real.resolve();
     }
-    if inline {
-        patch_all();
-    }
+    let resolved = sys::monotonic_ns();
+    let (patched, copied) = if inline { patch_all() } else { (0, 0) };
     // In strict mode the syscalls we mediate are made with the run's cookie, so the
     // seccomp filter lets them through instead of stopping them a second time.
     for hook in HOOKS {
@@ -251,11 +251,23 @@ pub fn install(inline: bool) {
             hook.real.patched(patched.real.addr());
         }
     }
+    Installed { patched, copied, resolve_ns: resolved - start, patch_ns: sys::monotonic_ns() - resolved }
+}
+
+/// What [`install`] did, for `HERMES_DEBUG_HOOKS`.
+pub struct Installed {
+    /// Inline hooks made, and how many of them were copied from recipes.
+    pub patched: usize,
+    pub copied: usize,
+    /// Time spent looking up the originals (dlsym), and patching.
+    pub resolve_ns: u64,
+    pub patch_ns: u64,
 }
 
 /// Patch every `Inline` entry. The recipes of the process that exec'd us (the same libc,
 /// usually) let its hooks be made without decoding; ours go to the processes we exec.
-fn patch_all() {
+/// Returns how many were patched, and how many of those copied from recipes.
+fn patch_all() -> (usize, usize) {
     // The launcher makes recipes for exactly these (hermes_wire::INLINE_HOOKED): the two
     // lists must agree, or a run's first process would decode what it was meant to copy.
     debug_assert!(
@@ -296,10 +308,7 @@ fn patch_all() {
         let made: Vec<String> = made.iter().filter_map(|h| h.recipe().map(ToString::to_string)).collect();
         crate::config::set_recipes(&made.join(","));
     }
-    if crate::config::debug_hooks() {
-        let msg = format!("hermes-preload: pid {}: {patched} inline hooks, {copied} from recipes\n", sys::getpid());
-        sys::warn(&[msg.as_bytes()]);
-    }
+    (patched, copied)
 }
 
 /// Patch `target`, from one of `recipes` when one was made from its bytes. The handle

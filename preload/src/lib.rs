@@ -25,21 +25,49 @@ use core::sync::atomic::Ordering::Relaxed;
 
 /// Runs when the dynamic loader maps the library, before the program's main.
 extern "C" fn init() {
+    let start = sys::monotonic_ns();
     config::init();
     if config::get().inert() {
         // `hermes exec-traced`: HERMES's own process, whose tracer mediates the
         // program it runs. Every hook passes straight through.
         return;
     }
+    let configured = sys::monotonic_ns();
     strict::init();
     if let Some(path) = config::board_path() {
         board::map(&path);
     }
-    hooks::install(config::inline_hooks());
+    let mapped = sys::monotonic_ns();
+    let installed = hooks::install(config::inline_hooks());
     api::init();
     api::find_own_text();
     mediate::begin_image();
     mediate::READY.store(true, Relaxed);
+    if config::debug_hooks() {
+        let done = sys::monotonic_ns();
+        report_start(&installed, [configured - start, mapped - configured, done - mapped, done - start]);
+    }
+}
+
+/// `HERMES_DEBUG_HOOKS=1`: how this process's inline hooks were made, and what the
+/// constructor cost it (µs: reading the configuration, mapping the board, the hooks
+/// with their dlsym lookups and their patches, in all).
+fn report_start(hooks: &hooks::Installed, [config, board, install, total]: [u64; 4]) {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let msg = format!(
+        "hermes-preload: pid {}: {} inline hooks, {} from recipes; constructor {:.1} us: configuration {:.1}, \
+         board {:.1}, hooks {:.1} (dlsym {:.1}, patches {:.1})\n",
+        sys::getpid(),
+        hooks.patched,
+        hooks.copied,
+        us(total),
+        us(config),
+        us(board),
+        us(install),
+        us(hooks.resolve_ns),
+        us(hooks.patch_ns),
+    );
+    sys::warn(&[msg.as_bytes()]);
 }
 
 #[used]

@@ -83,6 +83,18 @@ fn exec_children_hook_from_their_parents_recipes() {
         "sh, the first process, copied every hook from the launcher's recipes",
     );
     run.check(counts[1..].iter().all(|&(hooks, copied)| hooks >= 5 && copied == hooks), "its children decoded none");
+    // "…; constructor T us: configuration C, board B, hooks H (dlsym D, patches P)", each
+    // figure rounded to 0.1 µs on its own.
+    let costs_add_up = |line: &str| {
+        let figures: Vec<f64> = line
+            .split_once("; constructor ")
+            .map(|(_, costs)| costs.split([' ', ',', '(', ')', ':']).filter_map(|w| w.parse().ok()).collect())
+            .unwrap_or_default();
+        matches!(figures[..], [total, config, board, hooks, dlsym, patches]
+            if [config, board, hooks, dlsym, patches].iter().all(|&f| f > 0.0)
+                && config + board + hooks <= total + 0.2 && dlsym + patches <= hooks + 0.1)
+    };
+    run.check(reports.iter().all(|l| costs_add_up(l)), "each report has the constructor's cost, its parts within it");
     let mut lines = run.stdout.lines();
     run.check(lines.next() == Some("ERR 13"), "the child's fopen, caught by a copied inline hook, is denied");
     run.check(lines.next() == Some("1"), "the recipes are in the children's environment");
