@@ -39,19 +39,20 @@ extern "C" fn init() {
     }
     let mapped = sys::monotonic_ns();
     let installed = hooks::install(config::inline_hooks());
+    let hooked = sys::monotonic_ns();
     api::init();
     api::find_own_text();
     mediate::begin_image();
     mediate::READY.store(true, Relaxed);
     if config::debug_hooks() {
         let done = sys::monotonic_ns();
-        report_start(&installed, [configured - start, mapped - configured, done - mapped, done - start]);
+        report_start(&installed, [configured - start, mapped - configured, hooked - mapped, done - start]);
     }
 }
 
 /// `HERMES_DEBUG_HOOKS=1`: how this process's inline hooks were made, and what the
 /// constructor cost it (µs: reading the configuration, mapping the board, the hooks
-/// with their dlsym lookups and their patches, in all).
+/// with their dlsym lookups and their patches, and in all).
 fn report_start(hooks: &hooks::Installed, [config, board, install, total]: [u64; 4]) {
     let us = |ns: u64| ns as f64 / 1000.0;
     let msg = format!(
