@@ -63,20 +63,19 @@ impl Links {
     /// unknown: not kept for it, and /proc no longer shows it. A process that only
     /// hides it (not dumpable) is not gone. Reads /proc at most once per batch.
     pub fn lost_cwd(&mut self, viewer: Viewer) -> bool {
-        if self.pinned.contains_key(&viewer.tid)
-            || self.cwds.entry(viewer.tid).or_insert_with(|| viewer.base(AT_FDCWD)).is_some()
-        {
+        if self.cwd(viewer).is_some() {
             return false;
         }
         let cwd = std::fs::read_link(format!("/proc/{}/cwd", viewer.pid));
         cwd.is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
     }
 
-    fn cwd(&mut self, viewer: Viewer) -> Option<Vec<u8>> {
-        if let Some(cwd) = self.pinned.get(&viewer.tid) {
-            return Some(cwd.clone());
+    /// The viewer's working directory: the one kept for it, else the batch's reading.
+    fn cwd(&mut self, viewer: Viewer) -> Option<&Vec<u8>> {
+        match self.pinned.get(&viewer.tid) {
+            Some(cwd) => Some(cwd),
+            None => self.cwds.entry(viewer.tid).or_insert_with(|| viewer.base(AT_FDCWD)).as_ref(),
         }
-        self.cwds.entry(viewer.tid).or_insert_with(|| viewer.base(AT_FDCWD)).clone()
     }
 
     fn read(&mut self, path: &[u8]) -> Option<Vec<u8>> {
@@ -144,7 +143,7 @@ impl Viewer {
         let mut start = match (known, links.as_deref_mut()) {
             _ if raw.first() == Some(&b'/') => Vec::new(),
             (Some(dir), _) => dir,
-            (None, Some(links)) if dirfd == AT_FDCWD => links.cwd(self)?,
+            (None, Some(links)) if dirfd == AT_FDCWD => links.cwd(self)?.clone(),
             (None, _) => self.base(dirfd)?,
         };
         start.reserve(raw.len() + 1); // room for the names, so one allocation is the usual case
