@@ -84,7 +84,7 @@ pub fn c_program_with(name: &str, extra: &[&str]) -> PathBuf {
         .filter_map(|l| l.strip_prefix("#include \"")?.strip_suffix('"'))
         .map(|h| std::fs::read_to_string(src.with_file_name(h)).unwrap_or_else(|e| panic!("read {h}: {e}")))
         .collect();
-    let hash = fnv(format!("{text}\0{headers}\0{}", extra.join(" ")).as_bytes());
+    let hash = hermes_wire::fnv1a64(format!("{text}\0{headers}\0{}", extra.join(" ")).as_bytes());
     let bin = out_dir.join(format!("{name}-{hash:016x}"));
     if !bin.exists() {
         // Parallel test processes may compile the same program: build aside, rename.
@@ -100,10 +100,6 @@ pub fn c_program_with(name: &str, extra: &[&str]) -> PathBuf {
         std::fs::rename(&tmp, &bin).expect("rename compiled program");
     }
     bin
-}
-
-fn fnv(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// A scratch directory, removed when dropped. Paths are canonical (no symlinks), so
