@@ -46,14 +46,14 @@ extern "C" fn init() {
     mediate::READY.store(true, Relaxed);
     if config::debug_hooks() {
         let done = sys::monotonic_ns();
-        report_start(&installed, [configured - start, mapped - configured, hooked - mapped, done - start]);
+        report_constructor(&installed, [configured - start, mapped - configured, hooked - mapped, done - start]);
     }
 }
 
 /// `HERMES_DEBUG_HOOKS=1`: how this process's inline hooks were made, and what the
 /// constructor cost it (µs: reading the configuration, mapping the board, the hooks
 /// with their dlsym lookups and their patches, and in all).
-fn report_start(hooks: &hooks::Installed, [config, board, install, total]: [u64; 4]) {
+fn report_constructor(hooks: &hooks::Installed, [config, board, install, total]: [u64; 4]) {
     let us = |ns: u64| ns as f64 / 1000.0;
     let msg = format!(
         "hermes-preload: pid {}: {} inline hooks, {} from recipes; constructor {:.1} us: configuration {:.1}, \
