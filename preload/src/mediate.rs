@@ -263,8 +263,14 @@ impl Token {
                 Verdict::Deny(libc::EPERM)
             }
         };
-        let report = board::word(board::FLAGS) & board::REPORT != 0;
-        session.start = if report && session.fd >= 0 { sys::monotonic_ns() } else { 0 };
+        let report = board::word(board::FLAGS) & board::REPORT != 0 && session.fd >= 0;
+        // A decided call starts now, its answer in; an observed one started when
+        // it was stamped (see `exchange`).
+        session.start = match (report, observe) {
+            (true, false) => sys::monotonic_ns(),
+            (true, true) => session.start,
+            (false, _) => 0,
+        };
         sys::set_errno(errno);
         (verdict, session)
     }
@@ -369,13 +375,17 @@ impl Session {
             let rings = rings_passed(self.one_shot);
             let call =
                 Call { seq: self.seq, func, pid, tid, image: 0, rings, args: clone_args(args), ctx: context(payload) };
-            let made = observe.then(sys::monotonic_ns);
             let msg = if observe { ClientMsg::Observe(call) } else { ClientMsg::Call(call) };
             let exchanged = with_frame(&msg, |frame| {
-                self.deliver((pid, tid), frame, made)?;
                 if observe {
+                    // One clock read stamps the record and starts the call's duration:
+                    // what is left before the call runs is the ring's few stores.
+                    let made = sys::monotonic_ns();
+                    self.deliver((pid, tid), frame, Some(made))?;
+                    self.start = made;
                     return Ok(0);
                 }
+                self.deliver((pid, tid), frame, None)?;
                 if !self.one_shot {
                     settle_welcome(self.fd)?;
                 }
