@@ -259,7 +259,7 @@ impl Event {
             }
             Args::Api { symbol, kinds, raw, ref data, backtrace } => {
                 let (lib, name) = symbol.split_once(':').unwrap_or(("", symbol));
-                let frames = backtrace.map(|b| b.into_iter().take_while(|&ip| ip != 0).collect::<Vec<_>>());
+                let frames = backtrace.map(|b| b.iter().take_while(|&ip| ip != 0).collect::<Vec<_>>());
                 EventArgs::Api {
                     lib: lib.to_owned(),
                     symbol: name.to_owned(),
@@ -286,11 +286,11 @@ impl Event {
     /// Add the context a client sent, and what the broker reads itself when wanted.
     pub fn with_context(mut self, ctx: &hermes_wire::Context, maps: bool) -> Self {
         if let Some(frames) = ctx.backtrace {
-            let frames: Vec<u64> = frames.into_iter().take_while(|&ip| ip != 0).collect();
+            let frames: Vec<u64> = frames.iter().take_while(|&ip| ip != 0).collect();
             self.ctx.backtrace = symbolize(self.pid, &frames);
         }
         self.ctx.payload = ctx.payload.map(|p| p.to_vec());
-        self.ctx.regs = ctx.regs;
+        self.ctx.regs = ctx.regs.and_then(hermes_wire::Words::array);
         if maps {
             self.ctx.maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).ok();
         }

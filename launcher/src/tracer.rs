@@ -366,9 +366,10 @@ impl Tracer {
         let pid = self.tgid(tid);
         let image = self.image(pid);
         // Context the policy asked for: the registers at the stop, a send's payload.
+        let mut reg_bytes = [0u8; wire::REGS_LEN * 8];
         let mut ctx = wire::Context::default();
         if self.client.wants_registers() {
-            ctx.regs = Some(reg_list(&regs));
+            ctx.regs = Some(wire::Words::new(&reg_list(&regs), &mut reg_bytes));
         }
         let payload = match (self.client.wants_payload(), &request) {
             (0, _) => None,

@@ -21,7 +21,7 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::ffi::CString;
 use std::sync::{Mutex, OnceLock};
 
-use hermes_wire::{serde_bytes::Bytes, Args, Op, API_ARGS, BACKTRACE_MAX};
+use hermes_wire::{serde_bytes::Bytes, Args, Op, Words, API_ARGS, BACKTRACE_MAX};
 
 use crate::mediate::{Pending, ReplyBuf, Token, Verdict};
 use crate::sys;
@@ -359,7 +359,8 @@ extern "C" fn on_enter(ctx: &mut Ctx, ret_slot: &mut usize) -> u32 {
     let mut slices: [&[u8]; API_ARGS] = [&[]; API_ARGS];
     copy_args(hook, &ctx.args, &mut data, &mut slices);
     let data_refs: [&Bytes; API_ARGS] = slices.map(Bytes::new);
-    let backtrace = hook.backtrace.then(caller_backtrace);
+    let mut frames = [0u8; BACKTRACE_MAX * 8];
+    let backtrace = hook.backtrace.then(|| Words::new(&caller_backtrace(), &mut frames));
     let args: Args<'_, ()> =
         Args::Api { symbol: &hook.spec, kinds: hook.kinds, raw: ctx.args, data: data_refs, backtrace };
     let mut reply = ReplyBuf::new();

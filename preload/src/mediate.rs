@@ -324,11 +324,12 @@ fn cached_form(v: &Verdict) -> Option<Cached> {
     }
 }
 
-/// Context the policy asked for, gathered for one call.
-fn context(payload: Option<&[u8]>) -> Context<'_> {
+/// Context the policy asked for, gathered for one call (a backtrace's words in `frames`).
+fn context<'a>(payload: Option<&'a [u8]>, frames: &'a mut [u8; wire::BACKTRACE_MAX * 8]) -> Context<'a> {
     let flags = board::word(board::FLAGS);
     Context {
-        backtrace: (flags & board::BACKTRACE != 0).then(crate::api::caller_backtrace_any),
+        backtrace: (flags & board::BACKTRACE != 0)
+            .then(|| wire::Words::new(&crate::api::caller_backtrace_any(), frames)),
         payload: payload.map(wire::serde_bytes::Bytes::new),
         regs: None,
     }
@@ -370,11 +371,12 @@ impl Session {
         // A thread connection may have been closed under us (close_range, dup2 over
         // it); then it is reconnected once.
         let mut len = 0;
+        let mut frames = [0u8; wire::BACKTRACE_MAX * 8];
+        let ctx = context(payload, &mut frames);
         for attempt in 0..2 {
             self.seq = call_seq(self.one_shot);
             let rings = rings_passed(self.one_shot);
-            let call =
-                Call { seq: self.seq, func, pid, tid, image: 0, rings, args: clone_args(args), ctx: context(payload) };
+            let call = Call { seq: self.seq, func, pid, tid, image: 0, rings, args: clone_args(args), ctx };
             let msg = if observe { ClientMsg::Observe(call) } else { ClientMsg::Call(call) };
             let exchanged = with_frame(&msg, |frame| {
                 if observe {

@@ -41,7 +41,7 @@ pub const INLINE_HOOKED: [&str; 8] =
     ["open", "openat", "__open_nocancel", "connect", "sendto", "sendmsg", "execve", "execveat"];
 
 /// Bump when a message changes shape; the broker refuses other versions.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// Largest frame body either side accepts. exec requests carry argv and envp, which
 /// the kernel caps at a quarter of the stack limit (2 MiB by default).
@@ -222,13 +222,47 @@ pub struct Call<'a, L> {
 /// it is sent only when wanted.
 #[derive(Serialize, Deserialize, Debug, Default, Clone, Copy)]
 pub struct Context<'a> {
-    /// Return addresses of the calling thread, innermost first (0: unused slot).
-    pub backtrace: Option<[u64; BACKTRACE_MAX]>,
+    /// Return addresses of the calling thread, innermost first (at most
+    /// [`BACKTRACE_MAX`]; 0: unused slot).
+    #[serde(borrow)]
+    pub backtrace: Option<Words<'a>>,
     /// The first bytes of a send's payload (at most [`board::PAYLOAD`] of them).
     #[serde(borrow)]
     pub payload: Option<&'a serde_bytes::Bytes>,
     /// The ptrace layer's registers at the stop, in [`REGS`] order.
-    pub regs: Option<[u64; REGS_LEN]>,
+    #[serde(borrow)]
+    pub regs: Option<Words<'a>>,
+}
+
+/// Machine words (a backtrace, registers) sent as their little-endian bytes and
+/// borrowed from the frame when decoded. As arrays they would make every message
+/// hundreds of bytes long, and decoding moves a message whole at each step, though
+/// few messages carry any.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Words<'a>(#[serde(borrow)] &'a serde_bytes::Bytes);
+
+impl<'a> Words<'a> {
+    /// `words`, written into `buf` (8 bytes each): as many as it holds.
+    pub fn new(words: &[u64], buf: &'a mut [u8]) -> Words<'a> {
+        let n = words.len().min(buf.len() / 8);
+        for (bytes, word) in buf.chunks_exact_mut(8).zip(&words[..n]) {
+            bytes.copy_from_slice(&word.to_le_bytes());
+        }
+        Words(serde_bytes::Bytes::new(&buf[..n * 8]))
+    }
+
+    /// The words (a partial one at the end, which no client sends, is left out).
+    pub fn iter(self) -> impl Iterator<Item = u64> + 'a {
+        self.0.chunks_exact(8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+    }
+
+    /// Exactly `N` words, or `None`.
+    pub fn array<const N: usize>(self) -> Option<[u64; N]> {
+        let mut words = self.iter();
+        let array = core::array::from_fn(|_| words.next().unwrap_or(0));
+        (self.0.len() == N * 8).then_some(array)
+    }
 }
 
 /// Registers the ptrace layer reports, in this order.
@@ -293,7 +327,8 @@ pub enum Args<'a, L> {
         data: [&'a serde_bytes::Bytes; API_ARGS],
         /// Return addresses of the calling thread, innermost first, when the hook
         /// asked for a backtrace.
-        backtrace: Option<[u64; BACKTRACE_MAX]>,
+        #[serde(borrow)]
+        backtrace: Option<Words<'a>>,
     },
 }
 
@@ -547,6 +582,7 @@ mod tests {
     #[test]
     fn frames_are_postcards_bytes_and_a_full_buffer_is_reported_at_every_size() {
         let path = [b'p'; 40];
+        let mut frames = [0u8; BACKTRACE_MAX * 8];
         let msg: ClientMsg<'_, ()> = ClientMsg::Observe(Call {
             seq: 300,
             func: "__openat_2",
@@ -555,7 +591,7 @@ mod tests {
             image: u32::MAX,
             rings: 2,
             args: Args::Open { dirfd: -100, path: &path, flags: 0o2_000_000, mode: 0o644 },
-            ctx: Context { backtrace: Some([u64::MAX; BACKTRACE_MAX]), ..Context::default() },
+            ctx: Context { backtrace: Some(Words::new(&[u64::MAX; BACKTRACE_MAX], &mut frames)), ..Context::default() },
         });
         let body = postcard::to_allocvec(&msg).unwrap();
         let mut buf = [0u8; 512];
@@ -564,6 +600,22 @@ mod tests {
         for size in 0..4 + body.len() {
             assert_eq!(encode(&msg, &mut buf[..size]), Err(FrameError::BufferFull), "buffer of {size}");
         }
+    }
+
+    #[test]
+    fn words_round_trip_and_only_an_exact_count_makes_an_array() {
+        let mut buf = [0u8; 4 * 8];
+        let words = Words::new(&[1, u64::MAX, 0x7f00_0000_1234, 0, 99], &mut buf);
+        let body = postcard::to_allocvec(&Some(words)).unwrap();
+        let back: Option<Words<'_>> = postcard::from_bytes(&body).unwrap();
+        let back = back.unwrap();
+        assert_eq!(back.iter().collect::<Vec<_>>(), [1, u64::MAX, 0x7f00_0000_1234, 0], "as many as the buffer holds");
+        assert_eq!(back.array::<4>(), Some([1, u64::MAX, 0x7f00_0000_1234, 0]));
+        assert_eq!(back.array::<3>(), None);
+        assert_eq!(back.array::<5>(), None);
+        let ragged: Words<'_> = postcard::from_bytes(&[9, 1, 0, 0, 0, 0, 0, 0, 0, 7]).unwrap();
+        assert_eq!(ragged.iter().collect::<Vec<_>>(), [1], "a partial word is left out");
+        assert_eq!(ragged.array::<1>(), None);
     }
 
     #[test]
