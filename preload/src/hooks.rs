@@ -280,7 +280,9 @@ fn patch_all() -> (usize, usize) {
     let (mut patched, mut copied) = (0, 0);
     // All the hooks as one batch: we run in the constructor, single-threaded, so
     // nothing else changes the address space or runs the code meanwhile.
-    hermes_trampolines::batch(|| {
+    let targets: Vec<u64> =
+        HOOKS.iter().filter(|h| h.patch == Patch::Inline).map(|h| h.real.resolve() as u64).collect();
+    hermes_trampolines::batch_at(&targets, || {
         for hook in HOOKS.iter().filter(|h| h.patch == Patch::Inline) {
             let target = hook.real.resolve();
             // Aliases (open and open64 are one function in glibc) are patched once.

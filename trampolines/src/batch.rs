@@ -4,7 +4,10 @@
 //! unblock signals per patch. Inside [`batch`] the maps are read once, each mapping written to
 //! is made writable once and restored when the batch ends, and signals stay blocked from the
 //! first patch to the end; in a process that never had a second thread, no core barrier is
-//! needed between the steps of a patch either. A hook on code of a loaded ELF object finds its
+//! needed between the steps of a patch either. Told where the hooks will be ([`batch_at`]), a
+//! batch unlocks only the stretch of each mapping they span: changing the protection of a
+//! whole library's code walks every page of it the process has touched, twice. A hook on
+//! code of a loaded ELF object finds its
 //! mapping from the dynamic loader's program headers, and a trampoline chunk is first tried
 //! where the kernel puts a mapping by itself: a batch whose hooks all fit reads
 //! `/proc/self/maps` not at all.
@@ -13,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::maps::{self, Mapping};
-use crate::sys::{self, PROT_EXEC, PROT_READ, PROT_WRITE};
+use crate::sys::{self, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE};
 
 struct Batch {
     /// Read on first need.
@@ -22,6 +25,24 @@ struct Batch {
     unlocked: Vec<(u64, u64, u32)>,
     /// The signal mask from before the first patch blocked them all.
     signals: Option<u64>,
+    /// Where the hooks will be patched, if the caller said: see [`Batch::span`].
+    near: Vec<u64>,
+}
+
+impl Batch {
+    /// The stretch of `mapping` to unlock for a write into `page`: the pages the
+    /// announced hooks in that mapping span (a patch may end in the next page), or
+    /// the whole mapping when `page` is not among them.
+    fn span(&self, page: (u64, u64), mapping: (u64, u64)) -> (u64, u64) {
+        let inside = self.near.iter().map(|&at| at & !(PAGE_SIZE - 1)).filter(|&p| mapping.0 <= p && p < mapping.1);
+        let (lo, hi) = inside.fold((u64::MAX, 0), |(lo, hi), p| (lo.min(p), hi.max(p + 2 * PAGE_SIZE)));
+        let hi = hi.min(mapping.1);
+        if lo <= page.0 && page.1 <= hi {
+            (lo, hi)
+        } else {
+            mapping
+        }
+    }
 }
 
 static BATCH: Mutex<Option<Batch>> = Mutex::new(None);
@@ -35,7 +56,13 @@ fn open() -> MutexGuard<'static, Option<Batch>> {
 /// single-threaded. Memory the engine maps itself is accounted for. When the batch ends the
 /// protections are restored and the signal mask put back.
 pub fn batch<R>(f: impl FnOnce() -> R) -> R {
-    *open() = Some(Batch { mappings: None, unlocked: Vec::new(), signals: None });
+    batch_at(&[], f)
+}
+
+/// [`batch`], told the addresses of the functions `f` will hook: code is then unlocked
+/// only around them (addresses `f` does not hook cost nothing but a wider stretch).
+pub fn batch_at<R>(near: &[u64], f: impl FnOnce() -> R) -> R {
+    *open() = Some(Batch { mappings: None, unlocked: Vec::new(), signals: None, near: near.to_vec() });
     sys::ALONE.store(sys::single_threaded(), Ordering::Relaxed);
     let result = f();
     sys::ALONE.store(false, Ordering::Relaxed);
@@ -104,8 +131,9 @@ impl Unlocked {
 }
 
 /// Make code writable, keeping it readable and executable: inside a batch, all of `batched`
-/// (a whole mapping: one `mprotect` for every write into it) until the batch ends; outside,
-/// just `alone` until the caller's [`Unlocked::relock`].
+/// (a whole mapping, or the stretch of it the batch's hooks span: one `mprotect` for every
+/// write into it) until the batch ends; outside, just `alone` until the caller's
+/// [`Unlocked::relock`].
 ///
 /// # Safety
 /// Both ranges must be code of this process (`alone` inside `batched`) whose protection is
@@ -119,12 +147,13 @@ pub(crate) unsafe fn unlock(alone: (u64, u64), batched: (u64, u64), restore: u32
         unsafe { sys::mprotect(start, end - start, writable) }?;
         return Ok(Unlocked::Here { start, end, restore });
     };
-    let (start, end) = batched;
-    if !batch.unlocked.iter().any(|&(s, e, _)| s <= start && end <= e) {
-        // SAFETY: as above.
-        unsafe { sys::mprotect(start, end - start, writable) }?;
-        batch.unlocked.push((start, end, restore));
+    if batch.unlocked.iter().any(|&(s, e, _)| s <= alone.0 && alone.1 <= e) {
+        return Ok(Unlocked::ByBatch);
     }
+    let (start, end) = batch.span(alone, batched);
+    // SAFETY: as above (`span` stays inside `batched`).
+    unsafe { sys::mprotect(start, end - start, writable) }?;
+    batch.unlocked.push((start, end, restore));
     Ok(Unlocked::ByBatch)
 }
 
@@ -136,4 +165,30 @@ pub(crate) fn block_signals() -> bool {
         batch.signals = Some(sys::block_signals());
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_hooks_at(near: &[u64]) -> Batch {
+        Batch { mappings: None, unlocked: Vec::new(), signals: None, near: near.to_vec() }
+    }
+
+    #[test]
+    fn unlocks_the_stretch_the_announced_hooks_span() {
+        let mapping = (0x10_0000, 0x20_0000);
+        let page = |at: u64| (at & !0xfff, (at & !0xfff) + 0x1000);
+        let batch = with_hooks_at(&[0x12_3456, 0x15_0ffe, 0x30_0000]);
+        // From the first hook's page to the page after the last one's (a patch may cross
+        // into it); a hook in another mapping does not widen it.
+        assert_eq!(batch.span(page(0x12_3456), mapping), (0x12_3000, 0x15_2000));
+        assert_eq!(batch.span(page(0x15_1000), mapping), (0x12_3000, 0x15_2000));
+        // A write the batch was not told of: the whole mapping, as without hints.
+        assert_eq!(batch.span(page(0x18_0000), mapping), mapping);
+        assert_eq!(with_hooks_at(&[]).span(page(0x12_3456), mapping), mapping);
+        // Never past the mapping's end.
+        let near_end = with_hooks_at(&[0x1f_f800]);
+        assert_eq!(near_end.span(page(0x1f_f800), mapping), (0x1f_f000, 0x20_0000));
+    }
 }

@@ -62,7 +62,7 @@ mod pool;
 mod sys;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-pub use batch::batch;
+pub use batch::{batch, batch_at};
 pub use decode::SCAN_WINDOW;
 pub use error::HookError;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
