@@ -263,14 +263,13 @@ impl Token {
                 Verdict::Deny(libc::EPERM)
             }
         };
-        let report = board::word(board::FLAGS) & board::REPORT != 0 && session.fd >= 0;
-        // A decided call starts now, its answer in; an observed one started when
-        // it was stamped (see `exchange`).
-        session.start = match (report, observe) {
-            (true, false) => sys::monotonic_ns(),
-            (true, true) => session.start,
-            (false, _) => 0,
-        };
+        // A decided call starts now, its answer in; an observed one started when it
+        // was stamped (see `exchange`). No start: no result to report.
+        if board::word(board::FLAGS) & board::REPORT == 0 || session.fd < 0 {
+            session.start = 0;
+        } else if !observe {
+            session.start = sys::monotonic_ns();
+        }
         sys::set_errno(errno);
         (verdict, session)
     }
