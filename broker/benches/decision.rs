@@ -10,6 +10,10 @@
 //! - `string_match`: `on_open` tries a few `string.match` patterns (a firewall-style
 //!   rule list) before allowing.
 //!
+//! And `decide_exec/allow_handler`: `on_exec` returns `hermes.allow()` for an exec of
+//! `/bin/true` with 40 environment variables (a login shell's), which the event table
+//! carries as `ev.envp`.
+//!
 //! `cargo bench -p hermes-broker --bench decision` (add `-- --quick` for a faster run).
 
 use std::hint::black_box;
@@ -62,6 +66,14 @@ fn open_event(path: &[u8]) -> Event {
     )
 }
 
+fn exec_event(envp: &[Vec<u8>]) -> Event {
+    let argv: Vec<&[u8]> = vec![b"/bin/true"];
+    let envp: Vec<&[u8]> = envp.iter().map(Vec::as_slice).collect();
+    let args = Args::Exec { dirfd: libc::AT_FDCWD, path: b"/bin/true", search_path: false, flags: 0, argv, envp };
+    let pid = std::process::id() as i32;
+    Event::new("execve", pid, pid, Layer::Preload, ProcInfo::default(), &args)
+}
+
 fn bench_decide(c: &mut Criterion) {
     let ev = open_event(PATH);
     let mut group = c.benchmark_group("decide_open");
@@ -78,6 +90,14 @@ fn bench_decide(c: &mut Criterion) {
         group.bench_function(BenchmarkId::from_parameter(name), |b| b.iter(|| policy.decide(black_box(&ev))));
     }
     group.finish();
+
+    let envp: Vec<Vec<u8>> = (0..40).map(|i| format!("VARIABLE_{i}=/home/user/some/value/{i}").into_bytes()).collect();
+    let ev = exec_event(&envp);
+    let src = "function on_exec(ev) return hermes.allow() end\n";
+    let policy =
+        Policy::from_source("exec.lua", src.as_bytes(), Path::new("/"), Duration::from_secs(1)).expect("loads");
+    assert_eq!(policy.decide(&ev).verdict, Verdict::Allow, "the exec is allowed");
+    c.benchmark_group("decide_exec").bench_function("allow_handler", |b| b.iter(|| policy.decide(black_box(&ev))));
 }
 
 fn main() {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hermes_wire::Op;
-use mlua::{Function, HookTriggers, Lua, MultiValue, Table, UserData, Value, VmState};
+use mlua::{Function, HookTriggers, IntoLua, Lua, MultiValue, Table, UserData, Value, VmState};
 
 use std::collections::HashMap;
 
@@ -934,14 +934,14 @@ fn event_table(lua: &Lua, ev: &Event) -> mlua::Result<Table> {
     t.raw_set("pid", ev.pid)?;
     t.raw_set("tid", ev.tid)?;
     t.raw_set("ppid", ev.proc.ppid)?;
-    t.raw_set("exe", lua.create_string(&ev.proc.exe)?)?;
+    set_bytes(lua, &t, "exe", &ev.proc.exe)?;
     t.raw_set("layer", ev.layer.name())?;
     t.raw_set("time_ns", ev.mono_ns as i64)?;
     if !ev.ctx.backtrace.is_empty() {
         t.raw_set("backtrace", lua.create_sequence_from(ev.ctx.backtrace.iter().map(String::as_str))?)?;
     }
     if let Some(data) = &ev.ctx.payload {
-        t.raw_set("data", lua.create_string(data)?)?;
+        set_bytes(lua, &t, "data", data)?;
     }
     if let Some(regs) = &ev.ctx.regs {
         let r = lua.create_table()?;
@@ -956,14 +956,14 @@ fn event_table(lua: &Lua, ev: &Event) -> mlua::Result<Table> {
     let set_addr = |addr: &NetAddr| -> mlua::Result<()> {
         t.raw_set("family", addr.family())?;
         if let Some(a) = addr.addr_bytes() {
-            t.raw_set("addr", lua.create_string(&a)?)?;
+            set_bytes(lua, &t, "addr", &a)?;
         }
         t.raw_set("port", addr.port())
     };
     match &ev.args {
         EventArgs::Open { dirfd, path, raw_path, flags, mode } => {
-            t.raw_set("path", lua.create_string(path)?)?;
-            t.raw_set("raw_path", lua.create_string(raw_path)?)?;
+            set_bytes(lua, &t, "path", path)?;
+            set_bytes(lua, &t, "raw_path", raw_path)?;
             t.raw_set("dirfd", *dirfd)?;
             t.raw_set("flags", *flags)?;
             t.raw_set("mode", *mode)?;
@@ -982,10 +982,14 @@ fn event_table(lua: &Lua, ev: &Event) -> mlua::Result<Table> {
             }
         }
         EventArgs::Exec { path, raw_path, argv, envp } => {
-            t.raw_set("path", lua.create_string(path)?)?;
-            t.raw_set("raw_path", lua.create_string(raw_path)?)?;
+            set_bytes(lua, &t, "path", path)?;
+            set_bytes(lua, &t, "raw_path", raw_path)?;
             let list = |items: &[Vec<u8>]| -> mlua::Result<Table> {
-                lua.create_sequence_from(items.iter().map(|i| lua.create_string(i)).collect::<mlua::Result<Vec<_>>>()?)
+                let list = lua.create_table_with_capacity(items.len(), 0)?;
+                for (i, item) in items.iter().enumerate() {
+                    set_bytes(lua, &list, i + 1, item)?;
+                }
+                Ok(list)
             };
             t.raw_set("argv", list(argv)?)?;
             t.raw_set("envp", list(envp)?)?;
@@ -1002,13 +1006,23 @@ fn event_table(lua: &Lua, ev: &Event) -> mlua::Result<Table> {
                 match a {
                     ApiArg::Int(v) => decoded.set(i + 1, *v)?,
                     ApiArg::Ptr(p) => decoded.set(i + 1, *p as i64)?,
-                    ApiArg::Bytes(b) => decoded.set(i + 1, lua.create_string(b)?)?,
+                    ApiArg::Bytes(b) => set_bytes(lua, &decoded, i + 1, b)?,
                 }
             }
             t.raw_set("args", decoded)?;
         }
     }
     Ok(t)
+}
+
+/// `t[key] = bytes`, a Lua string. UTF-8 bytes (nearly every path, argument and
+/// environment string) go onto Lua's stack as a `&str`; `create_string` would hold each in
+/// a registry slot until dropped, which an exec's 40 environment strings paid for.
+fn set_bytes(lua: &Lua, t: &Table, key: impl IntoLua, bytes: &[u8]) -> mlua::Result<()> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => t.raw_set(key, s),
+        Err(_) => t.raw_set(key, lua.create_string(bytes)?),
+    }
 }
 
 /// Lua's own message, without mlua's wrapping and the traceback.
@@ -1186,6 +1200,26 @@ mod tests {
             unix.as_deref(),
         );
         assert_eq!(to.display(), "127.0.0.1:80");
+    }
+
+    #[test]
+    fn strings_reach_lua_byte_for_byte_whether_utf8_or_not() {
+        let p = policy(
+            r#"
+            function on_exec(ev)
+              local env = table.concat(ev.envp, "|")
+              if ev.raw_path == "/bin/\xff" and #ev.argv == 2 and ev.argv[2] == "é" and env == "A=1|B=\xfe|C=" then
+                return hermes.deny(hermes.errno.EACCES)
+              end
+            end
+            "#,
+        )
+        .unwrap();
+        let argv: Vec<&[u8]> = vec![b"/bin/\xff", "é".as_bytes()];
+        let envp: Vec<&[u8]> = vec![b"A=1", b"B=\xfe", b"C="];
+        let args = Args::Exec { dirfd: libc::AT_FDCWD, path: b"/bin/\xff", search_path: false, flags: 0, argv, envp };
+        let ev = Event::new("execve", 1, 1, Layer::Preload, ProcInfo::default(), &args);
+        assert_eq!(p.decide(&ev).verdict, Verdict::Deny(libc::EACCES));
     }
 
     #[test]
