@@ -389,6 +389,37 @@ fn trace_so_far(path: &Path) -> Vec<Json> {
     whole.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("trace line {l:?}: {e}"))).collect()
 }
 
+/// A shadow policy whose every open of `f` appends a line to `side`.
+fn shadow_counting_opens(dir: &Scratch, f: &str, side: &Path) -> PathBuf {
+    dir.write(
+        "shadow.lua",
+        &format!(
+            "function on_open(ev)\n  if ev.path == '{f}' then\n    local out = io.open('{}', 'a')\n    \
+             out:write(ev.path, '\\n')\n    out:close()\n  end\nend\n",
+            side.display()
+        ),
+    )
+}
+
+#[test]
+fn without_a_trace_observed_calls_still_reach_a_shadow_policy() {
+    // With no trace and no -v, the broker drops an observed call unread when nothing
+    // would see it. A shadow policy would: every call must reach it.
+    let dir = Scratch::new();
+    let f = dir.write("f", "content\n").display().to_string();
+    let side = dir.join("side-effect");
+    let policy = dir.write("policy.lua", OBSERVE_OPENS);
+    let shadow = shadow_counting_opens(&dir, &f, &side);
+    let s = |p: &Path| p.display().to_string();
+    let prog = s(&ring_events());
+    let args = ["launch", "--policy", &s(&policy), "--shadow", &s(&shadow), "--", &prog, "opens", "300", &f];
+    let out = hermes(&args).timeout(TIMEOUT).run();
+    out.check(out.code == 0, "ring_events exits 0");
+    out.check(field(&out, "opens =", "ok") == 300, "every open succeeded");
+    let seen = std::fs::read_to_string(&side).unwrap_or_default().lines().count();
+    out.check(seen == 300, &format!("the shadow saw all 300 opens, saw {seen}"));
+}
+
 #[test]
 fn a_quiet_long_running_targets_events_arrive_while_it_runs() {
     let dir = Scratch::new();
@@ -397,14 +428,7 @@ fn a_quiet_long_running_targets_events_arrive_while_it_runs() {
     let policy = dir.write("policy.lua", OBSERVE_OPENS);
     // A shadow policy runs Lua on every observed call: its side effect shows when the
     // broker handled the events.
-    let shadow = dir.write(
-        "shadow.lua",
-        &format!(
-            "function on_open(ev)\n  if ev.path == '{f}' then\n    local out = io.open('{}', 'a')\n    \
-             out:write(ev.path, '\\n')\n    out:close()\n  end\nend\n",
-            side.display()
-        ),
-    );
+    let shadow = shadow_counting_opens(&dir, &f, &side);
     let s = |p: &Path| p.display().to_string();
     let prog = s(&ring_events());
     let args = [
