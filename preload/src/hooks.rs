@@ -270,8 +270,9 @@ pub struct Installed {
 fn patch_all() -> (usize, usize) {
     // The launcher makes recipes for exactly these (hermes_wire::INLINE_HOOKED): the two
     // lists must agree, or a run's first process would decode what it was meant to copy.
+    let inline: Vec<&Hook> = HOOKS.iter().filter(|h| h.patch == Patch::Inline).collect();
     debug_assert!(
-        HOOKS.iter().filter(|h| h.patch == Patch::Inline).map(|h| h.name).eq(hermes_wire::INLINE_HOOKED),
+        inline.iter().map(|h| h.name).eq(hermes_wire::INLINE_HOOKED),
         "the Inline entries of the hook table differ from hermes_wire::INLINE_HOOKED"
     );
     let text = String::from_utf8(crate::config::recipes()).unwrap_or_default();
@@ -280,10 +281,9 @@ fn patch_all() -> (usize, usize) {
     let (mut patched, mut copied) = (0, 0);
     // All the hooks as one batch: we run in the constructor, single-threaded, so
     // nothing else changes the address space or runs the code meanwhile.
-    let targets: Vec<u64> =
-        HOOKS.iter().filter(|h| h.patch == Patch::Inline).map(|h| h.real.resolve() as u64).collect();
+    let targets: Vec<u64> = inline.iter().map(|h| h.real.resolve() as u64).collect();
     hermes_trampolines::batch_at(&targets, || {
-        for hook in HOOKS.iter().filter(|h| h.patch == Patch::Inline) {
+        for hook in inline {
             let target = hook.real.resolve();
             // Aliases (open and open64 are one function in glibc) are patched once.
             if target == 0 || HOOKS.iter().any(|h| h.real.is_patched() && h.real.resolve() == target) {
