@@ -5,7 +5,9 @@
 //! has one ([`crate::ring`]): no system call.
 
 use core::cell::Cell;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
 use hermes_wire::cache::{Cache, Cached, Key, KeyBuilder};
 use hermes_wire::ring::Pushed;
@@ -30,6 +32,17 @@ static IMAGE: AtomicU32 = AtomicU32::new(0);
 /// thread that learned of what another published there counts that ring too.
 static RINGS_PASSED: AtomicU32 = AtomicU32::new(0);
 static WARNED: AtomicBool = AtomicBool::new(false);
+/// A vfork or posix_spawn child's connection, made by its first mediated call and kept
+/// for the rest (a connection per call would be a Hello per call, each answered only
+/// once the broker has read /proc, while the child waits). The child's memory is its
+/// parent's, so these are the parent's statics, written only by such children: the
+/// child's pid and descriptor (`pid << 32 | fd`), and the socket's inode, which proves
+/// the descriptor is still that connection (a later child with a recycled pid has
+/// descriptors of its own). The kernel closes it when the child execs or exits.
+static SPAWN_CONN: AtomicU64 = AtomicU64::new(0);
+static SPAWN_INODE: AtomicU64 = AtomicU64::new(0);
+/// Sequence numbers of calls on children's connections: distinct on each.
+static SPAWN_SEQ: AtomicU32 = AtomicU32::new(1);
 
 thread_local! {
     /// This thread's broker connection (-1: none yet) and its next sequence number.
@@ -62,10 +75,10 @@ pub fn begin_image() {
 }
 
 /// The rings a call must have the broker wait for ([`Call::rings`]): none for a call
-/// on a one-shot connection, a vfork or posix_spawn child's, whose memory (and so
-/// count) is its parent's while its pid is its own.
-fn rings_passed(one_shot: bool) -> u32 {
-    if one_shot {
+/// on a vfork or posix_spawn child's connection, whose memory (and so count) is its
+/// parent's while its pid is its own.
+fn rings_passed(in_child: bool) -> u32 {
+    if in_child {
         0
     } else {
         RINGS_PASSED.load(Relaxed)
@@ -246,7 +259,7 @@ impl Token {
         let errno = sys::errno();
         let pid = pid_of(guard.tid);
         let shared_memory = pid != PROCESS_PID.load(Relaxed);
-        let mut session = Session { fd: -1, seq: 0, one_shot: shared_memory, start: 0, guard: Some(guard) };
+        let mut session = Session { fd: -1, seq: 0, in_child: shared_memory, start: 0, guard: Some(guard) };
         let payload = payload.map(|p| &p[..p.len().min(board::word(board::PAYLOAD) as usize)]);
         let verdict = match session.exchange((func, pid), &args, payload.filter(|p| !p.is_empty()), reply, observe) {
             Ok((v, cacheable)) => {
@@ -334,12 +347,11 @@ fn context<'a>(payload: Option<&'a [u8]>, frames: &'a mut [u8; wire::BACKTRACE_M
     }
 }
 
-/// One call in flight: reports the result (when the broker wants it) and releases a
-/// one-shot connection.
+/// One call in flight: reports the result (when the broker wants it).
 pub struct Session {
     fd: i32,
     seq: u32,
-    one_shot: bool,
+    in_child: bool,
     start: u64,
     /// `None` for a nested call, which runs under its outer call's guard.
     guard: Option<Guard>,
@@ -348,12 +360,12 @@ pub struct Session {
 impl Session {
     /// A call answered without the broker (from the cache): nothing to report.
     fn quiet(guard: Guard) -> Self {
-        Session { fd: -1, seq: 0, one_shot: false, start: 0, guard: Some(guard) }
+        Session { fd: -1, seq: 0, in_child: false, start: 0, guard: Some(guard) }
     }
 
     /// A nested call, let through unasked.
     fn unguarded() -> Self {
-        Session { fd: -1, seq: 0, one_shot: false, start: 0, guard: None }
+        Session { fd: -1, seq: 0, in_child: false, start: 0, guard: None }
     }
 
     /// Send the call; wait for the decision unless the policy only `observe`s it.
@@ -373,8 +385,8 @@ impl Session {
         let mut frames = [0u8; wire::BACKTRACE_MAX * 8];
         let ctx = context(payload, &mut frames);
         for attempt in 0..2 {
-            self.seq = call_seq(self.one_shot);
-            let rings = rings_passed(self.one_shot);
+            self.seq = call_seq(!self.in_child);
+            let rings = rings_passed(self.in_child);
             let call = Call { seq: self.seq, func, pid, tid, image: 0, rings, args: clone_args(args), ctx };
             let msg = if observe { ClientMsg::Observe(call) } else { ClientMsg::Call(call) };
             let exchanged = with_frame(&msg, |frame| {
@@ -387,7 +399,7 @@ impl Session {
                     return Ok(0);
                 }
                 self.deliver((pid, tid), frame, None)?;
-                if !self.one_shot {
+                if !self.in_child {
                     settle_welcome(self.fd)?;
                 }
                 recv_frame(self.fd, reply.get(), None).map(<[u8]>::len)
@@ -399,7 +411,7 @@ impl Session {
                 }
                 // A stale connection (the program closed it, an old broker) is made
                 // again once. A slow or garbled answer is not: the call is not re-sent.
-                Err(e) if attempt == 0 && !self.one_shot && e != libc::EAGAIN && e != libc::EPROTO => {
+                Err(e) if attempt == 0 && !self.in_child && e != libc::EAGAIN && e != libc::EPROTO => {
                     drop_thread_conn()
                 }
                 Err(e) => return Err(e),
@@ -430,8 +442,8 @@ impl Session {
     /// new process's first decided call costs one round trip. A one-way frame (`made`
     /// at that time) on the thread's connection goes into its ring when it can.
     fn deliver(&mut self, (pid, tid): (i32, i32), frame: &[u8], made: Option<u64>) -> Result<(), i32> {
-        if self.one_shot {
-            self.fd = connect(pid, tid, false, Some(frame))?.fd;
+        if self.in_child {
+            self.fd = send_from_child(pid, tid, frame)?;
             return Ok(());
         }
         self.fd = match (own_conn(tid), made) {
@@ -456,10 +468,10 @@ impl Session {
     /// call's guard, still held).
     #[inline]
     pub fn done(self, ret: i64) {
-        let Session { fd, seq, one_shot, start, guard } = self;
+        let Session { fd, seq, in_child, start, guard } = self;
         // A cached or unwatched call's session: just the guard to drop.
         if fd >= 0 {
-            Pending { fd, seq, one_shot, start }.finish(ret);
+            Pending { fd, seq, in_child, start }.finish(ret);
         }
         drop(guard);
     }
@@ -468,19 +480,18 @@ impl Session {
     /// real function runs unguarded (library hooks: what it calls is mediated on its
     /// own).
     pub fn detach(self) -> Pending {
-        let Session { fd, seq, one_shot, start, guard: _ } = self;
-        Pending { fd, seq, one_shot, start }
+        let Session { fd, seq, in_child, start, guard: _ } = self;
+        Pending { fd, seq, in_child, start }
     }
 
-    /// The call will not run (denied, emulated): nothing to report.
-    pub fn release(self) {
-        self.detach().release();
-    }
+    /// The call will not run (denied, emulated): nothing to report, the guard to drop.
+    pub fn release(self) {}
 
     /// The exchange failed: the connection is in an unknown state (a late reply may
     /// still arrive on it), so it is closed, never reused.
     fn abandon(&mut self) {
-        if self.one_shot && self.fd >= 0 {
+        if self.in_child && self.fd >= 0 {
+            forget_child_conn(self.fd);
             sys::close(self.fd);
         } else if self.fd >= 0 {
             drop_thread_conn();
@@ -496,7 +507,7 @@ impl Session {
 pub struct Pending {
     fd: i32,
     seq: u32,
-    one_shot: bool,
+    in_child: bool,
     start: u64,
 }
 
@@ -519,7 +530,6 @@ impl Pending {
         if self.reports() {
             self.report(ret);
         }
-        self.release();
     }
 
     /// Send the `Done` (the caller holds the guard).
@@ -532,15 +542,9 @@ impl Pending {
         // A few varints: a small buffer, not with_frame's 2 KiB one to clear.
         let mut buf = [0u8; 64];
         if let Ok(frame) = wire::encode(&msg, &mut buf) {
-            let _ = post_frame(self.fd, self.one_shot, frame, end);
+            let _ = post_frame(self.fd, self.in_child, frame, end);
         }
         sys::set_errno(errno);
-    }
-
-    fn release(self) {
-        if self.one_shot && self.fd >= 0 {
-            sys::close(self.fd);
-        }
     }
 }
 
@@ -559,13 +563,55 @@ fn clone_args<'a, L: Serialize>(args: &'a Args<'a, L>) -> Args<'a, &'a L> {
     }
 }
 
-/// The sequence number of a frame that waits for an answer: a one-shot connection
-/// carries one call, a thread's connection counts them.
-fn call_seq(one_shot: bool) -> u32 {
-    if one_shot {
-        1
-    } else {
+/// The sequence number of a frame that waits for an answer: a thread's connection
+/// counts its calls; other connections (children's, the exit's one-shot) share a count.
+fn call_seq(thread_conn: bool) -> u32 {
+    if thread_conn {
         next_seq()
+    } else {
+        SPAWN_SEQ.fetch_add(1, Relaxed)
+    }
+}
+
+/// Send `frame` on the connection of the vfork or posix_spawn child `pid`: the one its
+/// first call made, or a new one (its Hello first, its Welcome awaited: the broker has
+/// read what /proc says of the child before the child can exec). Returns it.
+fn send_from_child(pid: i32, tid: i32, frame: &[u8]) -> Result<i32, i32> {
+    if let Some(fd) = child_conn(pid) {
+        if sys::write_all(fd, frame).is_ok() {
+            return Ok(fd);
+        }
+        // The broker closed it: the call goes on a new one.
+        forget_child_conn(fd);
+        sys::close(fd);
+    }
+    let fd = connect(pid, tid, false, Some(frame))?.fd;
+    // A socket's fstat does not fail; if it did, inode 0 would match no descriptor and
+    // each call would make a connection, all closed when the child execs or exits.
+    let inode = sys::socket_inode(fd).unwrap_or(0);
+    // Cleared first: a reader that sees the new pid and descriptor sees the new inode.
+    SPAWN_CONN.store(0, Relaxed);
+    SPAWN_INODE.store(inode, Release);
+    SPAWN_CONN.store((u64::from(pid as u32) << 32) | u64::from(fd as u32), Release);
+    Ok(fd)
+}
+
+/// The connection the child `pid` made, if that descriptor is still it.
+fn child_conn(pid: i32) -> Option<i32> {
+    let kept = SPAWN_CONN.load(Acquire);
+    let fd = kept as u32 as i32;
+    if kept == 0 || (kept >> 32) as u32 as i32 != pid {
+        return None;
+    }
+    let inode = SPAWN_INODE.load(Acquire);
+    (inode != 0 && sys::socket_inode(fd) == Some(inode)).then_some(fd)
+}
+
+/// `fd` is closing: no later call may use it.
+fn forget_child_conn(fd: i32) {
+    let kept = SPAWN_CONN.load(Relaxed);
+    if kept != 0 && kept as u32 as i32 == fd {
+        let _ = SPAWN_CONN.compare_exchange(kept, 0, Relaxed, Relaxed);
     }
 }
 
@@ -720,7 +766,7 @@ extern "C" fn flush_at_exit() {
             send(fd, &exit)
         }
         None => {
-            let seq = call_seq(one_shot);
+            let seq = call_seq(!one_shot);
             let flush: ClientMsg<'_, ()> = ClientMsg::Flush { seq, rings: rings_passed(false) };
             send(fd, &flush).and_then(|()| {
                 let mut buf = [0u8; 64];
@@ -859,8 +905,8 @@ fn send<T: Serialize>(fd: i32, msg: &T) -> Result<(), i32> {
 /// Send a one-way frame, made at `mono_ns`: into this thread's ring when `fd` is the
 /// thread's own connection and the ring takes it, else on the socket (the ring and
 /// the broker keep the two in order: see [`hermes_wire::ring`]).
-fn post_frame(fd: i32, one_shot: bool, frame: &[u8], mono_ns: u64) -> Result<(), i32> {
-    let own = !one_shot && CONN.with(Cell::get).0 == fd;
+fn post_frame(fd: i32, in_child: bool, frame: &[u8], mono_ns: u64) -> Result<(), i32> {
+    let own = !in_child && CONN.with(Cell::get).0 == fd;
     match own.then(|| ring::push(frame, mono_ns)).flatten() {
         Some(Pushed::Stored) => Ok(()),
         Some(Pushed::HalfFull) => {

@@ -4,7 +4,7 @@
 //! frames instead of sending them. Mapped when the thread connects; unmapped with the
 //! connection (dropped, or the thread exits) and in a fork child, whose copy of the
 //! mapping is its parent's ring. A vfork or posix_spawn child shares its parent's
-//! memory and never touches it (it uses a one-shot connection of its own).
+//! memory and never touches it (it makes a connection of its own).
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

@@ -5,10 +5,12 @@
  *   ring_events threads T N PATH          T threads released at once, N open+close each
  *   ring_events exit _exit|kill N PATH    N open+close, then _exit(3) or SIGKILL itself
  *   ring_events fork N PATH               N open+close; fork; child and parent each N more
- *   ring_events vfork N PATH              N open+close; a vfork child opens PATH and
- *                                         _exits; N more in the parent
- *   ring_events spawn N PATH              N open+close; posix_spawn /bin/true with an
- *                                         addopen of PATH (opened by the child before
+ *   ring_events vfork N PATH              N open+close; a vfork child opens PATH three
+ *                                         times and _exits with how many more
+ *                                         descriptors at or above 700 (the broker's) it
+ *                                         has than it began with; N more in the parent
+ *   ring_events spawn N PATH              N open+close; posix_spawn /bin/true with three
+ *                                         addopens of PATH (opened by the child before
  *                                         its exec); N more in the parent
  *   ring_events connect PORT ROUNDS       the main thread opens /dev/null (so has its own
  *                                         connection); then ROUNDS times: a new thread
@@ -53,6 +55,13 @@
 #include "steps.h"
 
 extern char **environ;
+
+/* Open descriptors from 700 (where the preload puts the broker's) to 799. */
+static int high_fds(void) {
+    int n = 0;
+    for (int fd = 700; fd < 800; fd++) n += fcntl(fd, F_GETFD) >= 0;
+    return n;
+}
 
 static uint64_t mono(void) {
     struct timespec ts;
@@ -300,8 +309,10 @@ int main(int argc, char **argv) {
         int ok = open_loop(argv[3], n);
         pid_t child = vfork();
         if (child == 0) {
-            int fd = open(argv[3], O_RDONLY);
-            _exit(fd >= 0 ? 0 : 1);
+            int before = high_fds();
+            for (int i = 0; i < 3; i++)
+                if (open(argv[3], O_RDONLY) < 0) _exit(100);
+            _exit(high_fds() - before);
         }
         int status = 0;
         waitpid(child, &status, 0);
@@ -312,7 +323,7 @@ int main(int argc, char **argv) {
         int ok = open_loop(argv[3], n);
         posix_spawn_file_actions_t fa;
         posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_addopen(&fa, 3, argv[3], O_RDONLY, 0);
+        for (int fd = 3; fd < 6; fd++) posix_spawn_file_actions_addopen(&fa, fd, argv[3], O_RDONLY, 0);
         pid_t child = 0;
         char *args[] = {"true", NULL};
         int rc = posix_spawn(&child, "/bin/true", &fa, NULL, args, environ);
