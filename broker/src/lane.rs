@@ -50,6 +50,7 @@ use crate::policy::{self, Outcome, Verdict};
 use crate::resolve::{Links, Viewer};
 use crate::server::{ClientFrame, Shared};
 use crate::shm::{self, Mapping};
+use crate::state::alive;
 use crate::trace::{CallResult, Record, Sink};
 
 /// How often every ring is read, whatever its thread does.
@@ -509,13 +510,6 @@ struct Listed {
     /// Per pid, its latest images (stamp, rings passed with their Hellos): an exec'd
     /// image's new Hellos may be read before the old one's last.
     passed: HashMap<i32, Vec<(u32, u32)>>,
-}
-
-/// Whether process `pid` exists (a zombie too).
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists and may be signalled.
-    let exists = unsafe { libc::kill(pid, 0) } == 0;
-    exists || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Images of one pid whose ring counts are kept.

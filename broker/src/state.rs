@@ -102,7 +102,7 @@ impl State {
         let mut inner = self.inner();
         if inner.fds.len() >= MAX_FDS {
             let live: Vec<i32> = inner.procs.iter().filter(|(_, p)| p.alive).map(|(pid, _)| *pid).collect();
-            inner.fds.retain(|(p, _), _| live.contains(p) && std::path::Path::new(&format!("/proc/{p}")).exists());
+            inner.fds.retain(|(p, _), _| live.contains(p) && alive(*p));
             if inner.fds.len() >= MAX_FDS {
                 inner.fds.clear();
             }
@@ -195,6 +195,13 @@ impl State {
         p.children = children;
         Some(p)
     }
+}
+
+/// Whether process `pid` exists (a zombie too).
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    exists || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// A running process as /proc describes it; its argv only `with_argv`. Read with bare
