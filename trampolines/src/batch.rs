@@ -157,6 +157,26 @@ pub(crate) unsafe fn unlock(alone: (u64, u64), batched: (u64, u64), restore: u32
     Ok(Unlocked::ByBatch)
 }
 
+/// Make the new trampoline chunk `start..end`, just filled, executable. Inside a batch it
+/// stays writable too, until the batch ends: the batch's next trampolines go into it with no
+/// `mprotect` each (two for the whole batch, not three). Outside a batch, or where writable
+/// code is refused (W^X), it is read-execute at once.
+///
+/// # Safety
+/// `start..end` is a chunk of the pool's, read-write, holding only code nothing runs yet.
+pub(crate) unsafe fn seal_new(start: u64, end: u64) -> Result<(), i32> {
+    let mut guard = open();
+    if let Some(batch) = guard.as_mut() {
+        // SAFETY: the caller's contract; execute permission is added, write kept.
+        if unsafe { sys::mprotect(start, end - start, PROT_READ | PROT_WRITE | PROT_EXEC) }.is_ok() {
+            batch.unlocked.push((start, end, PROT_READ | PROT_EXEC));
+            return Ok(());
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { sys::mprotect(start, end - start, PROT_READ | PROT_EXEC) }
+}
+
 /// Inside a batch: block every signal until it ends (true); outside, do nothing (false).
 pub(crate) fn block_signals() -> bool {
     let mut guard = open();

@@ -2,7 +2,8 @@
 //! carved out of pages mapped inside a ±2 GiB window; several share a page. Pages are mapped
 //! read-write, filled, then turned read-execute; adding code to a page that already holds
 //! trampolines flips it to read-write-execute for the copy (other threads may be running the
-//! code already there, so execute permission never goes away).
+//! code already there, so execute permission never goes away). Inside a batch a new chunk is
+//! turned read-write-execute instead, and read-execute when the batch ends.
 //!
 //! Nothing is ever freed: after a hook is removed another thread may still be inside its
 //! trampoline, or about to call it through a pointer it loaded earlier.
@@ -88,8 +89,7 @@ impl Pool {
         // SAFETY: `base` is a fresh read-write mapping of CHUNK_SIZE > MAX_CODE bytes.
         unsafe { sys::write_bytes(base, &code) };
         // SAFETY: the new chunk holds only the code just written; nothing runs it yet.
-        unsafe { sys::mprotect(base, CHUNK_SIZE, PROT_READ | PROT_EXEC) }
-            .map_err(|errno| HookError::Protect { addr, errno })?;
+        unsafe { batch::seal_new(base, base + CHUNK_SIZE) }.map_err(|errno| HookError::Protect { addr, errno })?;
         self.chunks.push(Chunk { base, used: code.len() as u64 });
         Ok(base)
     }

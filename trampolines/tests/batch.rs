@@ -53,15 +53,18 @@ fn hooks_announced_to_the_batch_work_and_the_code_is_locked_again() {
     for &at in &targets {
         assert_eq!(perms_at(at), "r-xp", "code at {at:#x} is locked again after the batch");
     }
-    // SAFETY: calling libc's abs and labs through their symbols (now hooked).
-    let (a, l) = unsafe { (libc::abs(black_box(-7)), libc::labs(black_box(-9))) };
+    // Called through pointers: the compiler knows abs and labs, and would otherwise compute
+    // them inline in an optimized build, never calling libc.
+    // SAFETY: abs and labs, looked up above, with their own signatures.
+    let (abs_fn, labs_fn): (extern "C" fn(c_int) -> c_int, extern "C" fn(libc::c_long) -> libc::c_long) =
+        unsafe { (std::mem::transmute(black_box(abs)), std::mem::transmute(black_box(labs))) };
+    let (a, l) = (abs_fn(black_box(-7)), labs_fn(black_box(-9)));
     assert_eq!((a, l), (7, 9));
     assert!(ABS_CALLS.load(Ordering::SeqCst) >= 1 && LABS_CALLS.load(Ordering::SeqCst) >= 1, "both detours ran");
     for hook in hooks {
         // SAFETY: nothing runs the hooked functions meanwhile (this test is alone in its binary).
         unsafe { hook.remove() }.expect("unhooked");
     }
-    // SAFETY: as above, unhooked.
-    assert_eq!(unsafe { libc::abs(black_box(-3)) }, 3);
+    assert_eq!(abs_fn(black_box(-3)), 3);
     assert_eq!(ABS_CALLS.load(Ordering::SeqCst), 1);
 }
