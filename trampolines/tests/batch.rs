@@ -56,8 +56,14 @@ fn hooks_announced_to_the_batch_work_and_the_code_is_locked_again() {
     // Called through pointers: the compiler knows abs and labs, and would otherwise compute
     // them inline in an optimized build, never calling libc.
     // SAFETY: abs and labs, looked up above, with their own signatures.
-    let (abs_fn, labs_fn): (extern "C" fn(c_int) -> c_int, extern "C" fn(libc::c_long) -> libc::c_long) =
-        unsafe { (std::mem::transmute(black_box(abs)), std::mem::transmute(black_box(labs))) };
+    type Abs = extern "C" fn(c_int) -> c_int;
+    type Labs = extern "C" fn(libc::c_long) -> libc::c_long;
+    let (abs_fn, labs_fn) = unsafe {
+        (
+            std::mem::transmute::<*mut libc::c_void, Abs>(black_box(abs)),
+            std::mem::transmute::<*mut libc::c_void, Labs>(black_box(labs)),
+        )
+    };
     let (a, l) = (abs_fn(black_box(-7)), labs_fn(black_box(-9)));
     assert_eq!((a, l), (7, 9));
     assert!(ABS_CALLS.load(Ordering::SeqCst) >= 1 && LABS_CALLS.load(Ordering::SeqCst) >= 1, "both detours ran");
