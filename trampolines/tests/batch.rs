@@ -53,11 +53,16 @@ fn hooks_announced_to_the_batch_work_and_the_code_is_locked_again() {
     for &at in &targets {
         assert_eq!(perms_at(at), "r-xp", "code at {at:#x} is locked again after the batch");
     }
+    for hook in &hooks {
+        // The trampolines' chunk, writable while the batch added to it, is read-execute again.
+        let at = hook.original() as u64;
+        assert_eq!(perms_at(at), "r-xp", "trampoline at {at:#x} is locked again after the batch");
+    }
     // Called through pointers: the compiler knows abs and labs, and would otherwise compute
     // them inline in an optimized build, never calling libc.
-    // SAFETY: abs and labs, looked up above, with their own signatures.
     type Abs = extern "C" fn(c_int) -> c_int;
     type Labs = extern "C" fn(libc::c_long) -> libc::c_long;
+    // SAFETY: abs and labs, looked up above, with their own signatures.
     let (abs_fn, labs_fn) = unsafe {
         (
             std::mem::transmute::<*mut libc::c_void, Abs>(black_box(abs)),
