@@ -7,10 +7,9 @@
 //! needed between the steps of a patch either. Told where the hooks will be ([`batch_at`]), a
 //! batch unlocks only the stretch of each mapping they span: changing the protection of a
 //! whole library's code walks every page of it the process has touched, twice. A hook on
-//! code of a loaded ELF object finds its
-//! mapping from the dynamic loader's program headers, and a trampoline chunk is first tried
-//! where the kernel puts a mapping by itself: a batch whose hooks all fit reads
-//! `/proc/self/maps` not at all.
+//! code of a loaded ELF object finds its mapping from the dynamic loader's program headers,
+//! and a trampoline chunk is first tried where the kernel puts a mapping by itself: a batch
+//! whose hooks all fit reads `/proc/self/maps` not at all.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,6 +29,11 @@ struct Batch {
 }
 
 impl Batch {
+    /// A batch that has done nothing yet, its hooks announced at `near`.
+    fn new(near: &[u64]) -> Self {
+        Batch { mappings: None, unlocked: Vec::new(), signals: None, near: near.to_vec() }
+    }
+
     /// The stretch of `mapping` to unlock for a write into `page`: the pages the
     /// announced hooks in that mapping span (a patch may end in the next page), or
     /// the whole mapping when `page` is not among them.
@@ -62,7 +66,7 @@ pub fn batch<R>(f: impl FnOnce() -> R) -> R {
 /// [`batch`], told the addresses of the functions `f` will hook: code is then unlocked
 /// only around them (addresses `f` does not hook cost nothing but a wider stretch).
 pub fn batch_at<R>(near: &[u64], f: impl FnOnce() -> R) -> R {
-    *open() = Some(Batch { mappings: None, unlocked: Vec::new(), signals: None, near: near.to_vec() });
+    *open() = Some(Batch::new(near));
     sys::ALONE.store(sys::single_threaded(), Ordering::Relaxed);
     let result = f();
     sys::ALONE.store(false, Ordering::Relaxed);
@@ -191,24 +195,20 @@ pub(crate) fn block_signals() -> bool {
 mod tests {
     use super::*;
 
-    fn with_hooks_at(near: &[u64]) -> Batch {
-        Batch { mappings: None, unlocked: Vec::new(), signals: None, near: near.to_vec() }
-    }
-
     #[test]
     fn unlocks_the_stretch_the_announced_hooks_span() {
         let mapping = (0x10_0000, 0x20_0000);
         let page = |at: u64| (at & !0xfff, (at & !0xfff) + 0x1000);
-        let batch = with_hooks_at(&[0x12_3456, 0x15_0ffe, 0x30_0000]);
+        let batch = Batch::new(&[0x12_3456, 0x15_0ffe, 0x30_0000]);
         // From the first hook's page to the page after the last one's (a patch may cross
         // into it); a hook in another mapping does not widen it.
         assert_eq!(batch.span(page(0x12_3456), mapping), (0x12_3000, 0x15_2000));
         assert_eq!(batch.span(page(0x15_1000), mapping), (0x12_3000, 0x15_2000));
         // A write the batch was not told of: the whole mapping, as without hints.
         assert_eq!(batch.span(page(0x18_0000), mapping), mapping);
-        assert_eq!(with_hooks_at(&[]).span(page(0x12_3456), mapping), mapping);
+        assert_eq!(Batch::new(&[]).span(page(0x12_3456), mapping), mapping);
         // Never past the mapping's end.
-        let near_end = with_hooks_at(&[0x1f_f800]);
+        let near_end = Batch::new(&[0x1f_f800]);
         assert_eq!(near_end.span(page(0x1f_f800), mapping), (0x1f_f000, 0x20_0000));
     }
 }
