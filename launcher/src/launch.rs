@@ -329,7 +329,7 @@ fn find_program(prog: &OsStr) -> Result<PathBuf, Refusal> {
 fn is_static_elf(path: &Path) -> bool {
     use std::os::unix::fs::FileExt;
     let Ok(file) = std::fs::File::open(path) else { return false };
-    hermes_wire::elf::is_static(|at, buf| file.read_exact_at(buf, at).is_ok())
+    hermes_wire::elf::is_static(|at, buf| file.read_at(buf, at).unwrap_or(0))
 }
 
 fn find_preload(given: Option<&Path>) -> Result<PathBuf, Refusal> {

@@ -2,6 +2,7 @@
 //! and the HERMES environment re-injected into exec'd children.
 
 use core::ffi::{c_char, c_void, CStr};
+use core::mem::MaybeUninit;
 use std::ffi::CString;
 use std::sync::OnceLock;
 
@@ -179,13 +180,47 @@ const MAX_STACK_ENV: usize = 256;
 /// even when the program cleared its environment. No allocation: safe in a vfork
 /// child.
 pub fn with_hermes_env<R>(envp: *const *const c_char, f: impl FnOnce(*const *const c_char) -> R) -> R {
-    let count = count_list(envp);
-    let mut stack = [core::ptr::null::<c_char>(); MAX_STACK_ENV];
-    let mut mapped;
     let Some(cfg) = try_get() else { return f(envp) };
+    let count = count_list(envp);
+    let own = (0..count).find_map(|i| env_entry(envp, i).strip_prefix(b"LD_PRELOAD="));
+    match own {
+        Some(value) if !contains_lib(value, &cfg.lib) => with_merged_preload(cfg, envp, count, value, f),
+        _ => with_env(cfg, envp, count, None, f),
+    }
+}
+
+/// The program's own `LD_PRELOAD` with ours in front. Its buffer is kept out of
+/// [`with_hermes_env`]'s frame: most execs merge nothing, and 4 KiB more stack under
+/// every exec is one more page for a fork child about to exec to copy.
+#[cold]
+#[inline(never)]
+fn with_merged_preload<R>(
+    cfg: &Config,
+    envp: *const *const c_char,
+    count: usize,
+    value: &[u8],
+    f: impl FnOnce(*const *const c_char) -> R,
+) -> R {
+    let mut buf = [0u8; 4096];
+    let merged = merge_preload(&mut buf, &cfg.lib, value);
+    with_env(cfg, envp, count, merged, f)
+}
+
+/// `envp` without the HERMES variables, then ours; its `LD_PRELOAD` replaced by
+/// `preload` when given, ours added when it has none. The slots are not zeroed: only
+/// those filled are read.
+fn with_env<R>(
+    cfg: &Config,
+    envp: *const *const c_char,
+    count: usize,
+    preload: Option<*const c_char>,
+    f: impl FnOnce(*const *const c_char) -> R,
+) -> R {
+    let mut stack = [MaybeUninit::<*const c_char>::uninit(); MAX_STACK_ENV];
+    let mut mapped;
     let inject = || cfg.inject.iter().chain(RECIPES.get());
     let room = count + inject().count() + 2;
-    let slots: &mut [*const c_char] = if room <= MAX_STACK_ENV {
+    let slots: &mut [MaybeUninit<*const c_char>] = if room <= MAX_STACK_ENV {
         &mut stack
     } else {
         let bytes = room * core::mem::size_of::<*const c_char>();
@@ -193,47 +228,50 @@ pub fn with_hermes_env<R>(envp: *const *const c_char, f: impl FnOnce(*const *con
             Some(m) => {
                 mapped = m;
                 let raw = mapped.bytes();
-                // SAFETY: the mapping is page-aligned and `bytes` long; pointers are
-                // plain data, and zeroed memory is a valid (null) pointer.
+                // SAFETY: the mapping is page-aligned and `bytes` long; MaybeUninit
+                // slots need no initialisation.
                 unsafe { core::slice::from_raw_parts_mut(raw.as_mut_ptr().cast(), room) }
             }
             None => return f(envp),
         }
     };
-    let mut merged = [0u8; 4096];
     let mut n = 0;
+    let mut push = |p: *const c_char| {
+        slots[n].write(p);
+        n += 1;
+    };
     let mut saw_preload = false;
     for i in 0..count {
-        // SAFETY: i < count, the number of non-null entries of the NULL-terminated list.
-        let entry = unsafe { *envp.add(i) };
-        // SAFETY: exec environments are NUL-terminated strings.
-        let bytes = unsafe { CStr::from_ptr(entry) }.to_bytes();
+        let bytes = env_entry(envp, i);
         if inject().any(|kv| same_name(kv.to_bytes(), bytes)) {
             continue;
         }
-        if let Some(value) = bytes.strip_prefix(b"LD_PRELOAD=") {
+        if bytes.starts_with(b"LD_PRELOAD=") {
             saw_preload = true;
-            if !contains_lib(value, &cfg.lib) {
-                if let Some(p) = merge_preload(&mut merged, &cfg.lib, value) {
-                    slots[n] = p;
-                    n += 1;
-                    continue;
-                }
+            if let Some(merged) = preload {
+                push(merged);
+                continue;
             }
         }
-        slots[n] = entry;
-        n += 1;
+        // SAFETY: i < count, the number of non-null entries of the NULL-terminated list.
+        push(unsafe { *envp.add(i) });
     }
     if !saw_preload {
-        slots[n] = cfg.ld_preload.as_ptr();
-        n += 1;
+        push(cfg.ld_preload.as_ptr());
     }
     for kv in inject() {
-        slots[n] = kv.as_ptr();
-        n += 1;
+        push(kv.as_ptr());
     }
-    slots[n] = core::ptr::null();
-    f(slots.as_ptr())
+    push(core::ptr::null());
+    // The first `n` slots, the NULL among them, were written above.
+    f(slots.as_ptr().cast())
+}
+
+/// Entry `i` of the environment list `envp`, which has more than `i`.
+fn env_entry<'a>(envp: *const *const c_char, i: usize) -> &'a [u8] {
+    // SAFETY: callers pass i < count_list(envp), so the entry is a live NUL-terminated
+    // string (exec environments are), which outlives the exec call that uses it.
+    unsafe { CStr::from_ptr(*envp.add(i)) }.to_bytes()
 }
 
 /// Number of entries before the NULL of a C string list (0 for a null list).

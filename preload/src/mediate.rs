@@ -20,17 +20,24 @@ use crate::{board, busy, config, fds, ring, sys};
 static CACHE: Cache<1024> = Cache::new();
 /// Set once every hook is resolved and the configuration is read.
 pub static READY: AtomicBool = AtomicBool::new(false);
-/// The pid whose memory this is: set by the constructor and in fork children. A
-/// caller with another pid shares our memory without having forked through libc: a
-/// vfork or posix_spawn child. It must not touch the thread's connection.
-pub static PROCESS_PID: AtomicI32 = AtomicI32::new(0);
-/// This process image's stamp ([`Hello::image`]): drawn by the constructor and in
-/// fork children.
-static IMAGE: AtomicU32 = AtomicU32::new(0);
-/// How many rings of this image's making went to the broker with a Hello
-/// ([`Call::rings`]). Counted before the thread that made one writes into it, so a
-/// thread that learned of what another published there counts that ring too.
-static RINGS_PASSED: AtomicU32 = AtomicU32::new(0);
+/// This process image, its three words side by side: a fork child rewrites them, and
+/// so copies one page of ours rather than one per word.
+static IMAGE: Image = Image { pid: AtomicI32::new(0), stamp: AtomicU32::new(0), rings_passed: AtomicU32::new(0) };
+
+#[repr(C, align(16))] // never across a page boundary
+struct Image {
+    /// The pid whose memory this is: set by the constructor and in fork children. A
+    /// caller with another pid shares our memory without having forked through libc:
+    /// a vfork or posix_spawn child. It must not touch the thread's connection.
+    pid: AtomicI32,
+    /// This image's stamp ([`Hello::image`]), drawn by its first connection
+    /// ([`image_stamp`]); 0 until then.
+    stamp: AtomicU32,
+    /// How many rings of this image's making went to the broker with a Hello
+    /// ([`Call::rings`]). Counted before the thread that made one writes into it, so a
+    /// thread that learned of what another published there counts that ring too.
+    rings_passed: AtomicU32,
+}
 static WARNED: AtomicBool = AtomicBool::new(false);
 /// A vfork or posix_spawn child's connection, made by its first mediated call and kept
 /// for the rest (a connection per call would be a Hello per call, each answered only
@@ -61,17 +68,33 @@ thread_local! {
     static QUICK: Cell<bool> = const { Cell::new(true) };
 }
 
-/// A process image begins: the constructor's, or a fork child's. Its pid, and a
-/// stamp no other image of that pid has had (the clock differs, whatever the pid).
+/// A process image begins: the constructor's, or a fork child's. Its pid; its stamp
+/// is drawn when it first connects (a fork child that only execs, unwatched, never
+/// reads the clock).
 pub fn begin_image() {
-    let pid = sys::getpid();
-    PROCESS_PID.store(pid, Relaxed);
+    IMAGE.pid.store(sys::getpid(), Relaxed);
+    IMAGE.stamp.store(0, Relaxed);
+    IMAGE.rings_passed.store(0, Relaxed);
+}
+
+/// This image's stamp: a number no other image of its pid has had (the clock differs,
+/// whatever the pid), never 0 (the tracer's). The first caller draws it; a vfork
+/// child draws its parent's, whose memory it shares and whose stamp it sends anyway.
+fn image_stamp() -> u32 {
+    let kept = IMAGE.stamp.load(Relaxed);
+    if kept != 0 {
+        return kept;
+    }
+    let pid = IMAGE.pid.load(Relaxed);
     let mut x = sys::monotonic_ns() ^ (u64::from(pid as u32) << 32);
     // splitmix64's finaliser: every bit of the clock and the pid stirs the low 32.
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    IMAGE.store((x ^ (x >> 31)) as u32, Relaxed);
-    RINGS_PASSED.store(0, Relaxed);
+    let drawn = ((x ^ (x >> 31)) as u32).max(1);
+    match IMAGE.stamp.compare_exchange(0, drawn, Relaxed, Relaxed) {
+        Ok(_) => drawn,
+        Err(other) => other,
+    }
 }
 
 /// The rings a call must have the broker wait for ([`Call::rings`]): none for a call
@@ -81,7 +104,7 @@ fn rings_passed(in_child: bool) -> u32 {
     if in_child {
         0
     } else {
-        RINGS_PASSED.load(Relaxed)
+        IMAGE.rings_passed.load(Relaxed)
     }
 }
 
@@ -93,7 +116,7 @@ fn pid_of(tid: i32) -> i32 {
     }
     let pid = sys::getpid();
     // Only this process's own thread fills the cache, never a child sharing it.
-    if pid == PROCESS_PID.load(Relaxed) {
+    if pid == IMAGE.pid.load(Relaxed) {
         SELF.with(|s| s.set((tid, pid)));
     }
     pid
@@ -258,7 +281,7 @@ impl Token {
         let Some(guard) = Guard::take() else { return (Verdict::Allow, Session::unguarded()) };
         let errno = sys::errno();
         let pid = pid_of(guard.tid);
-        let shared_memory = pid != PROCESS_PID.load(Relaxed);
+        let shared_memory = pid != IMAGE.pid.load(Relaxed);
         let mut session = Session { fd: -1, seq: 0, in_child: shared_memory, start: 0, guard: Some(guard) };
         let payload = payload.map(|p| &p[..p.len().min(board::word(board::PAYLOAD) as usize)]);
         let verdict = match session.exchange((func, pid), &args, payload.filter(|p| !p.is_empty()), reply, observe) {
@@ -709,7 +732,7 @@ fn drop_thread_conn() {
 /// Whether the caller shares this memory without having forked through libc: a vfork
 /// or posix_spawn child (or a raw clone).
 pub fn in_shared_memory_child() -> bool {
-    sys::getpid() != PROCESS_PID.load(Relaxed)
+    sys::getpid() != IMAGE.pid.load(Relaxed)
 }
 
 /// In a fork child: the inherited connections are the parent's; close our copies, and
@@ -816,14 +839,14 @@ fn connect(pid: i32, tid: i32, want_ring: bool, first: Option<&[u8]>) -> Result<
         tid,
         client: "preload",
         ring: want_ring,
-        image: IMAGE.load(Relaxed),
+        image: image_stamp(),
     });
     let (given, own) = if want_ring && board::is_mapped() { ring::create().unwrap_or((-1, 0)) } else { (-1, 0) };
     let sent = with_frame(&hello, |frame| sys::write_all_passing(fd, frame, given))
         .inspect(|()| {
             if given >= 0 {
                 // Before the ring is installed, so before the thread writes into it.
-                RINGS_PASSED.fetch_add(1, Relaxed);
+                IMAGE.rings_passed.fetch_add(1, Relaxed);
             }
         })
         .and_then(|()| first.map_or(Ok(()), |frame| sys::write_all(fd, frame)));

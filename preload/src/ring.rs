@@ -87,7 +87,11 @@ pub fn install(at: usize) {
 /// that the process had any.
 pub fn forget_after_fork() {
     install(0);
-    HAD_RING.store(false, Relaxed);
+    // Written only when set: a fork child of a process that never had one copies
+    // nothing of this page.
+    if HAD_RING.load(Relaxed) {
+        HAD_RING.store(false, Relaxed);
+    }
 }
 
 pub fn had_ring() -> bool {

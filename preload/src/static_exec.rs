@@ -61,5 +61,5 @@ fn is_static_elf(path: *const c_char) -> bool {
 }
 
 fn static_elf_fd(fd: i32) -> bool {
-    hermes_wire::elf::is_static(|at, buf| sys::pread(fd, buf, at) == buf.len() as isize)
+    hermes_wire::elf::is_static(|at, buf| usize::try_from(sys::pread(fd, buf, at)).unwrap_or(0))
 }

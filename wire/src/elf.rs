@@ -7,16 +7,23 @@ const PT_INTERP: u32 = 3;
 /// More program headers than any real file has: a bound against hostile input.
 const MAX_PHNUM: u64 = 512;
 
-/// `read_at(offset, buf)` fills `buf` from the file at `offset`, returning false on a
-/// short read or error. Files that are not 64-bit ELF (scripts, say) are not static.
-pub fn is_static(mut read_at: impl FnMut(u64, &mut [u8]) -> bool) -> bool {
-    let mut ehdr = [0u8; 64];
-    if !read_at(0, &mut ehdr) || &ehdr[..4] != b"\x7fELF" || ehdr[4] != 2 {
+/// The bytes read at once from a file's start: its ELF header and, in every file seen
+/// in practice, its program headers (one read rather than one per header).
+const HEAD: usize = 1024;
+
+/// `read_at(offset, buf)` reads into `buf` from the file at `offset`, returning how
+/// many bytes it read (0 on error). Files that are not 64-bit ELF (scripts, say) are
+/// not static.
+pub fn is_static(mut read_at: impl FnMut(u64, &mut [u8]) -> usize) -> bool {
+    let mut buf = [0u8; HEAD];
+    let got = read_at(0, &mut buf).min(HEAD);
+    let head = &buf[..got];
+    if head.len() < 64 || &head[..4] != b"\x7fELF" || head[4] != 2 {
         return false;
     }
-    let u16_at = |o: usize| u64::from(u16::from_le_bytes([ehdr[o], ehdr[o + 1]]));
+    let u16_at = |o: usize| u64::from(u16::from_le_bytes([head[o], head[o + 1]]));
     let mut phoff = [0u8; 8];
-    phoff.copy_from_slice(&ehdr[32..40]);
+    phoff.copy_from_slice(&head[32..40]);
     let (phoff, phentsize, phnum) = (u64::from_le_bytes(phoff), u16_at(54), u16_at(56));
     if phentsize < 4 || phnum == 0 || phnum > MAX_PHNUM {
         return false;
@@ -24,8 +31,11 @@ pub fn is_static(mut read_at: impl FnMut(u64, &mut [u8]) -> bool) -> bool {
     for i in 0..phnum {
         let Some(at) = i.checked_mul(phentsize).and_then(|o| o.checked_add(phoff)) else { return false };
         let mut p_type = [0u8; 4];
-        if !read_at(at, &mut p_type) {
-            return false;
+        let in_head = usize::try_from(at).ok().and_then(|a| head.get(a..a.checked_add(4)?));
+        match in_head {
+            Some(bytes) => p_type.copy_from_slice(bytes),
+            None if read_at(at, &mut p_type) == 4 => {}
+            None => return false,
         }
         if u32::from_le_bytes(p_type) == PT_INTERP {
             return false;
@@ -51,30 +61,58 @@ mod tests {
         f
     }
 
-    fn reader(file: &[u8]) -> impl FnMut(u64, &mut [u8]) -> bool + '_ {
+    /// Reads from `file` as pread does (short at its end), counting the reads.
+    fn reader<'a>(file: &'a [u8], reads: &'a mut usize) -> impl FnMut(u64, &mut [u8]) -> usize + 'a {
         |at, buf| {
-            let at = at as usize;
-            match file.get(at..at + buf.len()) {
-                Some(src) => {
-                    buf.copy_from_slice(src);
-                    true
-                }
-                None => false,
-            }
+            *reads += 1;
+            let src = file.get(at as usize..).unwrap_or_default();
+            let n = src.len().min(buf.len());
+            buf[..n].copy_from_slice(&src[..n]);
+            n
         }
+    }
+
+    fn check(file: &[u8]) -> bool {
+        is_static(reader(file, &mut 0))
     }
 
     #[test]
     fn pt_interp_means_dynamic() {
-        assert!(is_static(reader(&elf(64, 3, &[1, 1, 6]))));
-        assert!(!is_static(reader(&elf(64, 3, &[6, 3, 1]))));
-        assert!(!is_static(reader(b"#!/bin/sh\n")));
+        assert!(check(&elf(64, 3, &[1, 1, 6])));
+        assert!(!check(&elf(64, 3, &[6, 3, 1])));
+        assert!(!check(b"#!/bin/sh\n"));
+    }
+
+    #[test]
+    fn headers_in_the_first_read_take_no_other() {
+        let mut reads = 0;
+        assert!(!is_static(reader(&elf(64, 3, &[6, 1, 3]), &mut reads)));
+        assert_eq!(reads, 1);
+    }
+
+    #[test]
+    fn headers_past_the_first_read_are_read_one_by_one() {
+        let mut file = [0u8; 4096];
+        file[..512].copy_from_slice(&elf(3000, 2, &[]));
+        file[3000..3004].copy_from_slice(&1u32.to_le_bytes());
+        file[3056..3060].copy_from_slice(&PT_INTERP.to_le_bytes());
+        let mut reads = 0;
+        assert!(!is_static(reader(&file, &mut reads)));
+        assert_eq!(reads, 3);
+        // Headers that straddle the end of the first read.
+        file[3056..3060].copy_from_slice(&1u32.to_le_bytes());
+        let mut straddle = file;
+        straddle[..64].copy_from_slice(&elf(HEAD as u64 - 2, 2, &[])[..64]);
+        straddle[HEAD - 2..HEAD + 2].copy_from_slice(&PT_INTERP.to_le_bytes());
+        assert!(!check(&straddle));
+        assert!(check(&file));
     }
 
     #[test]
     fn hostile_headers_do_not_overflow_or_panic() {
-        assert!(!is_static(reader(&elf(u64::MAX - 8, 3, &[]))));
-        assert!(!is_static(reader(&elf(64, 60000, &[]))));
-        assert!(!is_static(reader(&elf(400, 3, &[]))));
+        assert!(!check(&elf(u64::MAX - 8, 3, &[])));
+        assert!(!check(&elf(64, 60000, &[])));
+        assert!(!check(&elf(400, 3, &[])));
+        assert!(!check(&elf(64, 3, &[])[..40]));
     }
 }
