@@ -984,15 +984,8 @@ fn event_table(lua: &Lua, ev: &Event) -> mlua::Result<Table> {
         EventArgs::Exec { path, raw_path, argv, envp } => {
             set_bytes(lua, &t, "path", path)?;
             set_bytes(lua, &t, "raw_path", raw_path)?;
-            let list = |items: &[Vec<u8>]| -> mlua::Result<Table> {
-                let list = lua.create_table_with_capacity(items.len(), 0)?;
-                for (i, item) in items.iter().enumerate() {
-                    set_bytes(lua, &list, i + 1, item)?;
-                }
-                Ok(list)
-            };
-            t.raw_set("argv", list(argv)?)?;
-            t.raw_set("envp", list(envp)?)?;
+            t.raw_set("argv", byte_list(lua, argv.iter().map(Vec::as_slice))?)?;
+            lazy_envp(lua, &t, envp)?;
         }
         EventArgs::Api { lib, symbol, raw, args, backtrace } => {
             if !backtrace.is_empty() {
@@ -1013,6 +1006,42 @@ fn event_table(lua: &Lua, ev: &Event) -> mlua::Result<Table> {
         }
     }
     Ok(t)
+}
+
+/// A Lua array of byte strings.
+fn byte_list<'a>(lua: &Lua, items: impl ExactSizeIterator<Item = &'a [u8]>) -> mlua::Result<Table> {
+    let list = lua.create_table_with_capacity(items.len(), 0)?;
+    for (i, item) in items.enumerate() {
+        set_bytes(lua, &list, i + 1, item)?;
+    }
+    Ok(list)
+}
+
+/// `t.envp`, made the first time a handler reads it. An exec carries the whole
+/// environment (40-odd strings), which handlers seldom read, and building its table
+/// was most of an exec's decision; until it is read, `envp` is not among `t`'s raw
+/// fields (`pairs`, `rawget`). Its strings are kept joined, each NUL-terminated (an
+/// environment string has no NUL of its own).
+fn lazy_envp(lua: &Lua, t: &Table, envp: &[Vec<u8>]) -> mlua::Result<()> {
+    let mut joined = Vec::with_capacity(envp.iter().map(|e| e.len() + 1).sum());
+    for e in envp {
+        joined.extend_from_slice(e);
+        joined.push(0);
+    }
+    let index = lua.create_function(move |lua, (t, key): (Table, Value)| {
+        if !matches!(&key, Value::String(k) if *k.as_bytes() == *b"envp") {
+            return Ok(Value::Nil);
+        }
+        // Each string ends with its NUL: the last piece is the empty one after it.
+        let strings: Vec<&[u8]> = joined.split(|&b| b == 0).collect();
+        let list = byte_list(lua, strings[..strings.len() - 1].iter().copied())?;
+        t.raw_set("envp", &list)?;
+        Ok(Value::Table(list))
+    })?;
+    let meta = lua.create_table_with_capacity(0, 1)?;
+    meta.raw_set("__index", index)?;
+    t.set_metatable(Some(meta));
+    Ok(())
 }
 
 /// `t[key] = bytes`, a Lua string. UTF-8 bytes (nearly every path, argument and
@@ -1220,6 +1249,36 @@ mod tests {
         let args = Args::Exec { dirfd: libc::AT_FDCWD, path: b"/bin/\xff", search_path: false, flags: 0, argv, envp };
         let ev = Event::new("execve", 1, 1, Layer::Preload, ProcInfo::default(), &args);
         assert_eq!(p.decide(&ev).verdict, Verdict::Deny(libc::EACCES));
+    }
+
+    #[test]
+    fn an_execs_environment_is_built_when_read_and_kept() {
+        let p = policy(
+            r#"
+            kept = nil
+            function on_exec(ev)
+              if rawget(ev, "envp") ~= nil or ev.nothing ~= nil then return hermes.deny(1) end
+              local first = ev.envp
+              if ev.envp ~= first or rawget(ev, "envp") ~= first then return hermes.deny(2) end
+              if kept ~= nil and #kept.envp ~= 3 then return hermes.deny(4) end
+              kept = kept or ev
+              if #first ~= 3 or first[3] ~= "C=" then return hermes.deny(3) end
+              return hermes.deny(hermes.errno.EACCES)
+            end
+            "#,
+        )
+        .unwrap();
+        let envp: Vec<&[u8]> = vec![b"A=1", b"", b"C="];
+        let args =
+            Args::Exec { dirfd: libc::AT_FDCWD, path: b"/bin/true", search_path: false, flags: 0, argv: vec![], envp };
+        let ev = Event::new("execve", 1, 1, Layer::Preload, ProcInfo::default(), &args);
+        assert_eq!(p.decide(&ev).verdict, Verdict::Deny(libc::EACCES));
+        // A later event's table, the first one's kept by the policy: each has its own.
+        let envp: Vec<&[u8]> = vec![b"X=1"];
+        let args =
+            Args::Exec { dirfd: libc::AT_FDCWD, path: b"/bin/true", search_path: false, flags: 0, argv: vec![], envp };
+        let ev = Event::new("execve", 1, 1, Layer::Preload, ProcInfo::default(), &args);
+        assert_eq!(p.decide(&ev).verdict, Verdict::Deny(3));
     }
 
     #[test]
