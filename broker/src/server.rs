@@ -558,8 +558,13 @@ impl<'s> Connection<'s> {
         let answered = self.answered.take();
         // As long as a client polls for its answer (the board's spin).
         let spin = self.shared.engine.spin();
-        if let (Some(at), true) = (answered, self.quick && self.reader.buffer().is_empty()) {
+        let mut ready = !self.reader.buffer().is_empty();
+        if let (Some(at), true) = (answered, self.quick && !ready) {
             self.quick = poll_readable(self.reader.get_ref(), at + spin);
+            ready = self.quick;
+        }
+        if !ready {
+            wait_readable(self.reader.get_ref());
         }
         let mut header = [0u8; 4];
         self.reader.read_exact(&mut header)?;
@@ -594,6 +599,20 @@ fn poll_readable(stream: &UnixStream, until: Instant) -> bool {
         // Whatever else is ready to run on this CPU (the thread whose call is due, a
         // connection with work) runs first.
         std::thread::yield_now();
+    }
+}
+
+/// Sleep until `stream` has something to read (or has ended). In `poll`, not in the
+/// read: a thread asleep in a Unix socket's read is also woken each time the client
+/// reads one of our frames (the kernel wakes a socket's waiters when its sent data is
+/// consumed), to find nothing and sleep again, and on the client's CPU, which it
+/// preempts. `poll` for input is woken by input only. A failed poll leaves the read to
+/// report the error.
+fn wait_readable(stream: &UnixStream) {
+    let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one live pollfd, for the call's duration; no timeout.
+    while unsafe { libc::poll(&mut pfd, 1, -1) } < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+    {
     }
 }
 
