@@ -610,9 +610,12 @@ fn poll_readable(stream: &UnixStream, until: Instant) -> bool {
 /// report the error.
 fn wait_readable(stream: &UnixStream) {
     let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: one live pollfd, for the call's duration; no timeout.
-    while unsafe { libc::poll(&mut pfd, 1, -1) } < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-    {
+    loop {
+        // SAFETY: one live pollfd, for the call's duration; no timeout.
+        let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
     }
 }
 
