@@ -8,7 +8,7 @@
 
 use core::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering::*};
 
-use crate::Op;
+use crate::{le_word, le_word8, Op};
 
 /// A cacheable decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,20 +38,6 @@ fn fold(a: u64, b: u64) -> u64 {
     (r as u64) ^ ((r >> 64) as u64)
 }
 
-#[inline]
-fn full_word(bytes: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&bytes[..8]);
-    u64::from_le_bytes(w)
-}
-
-#[inline]
-fn word(bytes: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    w[..bytes.len()].copy_from_slice(bytes);
-    u64::from_le_bytes(w)
-}
-
 /// Builds a [`Key`] from an operation's arguments, 16 bytes per step.
 #[derive(Clone, Copy, Debug)]
 pub struct KeyBuilder {
@@ -71,16 +57,16 @@ impl KeyBuilder {
         let mut chunks = b.chunks_exact(16);
         for c in &mut chunks {
             let (lo, hi) = c.split_at(8);
-            h = fold(full_word(lo) ^ P1, full_word(hi) ^ h);
+            h = fold(le_word8(lo) ^ P1, le_word8(hi) ^ h);
         }
         let rest = chunks.remainder();
         // The tail (0..15 bytes) as two words read with overlap instead of byte by
         // byte; its length is already in the key.
         let (lo, hi) = match rest.len() {
             0 => (0, 0),
-            1..=7 => (word(rest), 0),
-            8 => (full_word(rest), 0),
-            n => (full_word(&rest[..8]), full_word(&rest[n - 8..])),
+            1..=7 => (le_word(rest), 0),
+            8 => (le_word8(rest), 0),
+            n => (le_word8(&rest[..8]), le_word8(&rest[n - 8..])),
         };
         h = fold(lo ^ P2, hi ^ h ^ P3);
         self.hash = h;

@@ -254,7 +254,7 @@ impl<'a> Words<'a> {
 
     /// The words (a partial one at the end, which no client sends, is left out).
     pub fn iter(self) -> impl Iterator<Item = u64> + 'a {
-        self.0.chunks_exact(8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        self.0.chunks_exact(8).map(le_word8)
     }
 
     /// Exactly `N` words, or `None`.
@@ -263,6 +263,21 @@ impl<'a> Words<'a> {
         let array = core::array::from_fn(|_| words.next().unwrap_or(0));
         (self.0.len() == N * 8).then_some(array)
     }
+}
+
+/// The little-endian word in the first 8 of `bytes` (a fixed-size copy: one load).
+#[inline]
+pub(crate) fn le_word8(bytes: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(w)
+}
+
+/// The word holding `bytes` (at most 8) little-endian, zero-padded; built byte by byte,
+/// since a copy of a length not known at compile time is a call to memcpy.
+#[inline]
+pub(crate) fn le_word(bytes: &[u8]) -> u64 {
+    bytes.iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b))
 }
 
 /// Registers the ptrace layer reports, in this order.

@@ -42,6 +42,8 @@
 
 use core::sync::atomic::{AtomicU64, Ordering::*};
 
+use crate::{le_word, le_word8};
+
 /// Bytes before the data area: one page, so the data is page-aligned.
 pub const HEADER: usize = 4096;
 /// Bytes of records: about a thousand observed opens with their results (~130 bytes
@@ -130,11 +132,6 @@ const fn padded(len: usize) -> usize {
     (len + 7) & !7
 }
 
-/// The word holding `bytes` (at most 8) little-endian, zero-padded.
-fn le_word(bytes: &[u8]) -> u64 {
-    bytes.iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b))
-}
-
 impl<'a> Ring<'a> {
     /// View `words` as a ring; `None` unless it is exactly [`WORDS`] long.
     pub fn new(words: &'a [AtomicU64]) -> Option<Self> {
@@ -181,10 +178,7 @@ impl<'a> Ring<'a> {
         let words = frame.chunks_exact(8);
         let rest = words.remainder();
         for word in words {
-            self.slot(at).store(
-                u64::from_le_bytes([word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7]]),
-                Relaxed,
-            );
+            self.slot(at).store(le_word8(word), Relaxed);
             at += 8;
         }
         if !rest.is_empty() {
