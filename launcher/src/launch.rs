@@ -50,7 +50,7 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
         && std::env::var_os("HERMES_INLINE").is_none_or(|v| v != "0")
         && std::env::var_os("HERMES_RECIPES").is_none();
     let (mut broker, recipes) =
-        BrokerProc::start(args, &socket, || make_recipes.then(crate::recipes::from_own_libc).flatten())?;
+        BrokerProc::start(args, &socket, || make_recipes.then(crate::recipes::for_system_libc).flatten())?;
 
     // Orphans of the target's tree are re-parented to us, so every process of the run
     // is reaped (and mediated) before the broker is told to stop.

@@ -1,6 +1,7 @@
 //! `hermes`: run an unmodified program under a Lua policy.
 
 mod broker_proc;
+mod exports;
 mod launch;
 mod offline;
 mod recipes;

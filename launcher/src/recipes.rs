@@ -1,46 +1,46 @@
 //! Recipes for the first process of a run. Every process hands its inline hooks' recipes
 //! to the programs it execs, which then hook without decoding; the first process has no
 //! parent to get them from, and decoding costs it over a millisecond (the decoder's tables
-//! are built on first use). The launcher links the same libc as most targets, so it makes
-//! them from its own, on its core, while the broker starts on the other. Recipes carry the
-//! hash of the bytes they were made from: a target with another libc ignores them.
+//! are built on first use). So the launcher makes them, on its core while the broker
+//! starts on the other, from the system's libc: the one beside the dynamic loader that
+//! the x86-64 ABI names, which is what dynamic programs load. It reads the functions'
+//! first bytes from the library's file (it is linked statically and has no libc loaded).
+//! Recipes carry the hash of the bytes they were made from: a target with another libc
+//! ignores them.
 //!
-//! Making them costs the launcher half a millisecond, more than the broker takes to start,
-//! so they are kept in a file per libc ([`CacheFile`]) and made again only when that libc's
-//! bytes no longer match them. A recipe is checked against the live bytes before it is
+//! Decoding costs the launcher half a millisecond, more than the broker takes to start,
+//! so recipes are kept in a file per libc ([`CacheFile`]) and decoded again only when that
+//! libc's bytes no longer match them. A recipe is checked against the bytes before it is
 //! used, here and in every target, so a stale or foreign file costs time, never a wrong
 //! hook.
 
-use std::ffi::{CStr, CString, OsStr};
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use hermes_trampolines::Recipe;
+use hermes_trampolines::{Recipe, SCAN_WINDOW};
 use hermes_wire::INLINE_HOOKED;
 
 /// Where recipes are kept: `$HERMES_CACHE_DIR`, else `$XDG_CACHE_HOME/hermes`, else
 /// `~/.cache/hermes`. `HERMES_CACHE_DIR=` (empty) keeps none.
 pub const ENV_CACHE_DIR: &str = "HERMES_CACHE_DIR";
 
-/// What the preload's `HERMES_RECIPES` would say after hooking this process's libc; `None`
+/// The dynamic loader's path in the x86-64 ABI: dynamic programs name it as their
+/// interpreter, and it loads the libc installed beside it.
+const ABI_LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
+
+/// What the preload's `HERMES_RECIPES` would say after hooking the system libc; `None`
 /// when nothing could be planned.
-pub fn from_own_libc() -> Option<String> {
-    let targets: Vec<*const u8> = INLINE_HOOKED
-        .iter()
-        .filter_map(|name| {
-            let name = CString::new(*name).ok()?;
-            // SAFETY: a NUL-terminated symbol name; dlsym only looks it up.
-            let at = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-            (!at.is_null()).then_some(at as *const u8)
-        })
-        .collect();
-    let cache = targets.first().and_then(|&f| CacheFile::for_library_of(f));
+pub fn for_system_libc() -> Option<String> {
+    let libc = fs::canonicalize(ABI_LOADER).ok()?.with_file_name("libc.so.6");
+    let file = fs::File::open(&libc).ok()?;
+    let functions = crate::exports::functions(&file, &INLINE_HOOKED, SCAN_WINDOW).ok()?;
+    let functions: Vec<(&[u8], u64)> = functions.iter().flatten().map(|f| (f.code.as_slice(), f.addr)).collect();
+    let cache = CacheFile::for_library(&libc, &file.metadata().ok()?);
     let known = cache.as_ref().and_then(CacheFile::read).map(|text| Recipe::parse_list(&text)).unwrap_or_default();
-    // SAFETY: functions of libc, which stays mapped for the life of the process.
-    let (recipes, decoded) = unsafe { hermes_trampolines::recipes_at(&targets, &known) }.ok()?;
+    let (recipes, decoded) = hermes_trampolines::recipes_for(&functions, &known);
     let text: Vec<String> = recipes.iter().map(ToString::to_string).collect();
     let text = (!text.is_empty()).then(|| text.join(","))?;
     if let (true, Some(cache)) = (decoded, &cache) {
@@ -56,19 +56,10 @@ struct CacheFile {
 }
 
 impl CacheFile {
-    /// The file for the library that holds `function`; `None` without a cache directory.
-    fn for_library_of(function: *const u8) -> Option<CacheFile> {
+    /// The file for `library`; `None` without a cache directory.
+    fn for_library(library: &Path, meta: &fs::Metadata) -> Option<CacheFile> {
         let dir = cache_dir()?;
-        // SAFETY: Dl_info is plain data (pointers and addresses): all zeroes is a valid value.
-        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-        // SAFETY: dladdr only reads the loader's tables and fills `info`, a live local.
-        if unsafe { libc::dladdr(function.cast(), &mut info) } == 0 || info.dli_fname.is_null() {
-            return None;
-        }
-        // SAFETY: dli_fname is the loader's NUL-terminated name of a loaded object.
-        let library = unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes();
-        let meta = fs::metadata(OsStr::from_bytes(library)).ok()?;
-        let mut identity = [env!("CARGO_PKG_VERSION").as_bytes(), library].concat();
+        let mut identity = [env!("CARGO_PKG_VERSION").as_bytes(), library.as_os_str().as_bytes()].concat();
         for n in [meta.dev(), meta.ino(), meta.size(), meta.mtime() as u64, meta.mtime_nsec() as u64] {
             identity.extend_from_slice(&n.to_le_bytes());
         }

@@ -33,29 +33,25 @@ pub unsafe fn plan_at(target: *const u8) -> Result<Plan, HookError> {
     relocate::plan(&code, target as u64)
 }
 
-/// The recipes hooks on `targets` would be made from and hand on, made without hooking
+/// The recipes hooks on functions would be made from and hand on, made without hooking
 /// (for a process about to start others that hook the same library, whose first hooks then
-/// need no decoder). A target whose bytes one of `known` was made from takes that recipe
-/// as it is; the others are decoded. Functions that cannot be planned are left out. Also
-/// says whether a recipe was made by decoding (one that `known` lacked).
-///
-/// # Safety
-/// As [`plan_at`], for each target.
-pub unsafe fn recipes_at(targets: &[*const u8], known: &[Recipe]) -> Result<(Vec<Recipe>, bool), HookError> {
-    let mappings = maps::read_self_maps()?;
+/// need no decoder). Each function is given as its first bytes (up to [`SCAN_WINDOW`]) and the
+/// address they are at, or will be at: a recipe does not depend on it, but the plan's checks
+/// do. A function whose bytes one of `known` was made from takes that recipe as it is; the
+/// others are decoded. Functions that cannot be planned are left out. Also says whether a
+/// recipe was made by decoding (one that `known` lacked).
+pub fn recipes_for(functions: &[(&[u8], u64)], known: &[Recipe]) -> (Vec<Recipe>, bool) {
     let mut decoded = false;
-    let recipes = targets
+    let recipes = functions
         .iter()
-        .filter_map(|&target| {
-            // SAFETY: forwarded.
-            let code = unsafe { read_prologue(&mappings, target as u64) }.ok()?;
+        .filter_map(|&(code, addr)| {
             // As a hook would steal its bytes: a matching recipe, else decoded.
-            let (steal, recipe) = Steal::new(&code, target as u64, known).ok()?;
+            let (steal, recipe) = Steal::new(code, addr, known).ok()?;
             decoded |= matches!(steal, Steal::Decoded(_));
             recipe
         })
         .collect();
-    Ok((recipes, decoded))
+    (recipes, decoded)
 }
 
 /// The bytes [`plan_at`] and [`Hook::new`] plan from: the function's first [`SCAN_WINDOW`],

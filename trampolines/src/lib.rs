@@ -66,7 +66,7 @@ pub use batch::{batch, batch_at};
 pub use decode::SCAN_WINDOW;
 pub use error::HookError;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-pub use hook::{plan_at, prologue_at, recipes_at, Hook};
+pub use hook::{plan_at, prologue_at, recipes_for, Hook};
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub use patch::{write_order, WriteOrder};
 pub use recipe::Recipe;

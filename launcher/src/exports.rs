@@ -1,0 +1,212 @@
+//! A shared library's exported functions, read from its file: their addresses and first
+//! bytes. The launcher is linked statically, so it has no loaded libc of its own to look
+//! into (see `launcher/build.rs`); the first bytes of a function are the same in the file
+//! and in a process that maps it.
+
+use std::fs::File;
+use std::io::{Error, ErrorKind, Result};
+use std::os::unix::fs::FileExt;
+
+const PT_LOAD: u32 = 1;
+const SHT_DYNSYM: u32 = 11;
+const SHT_GNU_VERSYM: u32 = 0x6fff_ffff;
+const STT_FUNC: u8 = 2;
+/// A version index with this bit is not the symbol's default version (`name@VER`, not
+/// `name@@VER`): dlsym and the dynamic linker never bind to it.
+const VERSYM_HIDDEN: u16 = 0x8000;
+/// A bound against a corrupt file: no real library has a table this big.
+const MAX_TABLE: u64 = 64 << 20;
+
+/// An exported function: its address in the library (as loaded at 0) and its first bytes.
+pub struct Function {
+    pub addr: u64,
+    pub code: Vec<u8>,
+}
+
+/// For each of `names`, the default version of the function the library exports under that
+/// name: its first `window` bytes (fewer where its segment ends); `None` where there is no
+/// such function. Fails on a file that is not a 64-bit little-endian ELF library.
+pub fn functions(file: &File, names: &[&str], window: usize) -> Result<Vec<Option<Function>>> {
+    let header = read(file, 0, 64)?;
+    if &header[..4] != b"\x7fELF" || header[4] != 2 || header[5] != 1 {
+        return Err(bad("not a 64-bit little-endian ELF file"));
+    }
+    let segments = table(file, &header, PROGRAM_HEADERS)?;
+    let sections = table(file, &header, SECTION_HEADERS)?;
+    let section = |kind: u32| sections.iter().find(|s| u32_at(s, 4) == kind);
+    let dynsym = section(SHT_DYNSYM).ok_or_else(|| bad("no dynamic symbol table"))?;
+    let strings = sections.get(u32_at(dynsym, 40) as usize).ok_or_else(|| bad("no dynamic string table"))?;
+    let contents = |s: &[u8]| read(file, u64_at(s, 24), u64_at(s, 32));
+    let (symbols, strings) = (contents(dynsym)?, contents(strings)?);
+    let versions = section(SHT_GNU_VERSYM).map(|s| contents(s)).transpose()?.unwrap_or_default();
+
+    let mut found: Vec<Option<u64>> = vec![None; names.len()];
+    for (index, symbol) in symbols.chunks_exact(24).enumerate() {
+        let (info, section_index, value) = (symbol[4], u16::from_le_bytes([symbol[6], symbol[7]]), u64_at(symbol, 8));
+        let version = versions.get(index * 2..index * 2 + 2).map_or(0, |v| u16::from_le_bytes([v[0], v[1]]));
+        if info & 0xf != STT_FUNC || section_index == 0 || version & VERSYM_HIDDEN != 0 {
+            continue;
+        }
+        let name = strings.get(u32_at(symbol, 0) as usize..).unwrap_or_default();
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+        if let Some(at) = names.iter().position(|n| n.as_bytes() == name) {
+            found[at] = Some(value);
+        }
+    }
+
+    let code_at = |addr: u64| -> Result<Option<Function>> {
+        // The loadable segment the function is in, which its bytes are copied from.
+        let segment = segments.iter().filter(|p| u32_at(p, 0) == PT_LOAD).find(|p| {
+            let (start, size) = (u64_at(p, 16), u64_at(p, 32));
+            addr >= start && addr - start < size
+        });
+        let Some(segment) = segment else { return Ok(None) };
+        let (offset, start, size) = (u64_at(segment, 8), u64_at(segment, 16), u64_at(segment, 32));
+        let len = (start + size - addr).min(window as u64);
+        Ok(Some(Function { addr, code: read(file, offset.saturating_add(addr - start), len)? }))
+    };
+    found.into_iter().map(|addr| addr.map_or(Ok(None), code_at)).collect()
+}
+
+/// Where the ELF header says a table of headers is: the offsets of its position, entry
+/// size and count in the ELF header, and the smallest entry that has every field read.
+struct Table {
+    at: usize,
+    entry_size_at: usize,
+    count_at: usize,
+    min_entry: u64,
+}
+
+const PROGRAM_HEADERS: Table = Table { at: 32, entry_size_at: 54, count_at: 56, min_entry: 56 };
+const SECTION_HEADERS: Table = Table { at: 40, entry_size_at: 58, count_at: 60, min_entry: 64 };
+
+fn table(file: &File, header: &[u8], table: Table) -> Result<Vec<Vec<u8>>> {
+    let size = u64::from(u16_at(header, table.entry_size_at));
+    let count = u64::from(u16_at(header, table.count_at));
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    if size < table.min_entry {
+        return Err(bad("malformed header table"));
+    }
+    let bytes = read(file, u64_at(header, table.at), size * count)?;
+    Ok(bytes.chunks_exact(size as usize).map(<[u8]>::to_vec).collect())
+}
+
+fn read(file: &File, at: u64, len: u64) -> Result<Vec<u8>> {
+    if len > MAX_TABLE {
+        return Err(bad("a table larger than any library's"));
+    }
+    let mut buf = vec![0; len as usize];
+    file.read_exact_at(&mut buf, at)?;
+    Ok(buf)
+}
+
+fn bad(what: &str) -> Error {
+    Error::new(ErrorKind::InvalidData, what)
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hermes-exports-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    /// A library exporting `versioned` twice, `@V1` returning 1 and `@@V2` (the default)
+    /// returning 2, and `plain`, returning 3; built by the C compiler.
+    fn library(dir: &std::path::Path) -> PathBuf {
+        let source = dir.join("lib.c");
+        std::fs::write(
+            &source,
+            "int old_one(void) { return 1; }\n\
+             int new_one(void) { return 2; }\n\
+             int plain(void) { return 3; }\n\
+             __asm__(\".symver old_one, versioned@V1\");\n\
+             __asm__(\".symver new_one, versioned@@V2\");\n",
+        )
+        .expect("source");
+        let script = dir.join("versions");
+        std::fs::write(&script, "V1 { local: old_one; new_one; };\nV2 { global: plain; } V1;\n").expect("script");
+        let lib = dir.join("libv.so");
+        let built = Command::new("cc")
+            .args(["-O2", "-shared", "-fPIC", "-o"])
+            .arg(&lib)
+            .arg(&source)
+            .arg(format!("-Wl,--version-script={}", script.display()))
+            .status()
+            .expect("run cc");
+        assert!(built.success(), "cc failed");
+        lib
+    }
+
+    /// `mov $n, %eax`: how each function's body begins, after any endbr64.
+    fn returns(code: &[u8], n: u8) -> bool {
+        code.windows(5).take(8).any(|w| w == [0xb8, n, 0, 0, 0])
+    }
+
+    #[test]
+    fn the_default_version_of_each_name_is_found_with_its_first_bytes() {
+        let dir = scratch("versions");
+        let file = File::open(library(&dir)).expect("open library");
+        let found = functions(&file, &["versioned", "plain", "missing", "old_one"], 16).expect("read symbols");
+        let versioned = found[0].as_ref().expect("versioned is exported");
+        assert!(returns(&versioned.code, 2), "the default version (@@V2), not @V1: {:02x?}", versioned.code);
+        let plain = found[1].as_ref().expect("plain is exported");
+        assert!(returns(&plain.code, 3), "{:02x?}", plain.code);
+        assert_eq!((versioned.code.len(), plain.code.len()), (16, 16), "the window asked for");
+        assert_ne!(versioned.addr, plain.addr);
+        assert!(found[2].is_none(), "a name the library does not export");
+        assert!(found[3].is_none(), "a local symbol is not exported");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn the_system_libc_exports_the_functions_the_preload_hooks() {
+        let libc = std::fs::canonicalize("/lib64/ld-linux-x86-64.so.2").expect("loader").with_file_name("libc.so.6");
+        let file = File::open(&libc).expect("open libc");
+        let found = functions(&file, &["open", "open64", "execve", "connect"], 64).expect("read symbols");
+        let [open, open64, execve, connect] = [0, 1, 2, 3].map(|i| found[i].as_ref().expect("exported"));
+        assert_eq!(open.addr, open64.addr, "open64 is an alias of open");
+        assert_eq!(open.code, open64.code);
+        assert!([open, execve, connect].iter().all(|f| f.code.len() == 64));
+        assert_ne!(execve.code, connect.code);
+    }
+
+    #[test]
+    fn files_that_are_not_libraries_are_refused_without_panicking() {
+        let dir = scratch("refused");
+        let text = dir.join("text");
+        std::fs::write(&text, "#!/bin/sh\necho not elf, but long enough to hold an ELF header's 64 bytes\n")
+            .expect("text");
+        let err = functions(&File::open(&text).expect("open"), &["open"], 64).err().expect("refused");
+        assert_eq!(err.kind(), ErrorKind::InvalidData);
+
+        // Cut short: the header tables are past the end.
+        let lib = std::fs::read(library(&dir)).expect("library");
+        for len in [0, 63, 64, 200, lib.len() / 2] {
+            let cut = dir.join(format!("cut-{len}"));
+            std::fs::write(&cut, &lib[..len]).expect("cut");
+            assert!(functions(&File::open(&cut).expect("open"), &["plain"], 64).is_err(), "{len} bytes");
+        }
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+}
