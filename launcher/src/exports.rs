@@ -10,6 +10,7 @@ use std::os::unix::fs::FileExt;
 const PT_LOAD: u32 = 1;
 const SHT_DYNSYM: u32 = 11;
 const SHT_GNU_VERSYM: u32 = 0x6fff_ffff;
+const SHT_GNU_HASH: u32 = 0x6fff_fff6;
 const STT_FUNC: u8 = 2;
 /// A version index with this bit is not the symbol's default version (`name@VER`, not
 /// `name@@VER`): dlsym and the dynamic linker never bind to it.
@@ -24,8 +25,9 @@ pub struct Function {
 }
 
 /// For each of `names`, the default version of the function the library exports under that
-/// name: its first `window` bytes (fewer where its segment ends); `None` where there is no
-/// such function. Fails on a file that is not a 64-bit little-endian ELF library.
+/// name, looked up as the dynamic linker does (in its GNU hash table): its first `window`
+/// bytes (fewer where its segment ends); `None` where there is no such function. Fails on
+/// a file that is not a 64-bit little-endian ELF library with a GNU hash table.
 pub fn functions(file: &File, names: &[&str], window: usize) -> Result<Vec<Option<Function>>> {
     let header = read(file, 0, 64)?;
     if &header[..4] != b"\x7fELF" || header[4] != 2 || header[5] != 1 {
@@ -40,19 +42,21 @@ pub fn functions(file: &File, names: &[&str], window: usize) -> Result<Vec<Optio
     let (symbols, strings) = (contents(dynsym)?, contents(strings)?);
     let versions = section(SHT_GNU_VERSYM).map(|s| contents(s)).transpose()?.unwrap_or_default();
 
-    let mut found: Vec<Option<u64>> = vec![None; names.len()];
-    for (index, symbol) in symbols.chunks_exact(24).enumerate() {
-        let (info, section_index, value) = (symbol[4], u16::from_le_bytes([symbol[6], symbol[7]]), u64_at(symbol, 8));
-        let version = versions.get(index * 2..index * 2 + 2).map_or(0, |v| u16::from_le_bytes([v[0], v[1]]));
-        if info & 0xf != STT_FUNC || section_index == 0 || version & VERSYM_HIDDEN != 0 {
-            continue;
-        }
-        let name = strings.get(u32_at(symbol, 0) as usize..).unwrap_or_default();
-        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-        if let Some(at) = names.iter().position(|n| n.as_bytes() == name) {
-            found[at] = Some(value);
-        }
-    }
+    let hash = section(SHT_GNU_HASH).ok_or_else(|| bad("no GNU hash table"))?;
+    let hash = contents(hash)?;
+    let symbol = |index: usize| symbols.get(index * 24..index * 24 + 24);
+    let version = |index: usize| versions.get(index * 2..index * 2 + 2).map_or(0, |v| u16_at(v, 0));
+    let name_is = |sym: &[u8], name: &str| {
+        let at = strings.get(u32_at(sym, 0) as usize..).unwrap_or_default();
+        at.get(..name.len()) == Some(name.as_bytes()) && at.get(name.len()) == Some(&0)
+    };
+    let find = |name: &str| -> Option<u64> {
+        let index = gnu_hash_chain(&hash, name)?
+            .find(|&i| symbol(i).is_some_and(|sym| name_is(sym, name)) && version(i) & VERSYM_HIDDEN == 0)?;
+        let sym = symbol(index)?;
+        (sym[4] & 0xf == STT_FUNC && u16_at(sym, 6) != 0).then(|| u64_at(sym, 8))
+    };
+    let found: Vec<Option<u64>> = names.iter().map(|n| find(n)).collect();
 
     let code_at = |addr: u64| -> Result<Option<Function>> {
         // The loadable segment the function is in, which its bytes are copied from.
@@ -66,6 +70,34 @@ pub fn functions(file: &File, names: &[&str], window: usize) -> Result<Vec<Optio
         Ok(Some(Function { addr, code: read(file, offset.saturating_add(addr - start), len)? }))
     };
     found.into_iter().map(|addr| addr.map_or(Ok(None), code_at)).collect()
+}
+
+/// The indices of the symbols whose names hash as `name` does, in the library's GNU hash
+/// table (as the dynamic linker looks a name up); `None` when there are none.
+fn gnu_hash_chain<'a>(table: &'a [u8], name: &str) -> Option<impl Iterator<Item = usize> + 'a> {
+    let word = |i: usize| table.get(i * 4..i * 4 + 4).map(|w| u32_at(w, 0));
+    let (buckets, first, bloom_words) = (word(0)? as usize, word(1)? as usize, word(2)? as usize);
+    let hash = name.bytes().fold(5381u32, |h, b| h.wrapping_mul(33).wrapping_add(b.into()));
+    // Four header words, then the bloom filter's 64-bit words, the buckets and the chains.
+    let bucket_words = 4 + bloom_words * 2;
+    let mut index = word(bucket_words + hash as usize % buckets.max(1))? as usize;
+    // Chains cover the symbols from `first` on; bucket 0 is an empty one.
+    let chains = bucket_words + buckets;
+    let mut done = index == 0;
+    if !done && index < first {
+        return None;
+    }
+    Some(std::iter::from_fn(move || {
+        while !done {
+            let entry = word(chains + index.checked_sub(first)?)?;
+            let at = index;
+            (done, index) = (entry & 1 != 0, index + 1);
+            if entry | 1 == hash | 1 {
+                return Some(at);
+            }
+        }
+        None
+    }))
 }
 
 /// Where the ELF header says a table of headers is: the offsets of its position, entry

@@ -60,7 +60,7 @@ fn system_and_posix_spawn_execs_are_seen_through_the_execve_hook() {
 
 /// Each process hands its hooks' plans (recipes) to the processes it execs, which then
 /// build their trampolines by copying, without decoding: the inline hooks of a child work
-/// the same. The first process gets them from the launcher, made from its own libc while
+/// the same. The first process gets them from the launcher, made from the libc file while
 /// the broker started. Recipes that match nothing (a different libc, garbage) are ignored.
 #[test]
 fn exec_children_hook_from_their_parents_recipes() {
