@@ -11,8 +11,9 @@
 //! asked of the linker directly: `-static-pie`, and a search directory searched before the
 //! system's in which each library rustc names (`-lc`, `-lgcc_s`, `-lm`, …) is a linker
 //! script naming the static archive. Those are the libraries rustc itself links with
-//! `crt-static`. Where an archive cannot be found (no `libc.a`), `hermes` is linked
-//! dynamically as usual, with a warning; so it is with `HERMES_LINK_DYNAMIC=1`.
+//! `crt-static`. Where the C compiler cannot link a static PIE (no `libc.a`, no
+//! `rcrt1.o`: an empty C program is tried first) or an archive cannot be found, `hermes` is
+//! linked dynamically as usual, with a warning; so it is with `HERMES_LINK_DYNAMIC=1`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,9 +46,8 @@ fn main() {
 }
 
 fn write_shims(dir: &Path) -> Result<(), String> {
-    // A static PIE starts from rcrt1.o: without it, `-static-pie` cannot link.
-    archive("rcrt1.o")?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    can_link_static_pie(dir)?;
     let merged = MERGED_INTO_LIBC.map(|name| (name, archive(&format!("lib{name}.a")).map(|a| vec![a])));
     let shims = SHIMS.map(|(name, archives)| (name, archives.iter().map(|a| archive(a)).collect()));
     for (name, paths) in shims.into_iter().chain(merged) {
@@ -56,7 +56,7 @@ fn write_shims(dir: &Path) -> Result<(), String> {
             (Err(_), name) if MERGED_INTO_LIBC.contains(&name) => vec![archive("libc.a")?],
             (Err(why), _) => return Err(why),
         };
-        let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        let list: Vec<String> = paths.iter().map(|p| format!("\"{}\"", p.display())).collect();
         let script =
             format!("/* hermes: link -l{name} statically (launcher/build.rs) */\nGROUP ( {} )\n", list.join(" "));
         let path = dir.join(format!("lib{name}.so"));
@@ -65,9 +65,29 @@ fn write_shims(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the C compiler links a static PIE (it needs `rcrt1.o` and `libc.a`), tried on
+/// an empty C program in `dir`.
+fn can_link_static_pie(dir: &Path) -> Result<(), String> {
+    let source = dir.join("probe.c");
+    std::fs::write(&source, "int main(void) { return 0; }\n").map_err(|e| format!("{}: {e}", source.display()))?;
+    let linked = Command::new(cc()).arg("-static-pie").arg("-o").arg(dir.join("probe")).arg(&source).output();
+    match linked {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => {
+            let said = String::from_utf8_lossy(&out.stderr);
+            Err(format!("{} cannot link a static PIE ({}): {}", cc(), out.status, said.trim()))
+        }
+        Err(e) => Err(format!("cannot run {}: {e}", cc())),
+    }
+}
+
+fn cc() -> String {
+    std::env::var("CC").unwrap_or_else(|_| "cc".to_owned())
+}
+
 /// Where the C compiler finds `name`: an absolute path that exists.
 fn archive(name: &str) -> Result<PathBuf, String> {
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let cc = cc();
     let answer = Command::new(&cc)
         .arg(format!("-print-file-name={name}"))
         .output()
