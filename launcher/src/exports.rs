@@ -7,6 +7,10 @@ use std::fs::File;
 use std::io::{Error, ErrorKind, Result};
 use std::os::unix::fs::FileExt;
 
+use hermes_wire::elf::Header;
+
+/// `e_ident[EI_DATA]` of a little-endian file.
+const ELFDATA2LSB: u8 = 1;
 const PT_LOAD: u32 = 1;
 const SHT_DYNSYM: u32 = 11;
 const SHT_GNU_VERSYM: u32 = 0x6fff_ffff;
@@ -29,12 +33,12 @@ pub struct Function {
 /// bytes (fewer where its segment ends); `None` where there is no such function. Fails on
 /// a file that is not a 64-bit little-endian ELF library with a GNU hash table.
 pub fn functions(file: &File, names: &[&str], window: usize) -> Result<Vec<Option<Function>>> {
-    let header = read(file, 0, 64)?;
-    if &header[..4] != b"\x7fELF" || header[4] != 2 || header[5] != 1 {
-        return Err(bad("not a 64-bit little-endian ELF file"));
-    }
-    let segments = table(file, &header, PROGRAM_HEADERS)?;
-    let sections = table(file, &header, SECTION_HEADERS)?;
+    let head = read(file, 0, 64)?;
+    let header = Header::parse(&head).filter(|_| head[5] == ELFDATA2LSB);
+    let header = header.ok_or_else(|| bad("not a 64-bit little-endian ELF file"))?;
+    // The smallest entries that hold every field read below.
+    let segments = table(file, header.program_headers, 56)?;
+    let sections = table(file, header.section_headers, 64)?;
     let section = |kind: u32| sections.iter().find(|s| u32_at(s, 4) == kind);
     let dynsym = section(SHT_DYNSYM).ok_or_else(|| bad("no dynamic symbol table"))?;
     let strings = sections.get(u32_at(dynsym, 40) as usize).ok_or_else(|| bad("no dynamic string table"))?;
@@ -100,28 +104,16 @@ fn gnu_hash_chain<'a>(table: &'a [u8], name: &str) -> Option<impl Iterator<Item 
     }))
 }
 
-/// Where the ELF header says a table of headers is: the offsets of its position, entry
-/// size and count in the ELF header, and the smallest entry that has every field read.
-struct Table {
-    at: usize,
-    entry_size_at: usize,
-    count_at: usize,
-    min_entry: u64,
-}
-
-const PROGRAM_HEADERS: Table = Table { at: 32, entry_size_at: 54, count_at: 56, min_entry: 56 };
-const SECTION_HEADERS: Table = Table { at: 40, entry_size_at: 58, count_at: 60, min_entry: 64 };
-
-fn table(file: &File, header: &[u8], table: Table) -> Result<Vec<Vec<u8>>> {
-    let size = u64::from(u16_at(header, table.entry_size_at));
-    let count = u64::from(u16_at(header, table.count_at));
+/// A table of headers (the ELF header's offset, entry size and count for it), entry by
+/// entry; entries shorter than `min_entry` bytes are refused.
+fn table(file: &File, (at, size, count): (u64, u64, u64), min_entry: u64) -> Result<Vec<Vec<u8>>> {
     if count == 0 {
         return Ok(Vec::new());
     }
-    if size < table.min_entry {
+    if size < min_entry {
         return Err(bad("malformed header table"));
     }
-    let bytes = read(file, u64_at(header, table.at), size * count)?;
+    let bytes = read(file, at, size * count)?;
     Ok(bytes.chunks_exact(size as usize).map(<[u8]>::to_vec).collect())
 }
 

@@ -1,7 +1,8 @@
 //! Is this program statically linked? An ELF file with no PT_INTERP program header
 //! never runs the dynamic loader, so no LD_PRELOAD library can enter it. Shared by the
 //! launcher and the preload (which reads with raw syscalls in a vfork child): the
-//! caller supplies the reads.
+//! caller supplies the reads. [`Header`], where an ELF file's header tables are, is
+//! also what the launcher reads libc's exported functions from.
 
 const PT_INTERP: u32 = 3;
 /// More program headers than any real file has: a bound against hostile input.
@@ -11,6 +12,28 @@ const MAX_PHNUM: u64 = 512;
 /// in practice, its program headers (one read rather than one per header).
 const HEAD: usize = 1024;
 
+/// Where a 64-bit ELF file's program and section header tables are, as its ELF header
+/// (its first 64 bytes) says: each table's offset in the file, entry size and count.
+pub struct Header {
+    pub program_headers: (u64, u64, u64),
+    pub section_headers: (u64, u64, u64),
+}
+
+impl Header {
+    /// From a file's first bytes; `None` unless they begin a 64-bit ELF header.
+    pub fn parse(head: &[u8]) -> Option<Header> {
+        if head.len() < 64 || &head[..4] != b"\x7fELF" || head[4] != 2 {
+            return None;
+        }
+        let u16_at = |o: usize| u64::from(u16::from_le_bytes([head[o], head[o + 1]]));
+        let u64_at = |o: usize| crate::le_word8(&head[o..]);
+        Some(Header {
+            program_headers: (u64_at(32), u16_at(54), u16_at(56)),
+            section_headers: (u64_at(40), u16_at(58), u16_at(60)),
+        })
+    }
+}
+
 /// `read_at(offset, buf)` reads into `buf` from the file at `offset`, returning how
 /// many bytes it read (0 on error). Files that are not 64-bit ELF (scripts, say) are
 /// not static.
@@ -18,13 +41,7 @@ pub fn is_static(mut read_at: impl FnMut(u64, &mut [u8]) -> usize) -> bool {
     let mut buf = [0u8; HEAD];
     let got = read_at(0, &mut buf).min(HEAD);
     let head = &buf[..got];
-    if head.len() < 64 || &head[..4] != b"\x7fELF" || head[4] != 2 {
-        return false;
-    }
-    let u16_at = |o: usize| u64::from(u16::from_le_bytes([head[o], head[o + 1]]));
-    let mut phoff = [0u8; 8];
-    phoff.copy_from_slice(&head[32..40]);
-    let (phoff, phentsize, phnum) = (u64::from_le_bytes(phoff), u16_at(54), u16_at(56));
+    let Some(Header { program_headers: (phoff, phentsize, phnum), .. }) = Header::parse(head) else { return false };
     if phentsize < 4 || phnum == 0 || phnum > MAX_PHNUM {
         return false;
     }
