@@ -13,6 +13,8 @@ use std::process::{Child, Command, ExitCode};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
+use hermes_broker::policy::ApiHook;
+
 use crate::seccomp::Doors;
 use crate::LaunchArgs;
 
@@ -40,35 +42,19 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
     // --strict adds the fallback to a dynamic program, beside the preload.
     let traced = is_static || args.strict;
     let preload = if is_static { None } else { Some(find_preload(args.preload.as_deref())?) };
+    let cli_hooks = cli_hooks(&args.hook, args.backtrace)?;
     // The preload marks the syscalls it already mediated with this cookie, which the
     // filter lets through; everything else it makes stops in the tracer.
     let cookie = (traced && preload.is_some()).then(random_cookie);
     let socket = format!("hermes-{}-{}", std::process::id(), nanos());
-    // While the broker starts: the first process's recipes, unless inline hooks are off
-    // or recipes were given.
+    // The first process's recipes, unless inline hooks are off or recipes were given.
     let make_recipes = preload.is_some()
         && std::env::var_os("HERMES_INLINE").is_none_or(|v| v != "0")
         && std::env::var_os("HERMES_RECIPES").is_none();
-    let (mut broker, recipes) =
-        BrokerProc::start(args, &socket, || make_recipes.then(crate::recipes::for_system_libc).flatten())?;
-
-    // Orphans of the target's tree are re-parented to us, so every process of the run
-    // is reaped (and mediated) before the broker is told to stop.
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let recipes = move || make_recipes.then(crate::recipes::for_system_libc).flatten();
 
     let mut cmd = Command::new(&exe);
-    cmd.arg0(prog).args(prog_args).env("HERMES_SOCK", &socket).env("HERMES_MASK", broker.mask.to_string());
-    if !broker.board.is_empty() {
-        cmd.env("HERMES_BOARD", &broker.board);
-    }
-    let api = api_hooks(&args.hook, args.backtrace, &broker.hooks)?;
-    if !api.is_empty() {
-        if is_static {
-            return Err(Refusal(2, "--hook needs the preload; it cannot hook a statically linked program".into()));
-        }
-        cmd.env("HERMES_API", api);
-    }
+    cmd.arg0(prog).args(prog_args).env("HERMES_SOCK", &socket);
     if let Some(preload) = &preload {
         let mut ld_preload = preload.as_os_str().to_owned();
         if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
@@ -76,9 +62,6 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
             ld_preload.push(existing);
         }
         cmd.env("LD_PRELOAD", ld_preload).env("HERMES_PRELOAD_LIB", preload);
-    }
-    if let Some(recipes) = recipes {
-        cmd.env("HERMES_RECIPES", recipes);
     }
     if let Some(cookie) = cookie {
         cmd.env("HERMES_COOKIE", format!("{cookie:016x}"));
@@ -88,16 +71,109 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
     if let Ok(me) = std::env::current_exe() {
         cmd.env("HERMES_BIN", me);
     }
-    // For the fallback here and for `hermes exec-traced` further down the tree.
-    cmd.env("HERMES_DOORS", &broker.doors);
+    let cannot_run = |e: std::io::Error| {
+        let code = if e.kind() == std::io::ErrorKind::PermissionDenied { 126 } else { 127 };
+        Refusal(code, format!("cannot run {}: {e}", exe.display()))
+    };
+
+    if !traced {
+        return launch_preloaded(args, cmd, &socket, cli_hooks, recipes, cannot_run);
+    }
+    let (broker, recipes) = BrokerProc::start(args, &socket, recipes);
+    let mut broker = broker?;
+    become_reaper();
+    let late = broker.late_env(cli_hooks, recipes);
+    if is_static && late.iter().any(|(name, _)| *name == "HERMES_API") {
+        broker.stop();
+        return Err(Refusal(2, "--hook needs the preload; it cannot hook a statically linked program".into()));
+    }
+    cmd.envs(late);
     let doors = Doors::parse(&broker.doors);
-    let ran = if traced { crate::tracer::run(&cmd, prog, &socket, cookie, doors) } else { cmd.spawn().map(reap_tree) };
+    let ran = crate::tracer::run(&cmd, prog, &socket, cookie, doors);
+    finish(broker, ran.map_err(cannot_run))
+}
+
+/// A dynamic program under the preload alone: it is started together with the broker,
+/// so that its exec and dynamic loading (most of a small program's start-up) overlap
+/// the broker's. Its preload waits, in its constructor, for what only the ready broker
+/// knows ([`BrokerProc::late_env`]), which comes down a pipe (`HERMES_READY_FD`).
+fn launch_preloaded(
+    args: &LaunchArgs,
+    mut cmd: Command,
+    socket: &str,
+    cli_hooks: Vec<ApiHook>,
+    recipes: impl FnOnce() -> Option<String>,
+    cannot_run: impl Fn(std::io::Error) -> Refusal,
+) -> Result<ExitCode, Refusal> {
+    let (handoff_r, handoff_w) =
+        handoff_pipe().map_err(|e| Refusal(2, format!("cannot start the program: pipe: {e}")))?;
+    cmd.env("HERMES_READY_FD", handoff_r.as_raw_fd().to_string());
+    let (broker, (spawned, recipes)) = BrokerProc::start(args, socket, || {
+        let spawned = cmd.spawn();
+        drop(handoff_r);
+        (spawned, recipes())
+    });
+    let (broker, target) = match (broker, spawned) {
+        (Ok(mut broker), Err(e)) => {
+            broker.stop();
+            return Err(cannot_run(e));
+        }
+        (Err(refusal), Ok(mut target)) => {
+            // Still in its constructor, waiting for the handoff: nothing of it has run.
+            let _ = target.kill();
+            let _ = target.wait();
+            return Err(refusal);
+        }
+        (Err(refusal), Err(_)) => return Err(refusal),
+        (Ok(broker), Ok(target)) => (broker, target),
+    };
+    become_reaper();
+    // `NAME=VALUE` entries, NUL-terminated as in an environment, then `end`.
+    let mut handoff: Vec<u8> = Vec::new();
+    for (name, value) in broker.late_env(cli_hooks, recipes) {
+        handoff.extend_from_slice(format!("{name}={value}\0").as_bytes());
+    }
+    handoff.extend_from_slice(b"end\0");
+    // A target the preload never entered (a set-user-ID program) reads nothing: the pipe
+    // must hold it all, or this write would wait for it forever.
+    if handoff.len() > PIPE_HOLDS {
+        // SAFETY: fcntl on a descriptor we own; on failure the write below may block.
+        unsafe { libc::fcntl(handoff_w.as_raw_fd(), libc::F_SETPIPE_SZ, handoff.len() as libc::c_int) };
+    }
+    let mut handoff_w = File::from(handoff_w);
+    let _ = std::io::Write::write_all(&mut handoff_w, &handoff);
+    drop(handoff_w);
+    finish(broker, Ok(reap_tree(target)))
+}
+
+/// What a pipe holds by default (16 pages).
+const PIPE_HOLDS: usize = 65536;
+
+/// A pipe whose read end the target inherits (not close-on-exec); the launcher's end is.
+fn handoff_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let (r, w) = crate::tracer::pipe()?;
+    // SAFETY: fcntl on a descriptor we own, clearing its close-on-exec flag.
+    if unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((r, w))
+}
+
+/// Orphans of the target's tree are re-parented to us, so every process of the run is
+/// reaped (and mediated) before the broker is told to stop.
+fn become_reaper() {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}
+
+/// The run is over (or the target could not start): stop the broker, which finishes
+/// the trace, and pass the target's status through.
+fn finish(mut broker: BrokerProc, ran: Result<u8, Refusal>) -> Result<ExitCode, Refusal> {
     let status = match ran {
         Ok(status) => status,
-        Err(e) => {
+        Err(refusal) => {
             broker.stop();
-            let code = if e.kind() == std::io::ErrorKind::PermissionDenied { 126 } else { 127 };
-            return Err(Refusal(code, format!("cannot run {}: {e}", exe.display())));
+            return Err(refusal);
         }
     };
     if broker.died_early() {
@@ -202,15 +278,19 @@ struct BrokerProc {
 impl BrokerProc {
     /// Fork the broker (no exec: it is this binary, and loading it again costs a
     /// millisecond), run `meanwhile` while it starts, and wait for its `ready` line.
-    fn start<T>(args: &LaunchArgs, socket: &str, meanwhile: impl FnOnce() -> T) -> Result<(Self, T), Refusal> {
+    /// `meanwhile` runs whether or not the broker starts.
+    fn start<T>(args: &LaunchArgs, socket: &str, meanwhile: impl FnOnce() -> T) -> (Result<Self, Refusal>, T) {
         let broker_args = crate::broker_proc::BrokerArgs::new(socket, args);
         let cannot = |e: std::io::Error| Refusal(2, format!("cannot start the broker: {e}"));
-        let (stdin_r, stdin_w) = crate::tracer::pipe().map_err(cannot)?;
-        let (stdout_r, stdout_w) = crate::tracer::pipe().map_err(cannot)?;
+        let pipes = crate::tracer::pipe().and_then(|stdin| Ok((stdin, crate::tracer::pipe()?)));
+        let ((stdin_r, stdin_w), (stdout_r, stdout_w)) = match pipes {
+            Ok(p) => p,
+            Err(e) => return (Err(cannot(e)), meanwhile()),
+        };
         // SAFETY: the launcher has started no thread yet, so the child is a complete copy
         // of a single-threaded process, free to allocate.
         match unsafe { libc::fork() } {
-            -1 => Err(cannot(std::io::Error::last_os_error())),
+            -1 => (Err(cannot(std::io::Error::last_os_error())), meanwhile()),
             0 => {
                 // SAFETY: dup2 onto 0 and 1 (the launcher's own are not the broker's
                 // business); then every other descriptor the launcher had is closed, our
@@ -235,7 +315,7 @@ impl BrokerProc {
                 let mut status = 0;
                 // SAFETY: waits for our own child; the status goes into a live local.
                 unsafe { libc::waitpid(pid, &mut status, 0) };
-                Ok((ready?, done))
+                (ready, done)
             }
         }
     }
@@ -257,6 +337,26 @@ impl BrokerProc {
         } else {
             Err(Refusal(2, "the broker failed to start".into()))
         }
+    }
+
+    /// The target's environment that only the ready broker knows: what the policy
+    /// subscribes to, where the board is, the API hooks (`--hook` and the policy's
+    /// `hermes.hook`), its seccomp settings, and the first process's recipes.
+    fn late_env(&self, cli_hooks: Vec<ApiHook>, recipes: Option<String>) -> Vec<(&'static str, String)> {
+        let mut env = vec![("HERMES_MASK", self.mask.to_string())];
+        if !self.board.is_empty() {
+            env.push(("HERMES_BOARD", self.board.clone()));
+        }
+        let api = api_hooks(cli_hooks, &self.hooks);
+        if !api.is_empty() {
+            env.push(("HERMES_API", api));
+        }
+        if let Some(recipes) = recipes {
+            env.push(("HERMES_RECIPES", recipes));
+        }
+        // For the fallback here and for `hermes exec-traced` further down the tree.
+        env.push(("HERMES_DOORS", self.doors.clone()));
+        env
     }
 
     /// Whether the broker's stdout already closed (it exited before being told to).
@@ -285,23 +385,27 @@ impl BrokerProc {
     }
 }
 
+/// The `--hook` specs, checked before anything starts.
+fn cli_hooks(cli: &[String], backtrace: bool) -> Result<Vec<ApiHook>, Refusal> {
+    cli.iter()
+        .map(|spec| {
+            let mut hook = ApiHook::parse(spec).map_err(|e| Refusal(2, format!("--hook: {e}")))?;
+            hook.backtrace = backtrace;
+            Ok(hook)
+        })
+        .collect()
+}
+
 /// The preload's `HERMES_API` list: `--hook` specs, with the signatures the policy
 /// declared (`hermes.hook`) for them and for its own hooks.
-fn api_hooks(cli: &[String], backtrace: bool, from_policy: &str) -> Result<String, Refusal> {
-    use hermes_broker::policy::ApiHook;
-    let mut hooks: Vec<ApiHook> = Vec::new();
-    for spec in cli {
-        let mut hook = ApiHook::parse(spec).map_err(|e| Refusal(2, format!("--hook: {e}")))?;
-        hook.backtrace = backtrace;
-        hooks.push(hook);
-    }
+fn api_hooks(mut hooks: Vec<ApiHook>, from_policy: &str) -> String {
     for mut declared in ApiHook::from_env_list(from_policy) {
         if let Some(at) = hooks.iter().position(|h| h.symbol == declared.symbol) {
             declared.backtrace |= hooks.remove(at).backtrace;
         }
         hooks.push(declared);
     }
-    Ok(ApiHook::env_list(&hooks))
+    ApiHook::env_list(&hooks)
 }
 
 /// Find the program as execvp would; 127/126 errors as a shell gives them.

@@ -3,7 +3,8 @@
 
 use core::ffi::{c_char, c_void, CStr};
 use core::mem::MaybeUninit;
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::OnceLock;
 
 use crate::{mediate, sys};
@@ -127,9 +128,50 @@ fn fatal(why: &[u8]) -> ! {
     sys::exit_now(126)
 }
 
+/// `HERMES_READY_FD=N`: the launcher started this process before its broker was ready,
+/// so that the process's exec and loading overlap the broker's start. The rest of the
+/// environment (what the policy subscribes to, the board, the API hooks, the recipes)
+/// comes down descriptor N once the broker is ready: `NAME=VALUE` entries, each ended by
+/// a NUL as in an environment, then `end` and a NUL. Only the run's first process has it: it is gone before anything can inherit it.
+const ENV_READY_FD: &str = "HERMES_READY_FD";
+/// Bound on what the launcher may send (recipes and API hook lists are a few KiB).
+const HANDOFF_MAX: usize = 1 << 20;
+
+/// Wait for the launcher's handoff ([`ENV_READY_FD`]) and put what it sends into the
+/// environment, where [`init`] and every exec'd child find it. Nothing comes (the launcher
+/// died, or stopped the run because the broker could not start): nothing may run.
+fn await_launcher() {
+    let Some(fd) = env(ENV_READY_FD) else { return };
+    std::env::remove_var(ENV_READY_FD);
+    let Some(fd) = std::str::from_utf8(&fd).ok().and_then(|f| f.parse::<i32>().ok()).filter(|&f| f > 2) else {
+        fatal(b"HERMES_READY_FD is not a descriptor number")
+    };
+    let mut handoff = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while handoff.len() <= HANDOFF_MAX {
+        match sys::read_some(fd, &mut chunk) {
+            Ok(n) => handoff.extend_from_slice(&chunk[..n]),
+            Err(_) => break, // EOF (EPIPE) or a failed read: judged by what came
+        }
+    }
+    sys::close(fd);
+    let Some(entries) = handoff.strip_suffix(b"end\0") else {
+        fatal(b"the launcher went away before the broker was ready")
+    };
+    for entry in entries.split(|&b| b == 0).filter(|e| !e.is_empty()) {
+        let (name, value) = match entry.iter().position(|&b| b == b'=') {
+            Some(eq) if entry.starts_with(b"HERMES_") => (&entry[..eq], &entry[eq + 1..]),
+            _ => fatal(b"malformed handoff from the launcher"),
+        };
+        // SAFETY of set_var: the constructor runs before main, single-threaded.
+        std::env::set_var(OsStr::from_bytes(name), OsStr::from_bytes(value));
+    }
+}
+
 /// Read the configuration and prepare the environment to inject. Runs in the
 /// constructor, while the process is single-threaded.
 pub fn init() {
+    await_launcher();
     let Some(socket) = env(ENV_SOCK) else {
         fatal(b"HERMES_SOCK is not set: this library is loaded by `hermes launch`, not by hand")
     };

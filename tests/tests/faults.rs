@@ -1,9 +1,11 @@
 //! Faults: bad policies, policies that fail at run time, a broker that dies, programs
 //! that cannot run or die by a signal. HERMES fails closed, says why, and never hangs.
 
+use std::ffi::OsStr;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hermes_tests::{c_program, hermes, launch, Outcome, Scratch};
+use hermes_tests::{c_program, hermes, hermes_bin, launch, Outcome, Scratch};
 
 /// The `opens` line for `path`: `(result, milliseconds the open took)`.
 fn opened<'a>(run: &'a Outcome, path: &str) -> Vec<(&'a str, u64)> {
@@ -168,6 +170,65 @@ fn a_program_that_cannot_run_gives_127_or_126() {
     run.check(run.code == 126, "a file without execute permission: exit 126");
     run.check(run.stderr.contains("script") && run.stderr.contains("not executable"), "says not executable");
     run.check(!run.stdout.contains("ran"), "it did not run");
+}
+
+/// The program starts while the broker starts: its preload waits in its constructor for
+/// what only the ready broker knows, which comes down an inherited pipe
+/// (`HERMES_READY_FD`). The program keeps nothing of it: no descriptor, no variable.
+#[test]
+fn the_start_up_handoff_leaves_nothing_in_the_program() {
+    // The program's own descriptors, then its environment (sh's $$ is the target).
+    let script = "ls /proc/$$/fd; echo ---; env";
+    let run = launch("function on_connect(ev) end\n", "sh", &["-c", script]).run();
+    run.check(run.code == 0, "sh exits 0");
+    let native = Command::new("sh").args(["-c", script]).stdin(Stdio::null()).output().expect("run sh");
+    let fds = |out: &str| {
+        out.split("---").next().unwrap_or_default().split_whitespace().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let expected = fds(&String::from_utf8_lossy(&native.stdout));
+    run.check(fds(&run.stdout) == expected, &format!("the same descriptors as natively: {expected:?}"));
+    run.check(!run.stdout.contains("HERMES_READY_FD"), "no HERMES_READY_FD in its environment");
+    run.check(run.stdout.contains("HERMES_MASK="), "the handoff reached its environment, for its children");
+}
+
+/// A program whose handoff never completes (its launcher went away before the broker
+/// was ready) or is not one stops in its constructor, before main, and says why.
+#[test]
+fn a_handoff_cut_short_stops_the_program_before_main() {
+    let dir = Scratch::new();
+    let marker = dir.join("marker");
+    let step = format!("write:{}", marker.display());
+    let preload = hermes_bin().with_file_name("libhermes_preload.so");
+    let calls = c_program("calls");
+    let cases = [
+        ("", "went away before the broker was ready"),
+        ("HERMES_MASK=1\0", "went away before the broker was ready"),
+        ("garbage\0end\0", "malformed handoff"),
+        ("PATH=/tmp\0end\0", "malformed handoff"),
+    ];
+    let run = |handoff: &str| {
+        let file = dir.write("handoff", handoff);
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                "exec env LD_PRELOAD=\"$1\" HERMES_SOCK=hermes-test-none HERMES_READY_FD=5 \"$2\" \"$3\" 5<\"$4\"",
+            ])
+            .args([OsStr::new("sh"), preload.as_os_str(), calls.as_os_str(), OsStr::new(&step), file.as_os_str()])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sh");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for (handoff, says) in cases {
+        let (code, stderr) = run(handoff);
+        assert_eq!(code, Some(126), "{handoff:?}: exit 126; stderr: {stderr}");
+        assert!(stderr.contains(says), "{handoff:?}: says {says:?}; stderr: {stderr}");
+        assert!(!marker.exists(), "{handoff:?}: the program never ran");
+    }
+    // A complete one: the program runs, with what it was handed (nothing watched).
+    let (code, stderr) = run("HERMES_MASK=0\0end\0");
+    assert_eq!(code, Some(0), "a complete handoff: exit 0; stderr: {stderr}");
+    assert!(marker.exists(), "a complete handoff: the program ran");
 }
 
 #[test]
