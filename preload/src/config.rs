@@ -132,7 +132,8 @@ fn fatal(why: &[u8]) -> ! {
 /// so that the process's exec and loading overlap the broker's start. The rest of the
 /// environment (what the policy subscribes to, the board, the API hooks, the recipes)
 /// comes down descriptor N once the broker is ready: `NAME=VALUE` entries, each ended by
-/// a NUL as in an environment, then `end` and a NUL. Only the run's first process has it: it is gone before anything can inherit it.
+/// a NUL as in an environment, then `end` and a NUL. Only the run's first process has
+/// it: it is gone before anything can inherit it.
 const ENV_READY_FD: &str = "HERMES_READY_FD";
 /// Bound on what the launcher may send (recipes and API hook lists are a few KiB).
 const HANDOFF_MAX: usize = 1 << 20;
@@ -163,7 +164,8 @@ fn await_launcher() {
             Some(eq) if entry.starts_with(b"HERMES_") => (&entry[..eq], &entry[eq + 1..]),
             _ => fatal(b"malformed handoff from the launcher"),
         };
-        // SAFETY of set_var: the constructor runs before main, single-threaded.
+        // Changing the environment is sound here: the constructor runs before main,
+        // while the process is single-threaded.
         std::env::set_var(OsStr::from_bytes(name), OsStr::from_bytes(value));
     }
 }
