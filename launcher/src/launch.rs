@@ -128,12 +128,11 @@ fn launch_preloaded(
         (Ok(broker), Ok(target)) => (broker, target),
     };
     become_reaper();
-    // `NAME=VALUE` entries, NUL-terminated as in an environment, then `end`.
+    let late = broker.late_env(cli_hooks, recipes);
     let mut handoff: Vec<u8> = Vec::new();
-    for (name, value) in broker.late_env(cli_hooks, recipes) {
-        handoff.extend_from_slice(format!("{name}={value}\0").as_bytes());
-    }
-    handoff.extend_from_slice(b"end\0");
+    hermes_wire::handoff::write(late.iter().map(|(name, value)| (*name, value.as_str())), |part| {
+        handoff.extend_from_slice(part)
+    });
     // A target the preload never entered (a set-user-ID program) reads nothing: the pipe
     // must hold it all, or this write would wait for it forever.
     if handoff.len() > PIPE_HOLDS {

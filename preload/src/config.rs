@@ -131,9 +131,8 @@ fn fatal(why: &[u8]) -> ! {
 /// `HERMES_READY_FD=N`: the launcher started this process before its broker was ready,
 /// so that the process's exec and loading overlap the broker's start. The rest of the
 /// environment (what the policy subscribes to, the board, the API hooks, the recipes)
-/// comes down descriptor N once the broker is ready: `NAME=VALUE` entries, each ended by
-/// a NUL as in an environment, then `end` and a NUL. Only the run's first process has
-/// it: it is gone before anything can inherit it.
+/// comes down descriptor N once the broker is ready ([`hermes_wire::handoff`]). Only
+/// the run's first process has it: it is gone before anything can inherit it.
 const ENV_READY_FD: &str = "HERMES_READY_FD";
 /// Bound on what the launcher may send (recipes and API hook lists are a few KiB).
 const HANDOFF_MAX: usize = 1 << 20;
@@ -142,6 +141,7 @@ const HANDOFF_MAX: usize = 1 << 20;
 /// environment, where [`init`] and every exec'd child find it. Nothing comes (the launcher
 /// died, or stopped the run because the broker could not start): nothing may run.
 fn await_launcher() {
+    use hermes_wire::handoff::{self, Refused};
     let Some(fd) = env(ENV_READY_FD) else { return };
     std::env::remove_var(ENV_READY_FD);
     let Some(fd) = std::str::from_utf8(&fd).ok().and_then(|f| f.parse::<i32>().ok()).filter(|&f| f > 2) else {
@@ -156,14 +156,12 @@ fn await_launcher() {
         }
     }
     sys::close(fd);
-    let Some(entries) = handoff.strip_suffix(b"end\0") else {
-        fatal(b"the launcher went away before the broker was ready")
+    let entries = match handoff::entries(&handoff) {
+        Ok(entries) => entries,
+        Err(Refused::Incomplete) => fatal(b"the launcher went away before the broker was ready"),
+        Err(Refused::Malformed) => fatal(b"malformed handoff from the launcher"),
     };
-    for entry in entries.split(|&b| b == 0).filter(|e| !e.is_empty()) {
-        let (name, value) = match entry.iter().position(|&b| b == b'=') {
-            Some(eq) if entry.starts_with(b"HERMES_") => (&entry[..eq], &entry[eq + 1..]),
-            _ => fatal(b"malformed handoff from the launcher"),
-        };
+    for (name, value) in entries {
         // Changing the environment is sound here: the constructor runs before main,
         // while the process is single-threaded.
         std::env::set_var(OsStr::from_bytes(name), OsStr::from_bytes(value));

@@ -28,6 +28,7 @@ pub mod board;
 pub mod cache;
 mod doors;
 pub mod elf;
+pub mod handoff;
 pub mod ring;
 pub use doors::Doors;
 mod sockaddr;
