@@ -104,6 +104,15 @@ impl Broker {
         self.engine.board_path()
     }
 
+    /// Tie the board to the calling thread's life, so that the run's processes learn of
+    /// the broker's death from it ([`hermes_wire::board::BROKER`]). Call it from the
+    /// thread that lives as long as the broker, before any process can be told the
+    /// broker is ready: one that reached the board before would see no broker to
+    /// outlive, and carry on past its death.
+    pub fn watch_over_board(&self) -> io::Result<()> {
+        self.engine.watch_over_board()
+    }
+
     /// The library functions the policy hooks.
     pub fn hooks(&self) -> &[ApiHook] {
         &self.hooks
@@ -245,13 +254,6 @@ impl Handle {
     /// Where the run's processes find the board.
     pub fn board_path(&self) -> String {
         self.shared.engine.board_path()
-    }
-
-    /// Tie the board to the calling thread's life, so that the run's processes learn of
-    /// the broker's death from it ([`hermes_wire::board::BROKER`]). Call it from the
-    /// thread that lives as long as the broker.
-    pub fn watch_over_board(&self) -> io::Result<()> {
-        self.shared.engine.watch_over_board()
     }
 
     /// Wait (up to `wait`) for the shadow to evaluate the calls still queued; see

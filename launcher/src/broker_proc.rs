@@ -103,6 +103,11 @@ pub fn serve(args: &BrokerArgs) -> u8 {
     };
     let doors = broker.doors();
     let board = broker.board_path();
+    // Before `ready`: a program may see the board from then on (it starts meanwhile),
+    // and must find the broker's life tied to it.
+    if let Err(e) = broker.watch_over_board() {
+        eprintln!("hermes: broker: cannot tie the board to the broker's life ({e}): if the broker dies, calls the preload does not send it (observed, cached) go on");
+    }
     // Ready before the threads start: the socket is listening (a target that connects now
     // waits in its backlog), and the target starts meanwhile.
     let mut out = std::io::stdout().lock();
@@ -117,9 +122,6 @@ pub fn serve(args: &BrokerArgs) -> u8 {
             return 2;
         }
     };
-    if let Err(e) = handle.watch_over_board() {
-        eprintln!("hermes: broker: cannot tie the board to the broker's life ({e}): if the broker dies, calls the preload does not send it (observed, cached) go on");
-    }
     let handle = Arc::new(handle);
     if let Err(e) = watch(args, &handle, loaded) {
         eprintln!("hermes: cannot watch the policy for changes (hot reload is off): {e}");
