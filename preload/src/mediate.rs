@@ -822,7 +822,7 @@ struct Connected {
 }
 
 /// Connect to the broker; with `want_ring`, with an event ring as well. `first`, a
-/// frame, is sent right after the Hello.
+/// frame, goes with the Hello, in the same write.
 ///
 /// With the board mapped, the Welcome brings no news: the ring is then made here and
 /// passed with the Hello, and a connection made for a one-way frame does not wait for
@@ -842,14 +842,12 @@ fn connect(pid: i32, tid: i32, want_ring: bool, first: Option<&[u8]>) -> Result<
         image: image_stamp(),
     });
     let (given, own) = if want_ring && board::is_mapped() { ring::create().unwrap_or((-1, 0)) } else { (-1, 0) };
-    let sent = with_frame(&hello, |frame| sys::write_all_passing(fd, frame, given))
-        .inspect(|()| {
-            if given >= 0 {
-                // Before the ring is installed, so before the thread writes into it.
-                IMAGE.rings_passed.fetch_add(1, Relaxed);
-            }
-        })
-        .and_then(|()| first.map_or(Ok(()), |frame| sys::write_all(fd, frame)));
+    // The first frame goes with the Hello: the broker, woken once, finds both.
+    let sent = with_frame(&hello, |frame| sys::write_all_passing(fd, [frame, first.unwrap_or_default()], given));
+    if sent.is_ok() && given >= 0 {
+        // Before the ring is installed, so before the thread writes into it.
+        IMAGE.rings_passed.fetch_add(1, Relaxed);
+    }
     if given >= 0 {
         sys::close(given);
     }

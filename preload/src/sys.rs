@@ -68,20 +68,25 @@ pub fn close(fd: i32) {
 
 /// Write all of `buf`, retrying on EINTR and short writes.
 pub fn write_all(fd: i32, buf: &[u8]) -> Result<(), i32> {
-    write_all_passing(fd, buf, -1)
+    write_all_passing(fd, [buf, &[]], -1)
 }
 
-/// [`write_all`], passing descriptor `passed` (when not -1) with the first bytes
+/// [`write_all`] of two buffers, one after the other, in as few sendmsg calls as the
+/// socket takes (one, usually: a receiver woken by the first bytes finds the second
+/// there too), passing descriptor `passed` (when not -1) with the first bytes
 /// (SCM_RIGHTS).
-pub fn write_all_passing(fd: i32, mut buf: &[u8], mut passed: i32) -> Result<(), i32> {
+pub fn write_all_passing(fd: i32, mut parts: [&[u8]; 2], mut passed: i32) -> Result<(), i32> {
     // Room for one cmsghdr and one descriptor, aligned for cmsghdr.
     let mut control = [0u64; 4];
-    while !buf.is_empty() {
-        let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    while !parts[0].is_empty() || !parts[1].is_empty() {
+        if parts[0].is_empty() {
+            parts = [parts[1], &[]];
+        }
+        let mut iov = parts.map(|p| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() });
         // SAFETY: msghdr is plain data; all-zero is a valid empty header.
         let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = if parts[1].is_empty() { 1 } else { 2 };
         if passed >= 0 {
             // SAFETY: CMSG_SPACE and CMSG_LEN are constant computations; `control` holds
             // CMSG_SPACE(4) = 24 bytes, the one header and descriptor written here.
@@ -98,7 +103,7 @@ pub fn write_all_passing(fd: i32, mut buf: &[u8], mut passed: i32) -> Result<(),
         // sendmsg, not write: MSG_NOSIGNAL (no SIGPIPE for the program if the broker
         // is gone), and r9 free for the strict-mode cookie (our own I/O is not the
         // program's: the tracer must not stop it).
-        // SAFETY: `msg` points at `iov`, which describes the live `buf`.
+        // SAFETY: `msg` points at `iov`, which describes the live `parts`.
         let n = unsafe {
             syscall6(
                 libc::SYS_sendmsg,
@@ -112,7 +117,12 @@ pub fn write_all_passing(fd: i32, mut buf: &[u8], mut passed: i32) -> Result<(),
         };
         match n {
             n if n > 0 => {
-                buf = &buf[n as usize..];
+                let mut sent = n as usize;
+                for part in &mut parts {
+                    let taken = sent.min(part.len());
+                    *part = &part[taken..];
+                    sent -= taken;
+                }
                 // The descriptor went with the first byte.
                 passed = -1;
             }
