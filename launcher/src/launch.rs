@@ -36,12 +36,21 @@ pub fn run(args: &LaunchArgs) -> ExitCode {
 fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
     let (prog, prog_args) = args.command.split_first().ok_or_else(|| Refusal(2, "no program given".into()))?;
     let exe = find_program(prog)?;
-    // A static binary never runs the dynamic loader, so the preload cannot enter it:
-    // it runs under the seccomp+ptrace fallback instead.
-    let is_static = is_static_elf(&exe);
+    // A static binary never runs the dynamic loader, and the loader ignores LD_PRELOAD
+    // in a program that runs set-uid: the preload cannot enter either, and the
+    // seccomp+ptrace fallback mediates them instead.
+    let barred = preload_barred(&exe)?;
+    if let Some(set_id @ (Barred::SetUid | Barred::SetGid)) = barred {
+        eprintln!(
+            "hermes: {} is {}: the dynamic loader ignores LD_PRELOAD for it, so the ptrace fallback mediates it \
+             (traced, it keeps its privileges only when hermes runs as root, as under strace)",
+            exe.display(),
+            set_id.what()
+        );
+    }
     // --strict adds the fallback to a dynamic program, beside the preload.
-    let traced = is_static || args.strict;
-    let preload = if is_static { None } else { Some(find_preload(args.preload.as_deref())?) };
+    let traced = barred.is_some() || args.strict;
+    let preload = if barred.is_some() { None } else { Some(find_preload(args.preload.as_deref())?) };
     let cli_hooks = cli_hooks(&args.hook, args.backtrace)?;
     // The preload marks the syscalls it already mediated with this cookie, which the
     // filter lets through; everything else it makes stops in the tracer.
@@ -83,9 +92,9 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
     let mut broker = broker?;
     become_reaper();
     let late = broker.late_env(cli_hooks, recipes);
-    if is_static && late.iter().any(|(name, _)| *name == "HERMES_API") {
+    if let (Some(barred), true) = (barred, late.iter().any(|(name, _)| *name == "HERMES_API")) {
         broker.stop();
-        return Err(Refusal(2, "--hook needs the preload; it cannot hook a statically linked program".into()));
+        return Err(Refusal(2, format!("--hook needs the preload; it cannot hook {}", barred.what())));
     }
     cmd.envs(late);
     let doors = Doors::parse(&broker.doors);
@@ -427,12 +436,72 @@ fn find_program(prog: &OsStr) -> Result<PathBuf, Refusal> {
     Ok(exe)
 }
 
-/// ELF without a PT_INTERP program header: the dynamic loader (and so the preload)
-/// never runs. Scripts and unreadable files count as dynamic.
-fn is_static_elf(path: &Path) -> bool {
-    use std::os::unix::fs::FileExt;
-    let Ok(file) = std::fs::File::open(path) else { return false };
-    hermes_wire::elf::is_static(|at, buf| file.read_at(buf, at).unwrap_or(0))
+/// Why the preload cannot enter a program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Barred {
+    /// ELF without a PT_INTERP program header: the dynamic loader never runs.
+    Static,
+    /// It runs set-uid or set-gid to another user or group than ours: the loader runs
+    /// it in secure mode, which ignores an LD_PRELOAD path.
+    SetUid,
+    SetGid,
+}
+
+impl Barred {
+    fn what(self) -> &'static str {
+        match self {
+            Barred::Static => "a statically linked program",
+            Barred::SetUid => "a set-uid program",
+            Barred::SetGid => "a set-gid program",
+        }
+    }
+}
+
+/// Whether (and why) the preload cannot enter the program at `path`; refused when it
+/// is an ELF file for another machine than x86-64, which HERMES cannot mediate at all
+/// (the preload is not its kind of library, and the ptrace fallback's filter kills
+/// another architecture's system calls). Scripts and unreadable files count as
+/// dynamic: their interpreter is what runs.
+fn preload_barred(path: &Path) -> Result<Option<Barred>, Refusal> {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let Ok(file) = std::fs::File::open(path) else { return Ok(None) };
+    let mut head = [0u8; 20];
+    if file.read_at(&mut head, 0).ok() != Some(head.len()) || &head[..4] != b"\x7fELF" {
+        return Ok(None);
+    }
+    let machine = u16::from_le_bytes([head[18], head[19]]);
+    if head[4] != 2 || machine != EM_X86_64 {
+        let kind =
+            if head[4] == 2 { format!("an ELF program for machine {machine}") } else { "a 32-bit program".into() };
+        return Err(Refusal(126, format!("{}: {kind}: HERMES mediates x86-64 programs only", path.display())));
+    }
+    if hermes_wire::elf::is_static(|at, buf| file.read_at(buf, at).unwrap_or(0)) {
+        return Ok(Some(Barred::Static));
+    }
+    let Ok(meta) = file.metadata() else { return Ok(None) };
+    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    // Set-gid counts only with group execute (without, the bit means mandatory locking).
+    let set_id = if meta.mode() & libc::S_ISUID != 0 && meta.uid() != euid {
+        Barred::SetUid
+    } else if meta.mode() & libc::S_ISGID != 0 && meta.mode() & libc::S_IXGRP != 0 && meta.gid() != egid {
+        Barred::SetGid
+    } else {
+        return Ok(None);
+    };
+    Ok((!on_nosuid_mount(&file)).then_some(set_id))
+}
+
+/// `e_machine` of x86-64.
+const EM_X86_64: u16 = 62;
+
+/// Whether `file` lies on a file system mounted nosuid, where exec ignores the set-id bits.
+fn on_nosuid_mount(file: &std::fs::File) -> bool {
+    let mut vfs = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a live descriptor and room for one statvfs, which the kernel fills on success.
+    let ok = unsafe { libc::fstatvfs(file.as_raw_fd(), vfs.as_mut_ptr()) } == 0;
+    // SAFETY: initialised by the successful call above.
+    ok && unsafe { vfs.assume_init() }.f_flag & libc::ST_NOSUID != 0
 }
 
 fn find_preload(given: Option<&Path>) -> Result<PathBuf, Refusal> {

@@ -130,6 +130,31 @@ fn the_decision_matrix_matches_the_preload_layer() {
     traced.check(traced.trace.iter().all(|r| r["exe"] == exe.display().to_string()), "exe is the static program");
 }
 
+/// The dynamic loader ignores LD_PRELOAD in a program that runs set-uid (here to
+/// nobody, from root): such a program runs under the ptrace fallback, which decides its
+/// calls, and nothing meant for the preload reaches it.
+#[test]
+fn a_set_uid_program_runs_under_the_ptrace_fallback() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test makes a program set-uid to nobody: it needs root");
+    let dir = Scratch::new();
+    let prog = dir.join("calls-set-uid");
+    std::fs::copy(c_program("calls"), &prog).expect("copy calls");
+    std::os::unix::fs::chown(&prog, Some(65534), Some(65534)).expect("chown nobody");
+    std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).expect("chmod u+s");
+    let policy = "function on_open(ev) if ev.path == '/etc/group' then return hermes.deny('EACCES') end end\n";
+    let run = launch(policy, &prog, &["open:/etc/group", "open:/etc/passwd"]).timeout(TIMEOUT).run();
+    run.check(run.code == 0, "exits 0");
+    run.check(result(&run.stdout, "open:/etc/group") == "ERR EACCES", "the policy denied its open");
+    run.check(result(&run.stdout, "open:/etc/passwd").starts_with("OK"), "and allowed the other");
+    run.check(
+        run.stderr.contains("is a set-uid program") && run.stderr.contains("ptrace fallback"),
+        "says how it runs",
+    );
+    let opens = run.calls("open");
+    run.check(!opens.is_empty() && opens.iter().all(|r| r["layer"] == "ptrace"), "its opens were traced");
+}
+
 /// A program that is statically linked runs (it used to be refused), with raw
 /// syscalls and bare syscall instructions mediated like libc's.
 #[test]
