@@ -463,17 +463,27 @@ impl Barred {
 /// another architecture's system calls). Scripts and unreadable files count as
 /// dynamic: their interpreter is what runs.
 fn preload_barred(path: &Path) -> Result<Option<Barred>, Refusal> {
+    use hermes_wire::elf::{Header, EM_X86_64};
     use std::os::unix::fs::{FileExt, MetadataExt};
     let Ok(file) = std::fs::File::open(path) else { return Ok(None) };
-    let mut head = [0u8; 20];
-    if file.read_at(&mut head, 0).ok() != Some(head.len()) || &head[..4] != b"\x7fELF" {
+    let mut head = [0u8; 64];
+    let got = file.read_at(&mut head, 0).unwrap_or(0);
+    if got < 5 || &head[..4] != b"\x7fELF" {
         return Ok(None);
     }
-    let machine = u16::from_le_bytes([head[18], head[19]]);
-    if head[4] != 2 || machine != EM_X86_64 {
-        let kind =
-            if head[4] == 2 { format!("an ELF program for machine {machine}") } else { "a 32-bit program".into() };
-        return Err(Refusal(126, format!("{}: {kind}: HERMES mediates x86-64 programs only", path.display())));
+    let refuse =
+        |kind: &str| Err(Refusal(126, format!("{}: {kind}: HERMES mediates x86-64 programs only", path.display())));
+    // EI_CLASS: Header::parse reads 64-bit headers only.
+    if head[4] != 2 {
+        return refuse("a 32-bit program");
+    }
+    match Header::parse(&head[..got]) {
+        Some(header) if header.machine != EM_X86_64 => {
+            return refuse(&format!("an ELF program for machine {}", header.machine))
+        }
+        Some(_) => {}
+        // Cut short: exec will say what is wrong with it.
+        None => return Ok(None),
     }
     if hermes_wire::elf::is_static(|at, buf| file.read_at(buf, at).unwrap_or(0)) {
         return Ok(Some(Barred::Static));
@@ -491,9 +501,6 @@ fn preload_barred(path: &Path) -> Result<Option<Barred>, Refusal> {
     };
     Ok((!on_nosuid_mount(&file)).then_some(set_id))
 }
-
-/// `e_machine` of x86-64.
-const EM_X86_64: u16 = 62;
 
 /// Whether `file` lies on a file system mounted nosuid, where exec ignores the set-id bits.
 fn on_nosuid_mount(file: &std::fs::File) -> bool {

@@ -12,9 +12,14 @@ const MAX_PHNUM: u64 = 512;
 /// in practice, its program headers (one read rather than one per header).
 const HEAD: usize = 1024;
 
-/// Where a 64-bit ELF file's program and section header tables are, as its ELF header
-/// (its first 64 bytes) says: each table's offset in the file, entry size and count.
+/// `e_machine` of x86-64.
+pub const EM_X86_64: u16 = 62;
+
+/// What a 64-bit ELF file's header (its first 64 bytes) says: the machine it is for, and
+/// where its program and section header tables are (each table's offset in the file,
+/// entry size and count).
 pub struct Header {
+    pub machine: u16,
     pub program_headers: (u64, u64, u64),
     pub section_headers: (u64, u64, u64),
 }
@@ -28,6 +33,7 @@ impl Header {
         let u16_at = |o: usize| u64::from(u16::from_le_bytes([head[o], head[o + 1]]));
         let u64_at = |o: usize| crate::le_word8(&head[o..]);
         Some(Header {
+            machine: u16_at(18) as u16,
             program_headers: (u64_at(32), u16_at(54), u16_at(56)),
             section_headers: (u64_at(40), u16_at(58), u16_at(60)),
         })
