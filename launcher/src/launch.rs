@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use hermes_broker::policy::ApiHook;
+use hermes_wire::program::{self, Barred};
 
 use crate::seccomp::Doors;
 use crate::LaunchArgs;
@@ -40,12 +41,12 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
     // in a program that runs set-uid: the preload cannot enter either, and the
     // seccomp+ptrace fallback mediates them instead.
     let barred = preload_barred(&exe)?;
-    if let Some(set_id @ (Barred::SetUid | Barred::SetGid)) = barred {
+    if let Some(privileged) = barred.filter(|b| b.privileged()) {
         eprintln!(
-            "hermes: {} is {}: the dynamic loader ignores LD_PRELOAD for it, so the ptrace fallback mediates it \
-             (traced, it keeps its privileges only when hermes runs as root, as under strace)",
+            "hermes: {} is {}: the dynamic loader ignores LD_PRELOAD for it, so the ptrace fallback mediates it, \
+             where it runs without those privileges (the fallback's seccomp filter sets no_new_privs)",
             exe.display(),
-            set_id.what()
+            privileged.what()
         );
     }
     // --strict adds the fallback to a dynamic program, beside the preload.
@@ -94,7 +95,8 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
     let late = broker.late_env(cli_hooks, recipes);
     if let (Some(barred), true) = (barred, late.iter().any(|(name, _)| *name == "HERMES_API")) {
         broker.stop();
-        return Err(Refusal(2, format!("--hook needs the preload; it cannot hook {}", barred.what())));
+        let why = format!("--hook needs the preload, which cannot enter {}: {}", exe.display(), barred.what());
+        return Err(Refusal(2, why));
     }
     cmd.envs(late);
     let doors = Doors::parse(&broker.doors);
@@ -436,79 +438,64 @@ fn find_program(prog: &OsStr) -> Result<PathBuf, Refusal> {
     Ok(exe)
 }
 
-/// Why the preload cannot enter a program.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Barred {
-    /// ELF without a PT_INTERP program header: the dynamic loader never runs.
-    Static,
-    /// It runs set-uid or set-gid to another user or group than ours: the loader runs
-    /// it in secure mode, which ignores an LD_PRELOAD path.
-    SetUid,
-    SetGid,
-}
-
-impl Barred {
-    fn what(self) -> &'static str {
-        match self {
-            Barred::Static => "a statically linked program",
-            Barred::SetUid => "a set-uid program",
-            Barred::SetGid => "a set-gid program",
-        }
-    }
-}
-
-/// Whether (and why) the preload cannot enter the program at `path`; refused when it
-/// is an ELF file for another machine than x86-64, which HERMES cannot mediate at all
-/// (the preload is not its kind of library, and the ptrace fallback's filter kills
-/// another architecture's system calls). Scripts and unreadable files count as
-/// dynamic: their interpreter is what runs.
+/// Whether (and why) the preload cannot enter the program at `path`; refused when no
+/// part of HERMES can mediate it (a 32-bit or non-x86-64 program: the preload is not its
+/// kind of library, and the ptrace fallback's filter kills another architecture's system
+/// calls). A script is judged by its interpreter.
 fn preload_barred(path: &Path) -> Result<Option<Barred>, Refusal> {
-    use hermes_wire::elf::{Header, EM_X86_64};
-    use std::os::unix::fs::{FileExt, MetadataExt};
-    let Ok(file) = std::fs::File::open(path) else { return Ok(None) };
-    let mut head = [0u8; 64];
-    let got = file.read_at(&mut head, 0).unwrap_or(0);
-    if got < 5 || &head[..4] != b"\x7fELF" {
-        return Ok(None);
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return Ok(None) };
+    match program::barred(&Here, &c_path) {
+        Some(Barred::Foreign) => Err(Refusal(
+            126,
+            format!("{}: {}: HERMES mediates x86-64 programs only", path.display(), Barred::Foreign.what()),
+        )),
+        barred => Ok(barred),
     }
-    let refuse =
-        |kind: &str| Err(Refusal(126, format!("{}: {kind}: HERMES mediates x86-64 programs only", path.display())));
-    // EI_CLASS: Header::parse reads 64-bit headers only.
-    if head[4] != 2 {
-        return refuse("a 32-bit program");
-    }
-    match Header::parse(&head[..got]) {
-        Some(header) if header.machine != EM_X86_64 => {
-            return refuse(&format!("an ELF program for machine {}", header.machine))
-        }
-        Some(_) => {}
-        // Cut short: exec will say what is wrong with it.
-        None => return Ok(None),
-    }
-    if hermes_wire::elf::is_static(|at, buf| file.read_at(buf, at).unwrap_or(0)) {
-        return Ok(Some(Barred::Static));
-    }
-    let Ok(meta) = file.metadata() else { return Ok(None) };
-    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
-    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    // Set-gid counts only with group execute (without, the bit means mandatory locking).
-    let set_id = if meta.mode() & libc::S_ISUID != 0 && meta.uid() != euid {
-        Barred::SetUid
-    } else if meta.mode() & libc::S_ISGID != 0 && meta.mode() & libc::S_IXGRP != 0 && meta.gid() != egid {
-        Barred::SetGid
-    } else {
-        return Ok(None);
-    };
-    Ok((!on_nosuid_mount(&file)).then_some(set_id))
 }
 
-/// Whether `file` lies on a file system mounted nosuid, where exec ignores the set-id bits.
-fn on_nosuid_mount(file: &std::fs::File) -> bool {
-    let mut vfs = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: a live descriptor and room for one statvfs, which the kernel fills on success.
-    let ok = unsafe { libc::fstatvfs(file.as_raw_fd(), vfs.as_mut_ptr()) } == 0;
-    // SAFETY: initialised by the successful call above.
-    ok && unsafe { vfs.assume_init() }.f_flag & libc::ST_NOSUID != 0
+/// The file system and this process, as [`program::barred`] reads them.
+struct Here;
+
+impl program::System for Here {
+    type File = File;
+
+    fn open(&self, path: &std::ffi::CStr) -> Option<File> {
+        File::open(OsStr::from_bytes(path.to_bytes())).ok()
+    }
+
+    fn read_at(&self, file: &File, at: u64, buf: &mut [u8]) -> usize {
+        std::os::unix::fs::FileExt::read_at(file, buf, at).unwrap_or(0)
+    }
+
+    fn owner(&self, file: &File) -> Option<program::Owner> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata().ok()?;
+        Some(program::Owner { mode: meta.mode(), uid: meta.uid(), gid: meta.gid() })
+    }
+
+    fn on_nosuid_mount(&self, file: &File) -> bool {
+        let mut vfs = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: a live descriptor and room for one statvfs, which the kernel fills on success.
+        let ok = unsafe { libc::fstatvfs(file.as_raw_fd(), vfs.as_mut_ptr()) } == 0;
+        // SAFETY: initialised by the successful call above.
+        ok && unsafe { vfs.assume_init() }.f_flag & libc::ST_NOSUID != 0
+    }
+
+    fn capability_attr(&self, file: &File, buf: &mut [u8]) -> usize {
+        // SAFETY: a live descriptor, a NUL-terminated name and a buffer of `buf.len()` bytes.
+        let len = unsafe {
+            libc::fgetxattr(file.as_raw_fd(), c"security.capability".as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        };
+        usize::try_from(len).unwrap_or(0)
+    }
+
+    fn caller(&self) -> program::Caller {
+        // SAFETY: these calls have no preconditions and cannot fail.
+        let (uid, euid, gid, egid) = unsafe { (libc::getuid(), libc::geteuid(), libc::getgid(), libc::getegid()) };
+        // SAFETY: PR_GET_NO_NEW_PRIVS reads no memory.
+        let no_new_privs = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } == 1;
+        program::Caller { uid, euid, gid, egid, no_new_privs }
+    }
 }
 
 fn find_preload(given: Option<&Path>) -> Result<PathBuf, Refusal> {

@@ -10,7 +10,7 @@ const MAX_PHNUM: u64 = 512;
 
 /// The bytes read at once from a file's start: its ELF header and, in every file seen
 /// in practice, its program headers (one read rather than one per header).
-const HEAD: usize = 1024;
+pub const HEAD: usize = 1024;
 
 /// `e_machine` of x86-64.
 pub const EM_X86_64: u16 = 62;
@@ -46,7 +46,12 @@ impl Header {
 pub fn is_static(mut read_at: impl FnMut(u64, &mut [u8]) -> usize) -> bool {
     let mut buf = [0u8; HEAD];
     let got = read_at(0, &mut buf).min(HEAD);
-    let head = &buf[..got];
+    is_static_from(&buf[..got], read_at)
+}
+
+/// [`is_static`], given the file's first bytes (up to [`HEAD`] of them, as one read
+/// gave them): program headers past them are read with `read_at`.
+pub fn is_static_from(head: &[u8], mut read_at: impl FnMut(u64, &mut [u8]) -> usize) -> bool {
     let Some(Header { program_headers: (phoff, phentsize, phnum), .. }) = Header::parse(head) else { return false };
     if phentsize < 4 || phnum == 0 || phnum > MAX_PHNUM {
         return false;

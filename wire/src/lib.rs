@@ -29,6 +29,7 @@ pub mod cache;
 mod doors;
 pub mod elf;
 pub mod handoff;
+pub mod program;
 pub mod ring;
 pub use doors::Doors;
 mod sockaddr;
