@@ -24,7 +24,7 @@ use hermes_trampolines::Recipe;
 
 use crate::config::{count_list, with_hermes_env};
 use crate::mediate::{ReplyBuf, Session, Token, Verdict};
-use crate::{fds, static_exec, sys};
+use crate::{barred_exec, fds, sys};
 
 extern "C" {
     static environ: *const *const c_char;
@@ -192,9 +192,9 @@ hooks! {
         |real| sendmsg_call(fd, msg, flags, |m| real(fd, m, flags));
 
     execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Inline,
-        |real| exec_call("execve", AT_FDCWD, path, false, 0, argv, envp, |p, env| static_exec::execve(p, argv, env, real));
+        |real| exec_call("execve", AT_FDCWD, path, false, 0, argv, envp, |p, env| barred_exec::execve(p, argv, env, real));
     execv(path: *const c_char, argv: *const *const c_char) -> c_int, Symbol,
-        |_real| exec_call("execv", AT_FDCWD, path, false, 0, argv, unsafe { environ }, |p, env| static_exec::execve(p, argv, env, |p, a, e| unsafe { execve::get()(p, a, e) }));
+        |_real| exec_call("execv", AT_FDCWD, path, false, 0, argv, unsafe { environ }, |p, env| barred_exec::execve(p, argv, env, |p, a, e| unsafe { execve::get()(p, a, e) }));
     execvp(file: *const c_char, argv: *const *const c_char) -> c_int, Symbol,
         |_real| exec_call("execvp", AT_FDCWD, file, true, 0, argv, unsafe { environ }, |p, env| unsafe { execvpe::get()(p, argv, env) });
     execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Symbol,

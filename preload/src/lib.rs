@@ -10,6 +10,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api;
+mod barred_exec;
 mod board;
 mod busy;
 mod config;
@@ -17,7 +18,6 @@ mod fds;
 mod hooks;
 mod mediate;
 mod ring;
-mod static_exec;
 mod strict;
 mod sys;
 

@@ -445,15 +445,15 @@ pub fn read_own_memory(addr: usize, buf: &mut [u8]) -> usize {
 
 /// The inode of the socket `fd`, if it is one.
 pub fn socket_inode(fd: i32) -> Option<u64> {
+    fstat(fd).filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK).map(|st| st.st_ino)
+}
+
+pub fn fstat(fd: i32) -> Option<libc::stat> {
     let mut st = core::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat writes one `struct stat` into the live, writable `st`.
     let r = unsafe { syscall3(libc::SYS_fstat, fd as usize, st.as_mut_ptr() as usize, 0) };
-    if r < 0 {
-        return None;
-    }
-    // SAFETY: fstat succeeded, so it filled `st` in.
-    let st = unsafe { st.assume_init() };
-    (st.st_mode & libc::S_IFMT == libc::S_IFSOCK).then_some(st.st_ino)
+    // SAFETY: when fstat succeeded, it filled `st` in.
+    (r >= 0).then(|| unsafe { st.assume_init() })
 }
 
 /// pread(2) into `buf`; the count read, or a negative errno.

@@ -2,7 +2,9 @@
 //! static program keeps being mediated, by the ptrace fallback, with the same broker
 //! and policy, and its exit status reaches the parent as usual.
 
-use hermes_tests::{c_program, launch, Scratch};
+use std::path::Path;
+
+use hermes_tests::{c_program, hermes_bin, launch, read_trace, Outcome, Scratch};
 
 const POLICY: &str = r#"
 function on_open(ev)
@@ -47,4 +49,130 @@ fn a_denied_static_exec_is_denied_before_anything_runs() {
         run.stdout.contains("= ERR EACCES") && !run.stdout.lines().any(|l| l.starts_with("pid = ")),
         "denied, never ran",
     );
+}
+
+/// Root makes a copy of `calls` that the loader would run in secure mode for the
+/// caller: `arrange` sets its owner, mode or attributes.
+fn privileged_calls(dir: &Scratch, arrange: impl FnOnce(&Path)) -> String {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test makes a privileged program: it needs root");
+    let prog = dir.join("calls-privileged");
+    std::fs::copy(c_program("calls"), &prog).expect("copy calls");
+    // Runnable by nobody, from a directory nobody may enter.
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod dir");
+    arrange(&prog);
+    prog.display().to_string()
+}
+
+/// The policy of the in-session tests below. Under the fallback the program runs
+/// without its privileges (`no_new_privs`), so the loader loads the preload after all,
+/// which decides its hooked calls beside the tracer, as under `--strict`.
+const PRIVILEGED_POLICY: &str =
+    "function on_open(ev) if ev.path == '/etc/group' then return hermes.deny('EACCES') end end\n";
+
+fn check_traced_privileged(run: &Outcome, what: &str) {
+    run.check(run.code == 7, "sh's exit status passes through");
+    run.check(run.stdout.contains("open:/etc/group = ERR EACCES"), "the policy denied the program's open");
+    run.check(run.stdout.contains("open:/etc/passwd = OK"), "and allowed the other");
+    run.check(run.stderr.contains(what) && run.stderr.contains("ptrace fallback"), "says how it runs");
+}
+
+/// A set-uid program that a mediated shell execs: the loader would ignore LD_PRELOAD
+/// in it, so the exec goes to the ptrace fallback, as a static program's does. (It
+/// used to run unmediated.)
+#[test]
+fn a_set_uid_program_execd_in_a_session_runs_under_the_ptrace_fallback() {
+    let dir = Scratch::new();
+    let prog = privileged_calls(&dir, |p| {
+        std::os::unix::fs::chown(p, Some(65534), Some(65534)).expect("chown nobody");
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).expect("chmod u+s");
+    });
+    let script = format!("{prog} open:/etc/group open:/etc/passwd; exit 7");
+    let run = launch(PRIVILEGED_POLICY, "sh", &["-c", &script]).run();
+    check_traced_privileged(&run, "is a set-uid program");
+}
+
+/// A program with file capabilities, exec'd in a session that runs as a user other
+/// than root (here nobody): the loader's secure mode again, so the ptrace fallback.
+/// Root's exec of the same program is not in secure mode: it keeps the preload.
+#[test]
+fn a_program_with_file_capabilities_runs_under_the_ptrace_fallback_for_a_user() {
+    let dir = Scratch::new();
+    let prog = privileged_calls(&dir, |p| {
+        // struct vfs_cap_data, revision 2: CAP_NET_RAW permitted and effective.
+        let mut caps = [0u8; 20];
+        caps[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+        caps[4..8].copy_from_slice(&(1u32 << 13).to_le_bytes());
+        let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: NUL-terminated path and name, and a buffer of `caps.len()` bytes.
+        let set = unsafe {
+            libc::setxattr(path.as_ptr(), c"security.capability".as_ptr(), caps.as_ptr().cast(), caps.len(), 0)
+        };
+        assert_eq!(set, 0, "setxattr security.capability: {}", std::io::Error::last_os_error());
+    });
+    // The whole session runs as nobody (the broker serves its own user only), its
+    // policy and trace in a directory nobody may write.
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod dir");
+    let policy = dir.write("policy.lua", PRIVILEGED_POLICY);
+    let trace = dir.join("trace.jsonl");
+    let script = format!("{prog} open:/etc/group open:/etc/passwd; exit 7");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(hermes_bin())
+        .arg("launch")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--trace")
+        .arg(&trace)
+        .args(["--", "sh", "-c", &script])
+        .output()
+        .expect("run setpriv hermes");
+    let run = Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        trace: read_trace(&trace),
+        elapsed: std::time::Duration::ZERO,
+    };
+    check_traced_privileged(&run, "is a program with file capabilities");
+    let run = launch(PRIVILEGED_POLICY, "sh", &["-c", &format!("{prog} open:/etc/group")]).run();
+    run.check(run.stdout.contains("open:/etc/group = ERR EACCES"), "run by root, the program is mediated");
+    run.check(!run.stderr.contains("ptrace fallback"), "by the preload: root's exec is not in secure mode");
+}
+
+/// Nothing in HERMES can mediate a 32-bit program: its exec is refused with EACCES and
+/// a reason (it used to run unmediated).
+#[test]
+fn a_32_bit_program_execd_in_a_session_is_refused() {
+    let dir = Scratch::new();
+    let mut elf32 = vec![0u8; 64];
+    elf32[..7].copy_from_slice(b"\x7fELF\x01\x01\x01");
+    elf32[16..20].copy_from_slice(&[2, 0, 3, 0]); // ET_EXEC, EM_386
+    let i386 = dir.join("i386");
+    std::fs::write(&i386, &elf32).expect("write the header");
+    std::fs::set_permissions(&i386, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let run = launch("function on_exec(ev) end\n", c_program("calls"), &[&format!("execve:{}", i386.display())]).run();
+    run.check(run.stdout.contains("= ERR EACCES"), "the exec failed with EACCES");
+    run.check(run.stderr.contains("32-bit") && run.stderr.contains("x86-64 programs only"), "says why");
+}
+
+/// A script runs its interpreter: a script whose interpreter is static is followed into
+/// the ptrace fallback like the static program itself.
+#[test]
+fn a_script_with_a_static_interpreter_stays_mediated() {
+    let dir = Scratch::new();
+    let secret = dir.write("secret", "secret\n").display().to_string();
+    let stat = c_program("static_calls").display().to_string();
+    let script = dir.write("script", &format!("#!{stat}\n"));
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let run = launch(POLICY, "sh", &["-c", &format!("{} open:{secret}; exit 5", script.display())]).run();
+    run.check(run.code == 5, "sh's exit status passes through");
+    run.check(run.stdout.contains(&format!("open:{secret} = ERR EACCES")), "the interpreter's open was denied");
+    let traced = run.calls("open").into_iter().any(|r| r["layer"] == "ptrace" && r["args"]["path"] == secret.as_str());
+    run.check(traced, "by the ptrace layer");
+    // The same script as the program `hermes launch` starts.
+    let run = launch(POLICY, &script, &[&format!("open:{secret}")]).run();
+    run.check(run.stdout.contains(&format!("open:{secret} = ERR EACCES")), "launched, its open was denied");
+    let traced = run.calls("open").into_iter().any(|r| r["layer"] == "ptrace" && r["args"]["path"] == secret.as_str());
+    run.check(traced, "launched, by the ptrace layer");
 }
