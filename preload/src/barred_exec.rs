@@ -12,7 +12,7 @@
 use core::ffi::{c_char, c_int, CStr};
 use core::sync::atomic::Ordering::Relaxed;
 
-use hermes_wire::program;
+use hermes_wire::program::{self, Barred};
 
 use crate::{config, mediate, strict, sys};
 
@@ -25,24 +25,113 @@ pub fn execve(
     envp: *const *const c_char,
     real: impl FnOnce(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
 ) -> c_int {
-    let Some(cfg) = config::try_get() else { return real(path, argv, envp) };
+    let Some((bin, judged)) = judge(path) else { return real(path, argv, envp) };
+    // SAFETY: `judge` checked that the path is not null; exec paths are C strings.
+    let path_str = unsafe { CStr::from_ptr(path) };
+    reroute(bin, judged, path_str, argv, envp, real)
+}
+
+/// execveat (and fexecve, which is execveat of a descriptor with AT_EMPTY_PATH), rerouted
+/// like [`execve`]: the program is judged, and handed on, as `/proc/self/fd/N[/PATH]`
+/// when a descriptor names it; that descriptor then stays open across the exec, which
+/// `hermes exec-traced` needs to reach the program.
+pub fn execveat(
+    dirfd: c_int,
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    flags: c_int,
+    real: impl FnOnce() -> c_int,
+    execve: impl FnOnce(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
+) -> c_int {
+    if path.is_null() {
+        return real();
+    }
+    // SAFETY: a non-null path handed to exec is a NUL-terminated string.
+    let given = unsafe { CStr::from_ptr(path) }.to_bytes();
+    let through_fd = dirfd != libc::AT_FDCWD && given.first() != Some(&b'/');
+    let mut buf = [0u8; 4096 + 32];
+    let named = if !through_fd {
+        path
+    } else if given.is_empty() && flags & libc::AT_EMPTY_PATH == 0 {
+        return real();
+    } else {
+        match fd_path(&mut buf, dirfd, given) {
+            Some(named) => named.as_ptr(),
+            None => return real(),
+        }
+    };
+    let Some((bin, judged)) = judge(named) else { return real() };
+    // SAFETY: `named` is `path` or the NUL-terminated string just written to `buf`.
+    let named_str = unsafe { CStr::from_ptr(named) };
+    if through_fd && judged.traceable() {
+        // SAFETY: F_SETFD with integer arguments on the caller's descriptor, which the
+        // exec that follows would have closed: the traced program needs it open.
+        unsafe { sys::syscall3(libc::SYS_fcntl, dirfd as usize, libc::F_SETFD as usize, 0) };
+    }
+    reroute(bin, judged, named_str, argv, envp, execve)
+}
+
+/// `/proc/self/fd/FD[/NAME]` in `buf`; `None` when it does not fit, or `fd` is no descriptor.
+fn fd_path<'a>(buf: &'a mut [u8], fd: c_int, name: &[u8]) -> Option<&'a CStr> {
+    let prefix = b"/proc/self/fd/";
+    let mut digits = [0u8; 10];
+    let mut n = u32::try_from(fd).ok()?;
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let parts: [&[u8]; 4] = [prefix, &digits[at..], if name.is_empty() { b"" } else { b"/" }, name];
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len >= buf.len() {
+        return None;
+    }
+    let mut end = 0;
+    for part in parts {
+        buf[end..end + part.len()].copy_from_slice(part);
+        end += part.len();
+    }
+    buf[end] = 0;
+    CStr::from_bytes_with_nul(&buf[..=end]).ok()
+}
+
+/// The hermes binary and the reason when an exec of `path` must not go ahead as it is.
+fn judge(path: *const c_char) -> Option<(Option<&'static CStr>, Barred)> {
+    let cfg = config::try_get()?;
     // Under --strict the tracer already follows the exec; inert: we are hermes.
     let applies = mediate::READY.load(Relaxed) && strict::COOKIE.load(Relaxed) == 0 && !cfg.inert();
     if !applies || path.is_null() {
-        return real(path, argv, envp);
+        return None;
     }
     // SAFETY: a non-null path handed to exec is a NUL-terminated string.
-    let path_str = unsafe { CStr::from_ptr(path) };
-    let Some(barred) = program::barred(&Raw, path_str) else { return real(path, argv, envp) };
+    let barred = program::barred(&Raw, unsafe { CStr::from_ptr(path) })?;
+    Some((cfg.bin().map(|b| b.as_c_str()), barred))
+}
+
+/// Run `path` under `hermes exec-traced` (through `execve`), or fail the exec with EACCES
+/// and a reason when that cannot be.
+fn reroute(
+    bin: Option<&CStr>,
+    barred: Barred,
+    path: &CStr,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    execve: impl FnOnce(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
+) -> c_int {
     let refuse = |why: &[u8]| {
-        sys::warn(&[b"hermes-preload: ", path_str.to_bytes(), b": ", barred.what().as_bytes(), why]);
+        sys::warn(&[b"hermes-preload: ", path.to_bytes(), b": ", barred.what().as_bytes(), why]);
         sys::set_errno(libc::EACCES);
         -1
     };
     if !barred.traceable() {
         return refuse(b": HERMES mediates x86-64 programs only; exec refused\n");
     }
-    let Some(bin) = cfg.bin() else {
+    let Some(bin) = bin else {
         return refuse(b": the ptrace fallback would mediate it, but the hermes binary is unknown; exec refused\n");
     };
     let count = config::count_list(argv);
@@ -53,7 +142,7 @@ pub fn execve(
     if barred.privileged() {
         sys::warn(&[
             b"hermes-preload: ",
-            path_str.to_bytes(),
+            path.to_bytes(),
             b" is ",
             barred.what().as_bytes(),
             b": the ptrace fallback mediates it, where it runs without those privileges (no_new_privs)\n",
@@ -65,13 +154,13 @@ pub fn execve(
     args[0] = bin.as_ptr();
     args[1] = c"exec-traced".as_ptr();
     args[2] = c"--arg0".as_ptr();
-    args[3] = if count > 0 { arg(0) } else { path };
+    args[3] = if count > 0 { arg(0) } else { path.as_ptr() };
     args[4] = c"--".as_ptr();
-    args[5] = path;
+    args[5] = path.as_ptr();
     for i in 1..count {
         args[fixed + i] = arg(i);
     }
-    real(bin.as_ptr(), args.as_ptr(), envp)
+    execve(bin.as_ptr(), args.as_ptr(), envp)
 }
 
 /// The file system and this process through raw system calls, for

@@ -200,10 +200,14 @@ hooks! {
     execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Symbol,
         |real| exec_call("execvpe", AT_FDCWD, file, true, 0, argv, envp, |p, env| real(p, argv, env));
     execveat(dirfd: c_int, path: *const c_char, argv: *const *const c_char, envp: *const *const c_char, flags: c_int) -> c_int, Inline,
-        |real| exec_call("execveat", dirfd, path, false, flags, argv, envp, |p, env| real(dirfd, p, argv, env, flags));
+        |real| exec_call("execveat", dirfd, path, false, flags, argv, envp, |p, env| barred_exec::execveat(dirfd, p, argv, env, flags, || real(dirfd, p, argv, env, flags), |p, a, e| unsafe { execve::get()(p, a, e) }));
     fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Symbol,
         |real| exec_call("fexecve", fd, c"".as_ptr(), false, libc::AT_EMPTY_PATH, argv, envp, |p, env| {
-            if unsafe { *p } == 0 { real(fd, argv, env) } else { unsafe { execve::get()(p, argv, env) } }
+            if unsafe { *p } == 0 {
+                barred_exec::execveat(fd, p, argv, env, libc::AT_EMPTY_PATH, || real(fd, argv, env), |p, a, e| unsafe { execve::get()(p, a, e) })
+            } else {
+                barred_exec::execve(p, argv, env, |p, a, e| unsafe { execve::get()(p, a, e) })
+            }
         });
     posix_spawn(pid: *mut pid_t, path: *const c_char, actions: *const posix_spawn_file_actions_t, attr: *const posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int, Symbol,
         |real| spawn_call("posix_spawn", path, false, argv.cast(), envp.cast(), |p, env| real(pid, p, actions, attr, argv, env.cast()));

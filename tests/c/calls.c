@@ -11,6 +11,8 @@
  * connect6:IP6:PORT  sendto:IP:PORT (UDP "ping")  sendmsg:IP:PORT (UDP "ping")
  * execve:PATH[:ARG...]  execv:PATH  execvp:FILE[:ARG...]  execvpe:FILE
  * spawn:PATH[:ARG...] (posix_spawn)  spawnp:FILE[:ARG...] (posix_spawnp)
+ * fexecve|PATH[|ARG...] (open PATH O_CLOEXEC, fexecve it)  execveat|DIR|NAME[|ARG...]
+ * (these two split on '|', so that an ARG may be a step of the exec'd program's own)
  * For the exec steps the program forks first; the child execs, the parent waits.
  *
  * Output, one line per step:  "STEP = OK <detail>"  or  "STEP = ERR <ERRNAME>".
@@ -88,17 +90,19 @@ static int inet_addr_of(const char *ip, const char *port, struct sockaddr_in *sa
 }
 
 /* Split "a:b:c" in place into at most max fields; returns the count. */
-static int split(char *s, char **out, int max) {
+static int split_on(char *s, char **out, int max, char sep) {
     int n = 0;
     while (n < max) {
         out[n++] = s;
-        char *c = strchr(s, ':');
+        char *c = strchr(s, sep);
         if (!c) break;
         *c = 0;
         s = c + 1;
     }
     return n;
 }
+
+static int split(char *s, char **out, int max) { return split_on(s, out, max, ':'); }
 
 static void tcp(const char *step, char **f, int n, int v6) {
     if (n < 3) { printf("%s = BADSTEP\n", step); return; }
@@ -168,6 +172,11 @@ static void run_exec(const char *step, char **f, int n) {
     for (int i = 2; i < n && argc < 15; i++) argv[argc++] = f[i];
     argv[argc] = NULL;
     const char *op = f[0];
+    if (!strcmp(op, "execveat")) {
+        argc = 0;
+        for (int i = 2; i < n && argc < 15; i++) argv[argc++] = f[i];
+        argv[argc] = NULL;
+    }
     fflush(stdout);
     if (!strcmp(op, "spawn") || !strcmp(op, "spawnp")) {
         pid_t pid;
@@ -185,6 +194,13 @@ static void run_exec(const char *step, char **f, int n) {
         else if (!strcmp(op, "execv")) execv(f[1], argv);
         else if (!strcmp(op, "execvp")) execvp(f[1], argv);
         else if (!strcmp(op, "execvpe")) execvpe(f[1], argv, environ);
+        else if (!strcmp(op, "fexecve")) {
+            int fd = open(f[1], O_RDONLY | O_CLOEXEC);
+            if (fd >= 0) fexecve(fd, argv, environ);
+        } else if (!strcmp(op, "execveat")) {
+            int dfd = open(f[1], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (dfd >= 0) execveat(dfd, f[2], argv, environ, 0);
+        }
         printf("%s = ERR %s\n", step, errname(errno));
         fflush(stdout);
         _exit(100);
@@ -203,7 +219,8 @@ int main(int argc, char **argv) {
         char copy[4096];
         snprintf(copy, sizeof copy, "%s", argv[i]);
         char *f[16];
-        int n = split(copy, f, 16);
+        int by_bar = !strncmp(copy, "fexecve|", 8) || !strncmp(copy, "execveat|", 9);
+        int n = by_bar ? split_on(copy, f, 16, '|') : split(copy, f, 16);
         const char *op = f[0];
         if (!strcmp(op, "open")) report_fd(step, open(f[1], O_RDONLY));
         else if (!strcmp(op, "open64")) report_fd(step, open64(f[1], O_RDONLY));
@@ -231,7 +248,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(op, "connect6")) tcp(step, f, n, 1);
         else if (!strcmp(op, "sendto")) udp(step, f, n, 0);
         else if (!strcmp(op, "sendmsg")) udp(step, f, n, 1);
-        else if (!strncmp(op, "exec", 4) || !strncmp(op, "spawn", 5)) run_exec(step, f, n);
+        else if (!strncmp(op, "exec", 4) || !strncmp(op, "spawn", 5) || !strcmp(op, "fexecve")) run_exec(step, f, n);
         else printf("%s = BADSTEP\n", step);
     }
     return 0;

@@ -176,3 +176,26 @@ fn a_script_with_a_static_interpreter_stays_mediated() {
     let traced = run.calls("open").into_iter().any(|r| r["layer"] == "ptrace" && r["args"]["path"] == secret.as_str());
     run.check(traced, "launched, by the ptrace layer");
 }
+
+/// fexecve and execveat name the program by a descriptor: it is judged, and run under
+/// the fallback, through /proc/self/fd (both used to run a static program unmediated).
+#[test]
+fn a_static_program_execd_by_descriptor_stays_mediated() {
+    let dir = Scratch::new();
+    let secret = dir.write("secret", "secret\n").display().to_string();
+    let stat = c_program("static_calls");
+    let (stat_dir, stat_name) = (stat.parent().expect("dir"), stat.file_name().expect("name"));
+    let steps = [
+        format!("fexecve|{}|open:{secret}", stat.display()),
+        format!("execveat|{}|{}|open:{secret}", stat_dir.display(), stat_name.to_string_lossy()),
+    ];
+    let run = launch(POLICY, c_program("calls"), &[&steps[0], &steps[1]]).run();
+    run.check(run.code == 0, "exits 0");
+    run.check(run.stdout.matches(&format!("open:{secret} = ERR EACCES")).count() == 2, "both opens denied");
+    let traced =
+        run.calls("open").into_iter().filter(|r| r["layer"] == "ptrace" && r["args"]["path"] == secret.as_str());
+    run.check(traced.count() == 2, "by the ptrace layer");
+    for step in &steps {
+        run.check(run.stdout.contains(&format!("{step} = OK exit=0")), &format!("{step}: the program ran to its end"));
+    }
+}
