@@ -492,9 +492,12 @@ impl program::System for Here {
     fn caller(&self) -> program::Caller {
         // SAFETY: these calls have no preconditions and cannot fail.
         let (uid, euid, gid, egid) = unsafe { (libc::getuid(), libc::geteuid(), libc::getgid(), libc::getegid()) };
+        program::Caller { uid, euid, gid, egid }
+    }
+
+    fn no_new_privs(&self) -> bool {
         // SAFETY: PR_GET_NO_NEW_PRIVS reads no memory.
-        let no_new_privs = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } == 1;
-        program::Caller { uid, euid, gid, egid, no_new_privs }
+        unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1 }
     }
 }
 

@@ -227,8 +227,11 @@ impl program::System for Raw {
         };
         ids(libc::SYS_getresuid, &mut uid, &mut euid, &mut suid);
         ids(libc::SYS_getresgid, &mut gid, &mut egid, &mut sgid);
+        program::Caller { uid, euid, gid, egid }
+    }
+
+    fn no_new_privs(&self) -> bool {
         // SAFETY: PR_GET_NO_NEW_PRIVS reads no memory.
-        let no_new_privs = unsafe { sys::syscall3(libc::SYS_prctl, libc::PR_GET_NO_NEW_PRIVS as usize, 0, 0) } == 1;
-        program::Caller { uid, euid, gid, egid, no_new_privs }
+        unsafe { sys::syscall3(libc::SYS_prctl, libc::PR_GET_NO_NEW_PRIVS as usize, 0, 0) == 1 }
     }
 }

@@ -65,16 +65,13 @@ pub struct Owner {
     pub gid: u32,
 }
 
-/// What the exec'ing process is: its real and effective ids, and whether it set
-/// `no_new_privs` (then exec grants nothing: set-id bits and file capabilities are
-/// ignored).
+/// The exec'ing process's real and effective ids.
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
     pub uid: u32,
     pub euid: u32,
     pub gid: u32,
     pub egid: u32,
-    pub no_new_privs: bool,
 }
 
 /// The file system and process, as the caller reads them.
@@ -90,6 +87,9 @@ pub trait System {
     /// The file's `security.capability` attribute into `buf`: its length, 0 without one.
     fn capability_attr(&self, file: &Self::File, buf: &mut [u8]) -> usize;
     fn caller(&self) -> Caller;
+    /// Whether the caller set `no_new_privs`: then exec grants nothing (set-id bits and
+    /// file capabilities are ignored).
+    fn no_new_privs(&self) -> bool;
 }
 
 const S_ISUID: u32 = 0o4000;
@@ -150,9 +150,6 @@ fn privilege<S: System>(sys: &S, file: &S::File) -> Option<Barred> {
     if caller.euid != caller.uid || caller.egid != caller.gid {
         return Some(Barred::CallerSetId);
     }
-    if caller.no_new_privs {
-        return None;
-    }
     let owner = sys.owner(file)?;
     // Set-gid counts only with group execute (without, the bit means mandatory locking).
     let set_id = if owner.mode & S_ISUID != 0 && owner.uid != caller.uid {
@@ -164,7 +161,9 @@ fn privilege<S: System>(sys: &S, file: &S::File) -> Option<Barred> {
     } else {
         None
     };
-    set_id.filter(|_| !sys.on_nosuid_mount(file))
+    // The rarer conditions last: most programs are asked for their mode bits only
+    // (and, by a user other than root, for their capabilities).
+    set_id.filter(|_| !sys.no_new_privs() && !sys.on_nosuid_mount(file))
 }
 
 /// Whether `file`'s capabilities (its `security.capability` attribute, `struct
@@ -201,6 +200,7 @@ mod tests {
         nosuid: bool,
         caps: &'a [u8],
         caller: Caller,
+        no_new_privs: bool,
         opened: Cell<usize>,
     }
 
@@ -234,9 +234,12 @@ mod tests {
         fn caller(&self) -> Caller {
             self.caller
         }
+        fn no_new_privs(&self) -> bool {
+            self.no_new_privs
+        }
     }
 
-    const USER: Caller = Caller { uid: 1000, euid: 1000, gid: 1000, egid: 1000, no_new_privs: false };
+    const USER: Caller = Caller { uid: 1000, euid: 1000, gid: 1000, egid: 1000 };
 
     fn program(class: u8, machine: u16, interp: bool) -> [u8; 512] {
         let mut f = [0u8; 512];
@@ -257,6 +260,7 @@ mod tests {
             nosuid: false,
             caps: &[],
             caller: USER,
+            no_new_privs: false,
             opened: Cell::new(0),
         }
     }
@@ -303,7 +307,7 @@ mod tests {
         f.owner.mode = 0o2745; // no group execute: mandatory locking, not set-gid
         assert_eq!(judged(&f), None);
         f.owner.mode = 0o4755;
-        f.caller.no_new_privs = true;
+        f.no_new_privs = true;
         assert_eq!(judged(&f), None);
         f.caller = Caller { euid: 0, ..USER };
         assert_eq!(judged(&f), Some(Barred::CallerSetId));
@@ -320,7 +324,7 @@ mod tests {
         f.caps = &permitted_only;
         assert_eq!(judged(&f), Some(Barred::Capabilities));
         // Root's exec is not made secure by file capabilities.
-        f.caller = Caller { uid: 0, euid: 0, gid: 0, egid: 0, ..USER };
+        f.caller = Caller { uid: 0, euid: 0, gid: 0, egid: 0 };
         assert_eq!(judged(&f), None);
         f.caller = USER;
         f.nosuid = true;
