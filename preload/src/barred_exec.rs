@@ -64,12 +64,23 @@ pub fn execveat(
     let Some((bin, judged)) = judge(named) else { return real() };
     // SAFETY: `named` is `path` or the NUL-terminated string just written to `buf`.
     let named_str = unsafe { CStr::from_ptr(named) };
-    if through_fd && judged.traceable() {
-        // SAFETY: F_SETFD with integer arguments on the caller's descriptor, which the
-        // exec that follows would have closed: the traced program needs it open.
-        unsafe { sys::syscall3(libc::SYS_fcntl, dirfd as usize, libc::F_SETFD as usize, 0) };
+    // The exec would have closed a close-on-exec descriptor: the traced program needs it
+    // open. Should the exec fail, the caller gets its descriptor back as it was.
+    let fd_flags = |cmd: c_int, arg: usize| {
+        // SAFETY: F_GETFD / F_SETFD with integer arguments on the caller's descriptor.
+        unsafe { sys::syscall3(libc::SYS_fcntl, dirfd as usize, cmd as usize, arg) }
+    };
+    let kept = (through_fd && judged.traceable()).then(|| fd_flags(libc::F_GETFD, 0)).filter(|&f| f > 0);
+    if kept.is_some() {
+        fd_flags(libc::F_SETFD, 0);
     }
-    reroute(bin, judged, named_str, argv, envp, execve)
+    let failed = reroute(bin, judged, named_str, argv, envp, execve);
+    if let Some(flags) = kept {
+        let errno = sys::errno();
+        fd_flags(libc::F_SETFD, flags as usize);
+        sys::set_errno(errno);
+    }
+    failed
 }
 
 /// `/proc/self/fd/FD[/NAME]` in `buf`; `None` when it does not fit, or `fd` is no descriptor.
