@@ -97,18 +97,8 @@ fn fd_path<'a>(buf: &'a mut [u8], fd: c_int, name: &[u8]) -> Option<&'a CStr> {
             break;
         }
     }
-    let parts: [&[u8]; 4] = [prefix, &digits[at..], if name.is_empty() { b"" } else { b"/" }, name];
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    if len >= buf.len() {
-        return None;
-    }
-    let mut end = 0;
-    for part in parts {
-        buf[end..end + part.len()].copy_from_slice(part);
-        end += part.len();
-    }
-    buf[end] = 0;
-    CStr::from_bytes_with_nul(&buf[..=end]).ok()
+    let slash: &[u8] = if name.is_empty() { b"" } else { b"/" };
+    sys::concat_c(buf, &[prefix, &digits[at..], slash, name])
 }
 
 /// The hermes binary and the reason when an exec of `path` must not go ahead as it is.

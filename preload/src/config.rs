@@ -340,16 +340,5 @@ fn contains_lib(value: &[u8], lib: &[u8]) -> bool {
 
 /// Build `LD_PRELOAD=<lib>:<value>` in `buf`.
 fn merge_preload(buf: &mut [u8], lib: &[u8], value: &[u8]) -> Option<*const c_char> {
-    let parts: [&[u8]; 4] = [b"LD_PRELOAD=", lib, b":", value];
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    if total + 1 > buf.len() {
-        return None;
-    }
-    let mut at = 0;
-    for p in parts {
-        buf[at..at + p.len()].copy_from_slice(p);
-        at += p.len();
-    }
-    buf[at] = 0;
-    Some(buf.as_ptr().cast())
+    sys::concat_c(buf, &[b"LD_PRELOAD=", lib, b":", value]).map(CStr::as_ptr)
 }

@@ -443,6 +443,22 @@ pub fn read_own_memory(addr: usize, buf: &mut [u8]) -> usize {
     usize::try_from(n).unwrap_or(0)
 }
 
+/// `parts` one after the other in `buf`, NUL-terminated; `None` when they do not fit.
+/// (A NUL inside a part ends the string there.) No allocation: safe in a vfork child.
+pub fn concat_c<'a>(buf: &'a mut [u8], parts: &[&[u8]]) -> Option<&'a core::ffi::CStr> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    if total >= buf.len() {
+        return None;
+    }
+    let mut at = 0;
+    for part in parts {
+        buf[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    buf[at] = 0;
+    core::ffi::CStr::from_bytes_until_nul(&buf[..=at]).ok()
+}
+
 /// The inode of the socket `fd`, if it is one.
 pub fn socket_inode(fd: i32) -> Option<u64> {
     fstat(fd).filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK).map(|st| st.st_ino)

@@ -127,6 +127,18 @@ impl Scratch {
         self.0.join(name)
     }
 
+    /// A 32-bit x86 ELF header, executable, at `name`: a program HERMES refuses (a
+    /// header is all the refusal reads).
+    pub fn i386_program(&self, name: &str) -> PathBuf {
+        let mut elf32 = vec![0u8; 64];
+        elf32[..7].copy_from_slice(b"\x7fELF\x01\x01\x01");
+        elf32[16..20].copy_from_slice(&[2, 0, 3, 0]); // ET_EXEC, EM_386
+        let path = self.join(name);
+        std::fs::write(&path, &elf32).expect("write the header");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        path
+    }
+
     /// Write `contents` to `name` in the scratch directory; returns its path.
     pub fn write(&self, name: &str, contents: &str) -> PathBuf {
         let p = self.join(name);

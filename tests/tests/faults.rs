@@ -173,12 +173,7 @@ fn a_program_that_cannot_run_gives_127_or_126() {
     // A 32-bit program: the preload cannot enter it (ld.so would skip it with a
     // warning and run the program unmediated), nor may the fallback's filter let its
     // system calls by. Refused before anything starts; a header is all it takes.
-    let mut elf32 = vec![0u8; 64];
-    elf32[..7].copy_from_slice(b"\x7fELF\x01\x01\x01");
-    elf32[16..20].copy_from_slice(&[2, 0, 3, 0]); // ET_EXEC, EM_386
-    let i386 = dir.join("i386");
-    std::fs::write(&i386, &elf32).expect("write the header");
-    std::fs::set_permissions(&i386, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let i386 = dir.i386_program("i386");
     let run = launch(policy, &i386, &[]).run();
     run.check(run.code == 126, "a 32-bit program: exit 126");
     run.check(run.stderr.contains("32-bit") && run.stderr.contains("x86-64 programs only"), "says why");

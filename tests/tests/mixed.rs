@@ -145,12 +145,7 @@ fn a_program_with_file_capabilities_runs_under_the_ptrace_fallback_for_a_user() 
 #[test]
 fn a_32_bit_program_execd_in_a_session_is_refused() {
     let dir = Scratch::new();
-    let mut elf32 = vec![0u8; 64];
-    elf32[..7].copy_from_slice(b"\x7fELF\x01\x01\x01");
-    elf32[16..20].copy_from_slice(&[2, 0, 3, 0]); // ET_EXEC, EM_386
-    let i386 = dir.join("i386");
-    std::fs::write(&i386, &elf32).expect("write the header");
-    std::fs::set_permissions(&i386, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let i386 = dir.i386_program("i386");
     let run = launch("function on_exec(ev) end\n", c_program("calls"), &[&format!("execve:{}", i386.display())]).run();
     run.check(run.stdout.contains("= ERR EACCES"), "the exec failed with EACCES");
     run.check(run.stderr.contains("32-bit") && run.stderr.contains("x86-64 programs only"), "says why");
