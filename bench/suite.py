@@ -97,6 +97,8 @@ class Suite:
             elif key == "trace_opens":
                 # Observed, not asked: the program never waits for the broker.
                 src = "on_open = hermes.allow()\n"
+            elif key == "observe_exec":
+                src = "on_exec = hermes.allow()\n"
             else:
                 src = "".join(f"function {HANDLER[op]}(ev) return hermes.allow() end\n" for op in key.split("+"))
             path.write_text(src)
@@ -150,6 +152,13 @@ class Suite:
             Workload("sendto", "UDP sendto 127.0.0.1, 16 B", "sendto", "udp", ["sendto"], every),
             Workload("forkexec", "fork + exec /bin/true + wait", "forkexec", "/bin/true", ["exec"],
                      [r for r in every if r != "frida"], ncal=10, cap=20_000),
+            # The same loop, what each exec'd image pays for the preload without a decision:
+            # the exec observed (reported one-way), then not watched at all.
+            Workload("forkexec-observed", "fork + exec, exec observed (`on_exec = hermes.allow()`)", "forkexec",
+                     "/bin/true", ["exec"], ["preload", "strict"], ncal=10, cap=20_000, baseline="forkexec",
+                     policy="observe_exec"),
+            Workload("forkexec-unwatched", "fork + exec, policy watches opens only", "forkexec", "/bin/true",
+                     ["open"], ["preload", "strict"], ncal=10, cap=20_000, baseline="forkexec"),
             Workload("pingpong64", "Unix socket request/reply, 64 B, two processes", "pingpong", "64", [],
                      ["native"]),
             Workload("pingpong1", "Unix socket request/reply, 1 B, two processes", "pingpong", "1", [],
