@@ -71,6 +71,15 @@ fn bad_hook_specs_are_refused_before_the_target_runs() {
         .launch_option("--hook=no-colon")
         .run();
     run.check(run.code == 2 && run.stderr.contains("not LIB:SYMBOL") && run.stdout.is_empty(), "refused");
+    // A program the preload cannot enter has no library functions to hook.
+    let run = launch("function on_api(ev) end\n", c_program("static_calls"), &["pid"])
+        .launch_option("--hook=libc.so.6:puts")
+        .run();
+    run.check(
+        run.code == 2 && run.stderr.contains("cannot enter") && run.stderr.contains("a statically linked program"),
+        "a static program: refused, saying why",
+    );
+    run.check(run.stdout.is_empty(), "before it ran");
 }
 
 #[test]
