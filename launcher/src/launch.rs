@@ -43,8 +43,8 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
     let barred = preload_barred(&exe)?;
     if let Some(privileged) = barred.filter(|b| b.privileged()) {
         eprintln!(
-            "hermes: {} is {}: the dynamic loader ignores LD_PRELOAD for it, so the ptrace fallback mediates it, \
-             where it runs without those privileges (the fallback's seccomp filter sets no_new_privs)",
+            "hermes: {} is {}: the dynamic loader ignores LD_PRELOAD for it, so the ptrace fallback mediates it \
+             (traced, it keeps those privileges only when hermes runs as root, as under strace)",
             exe.display(),
             privileged.what()
         );

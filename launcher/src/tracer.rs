@@ -82,8 +82,8 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Fork the target. The child sets no_new_privs and waits on a pipe until we have
-/// seized it, then installs the filter and execs; everything it needs is built here,
+/// Fork the target. The child waits on a pipe until we have seized it, then installs
+/// the filter (setting no_new_privs first when it must) and execs; everything it needs is built here,
 /// before the fork, because the child may not allocate.
 fn spawn(cmd: &Command, arg0: &OsStr, filter: &Filter) -> io::Result<Child> {
     let path = cstring(cmd.get_program())?;
@@ -175,9 +175,6 @@ unsafe fn child_main(
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            fail(*libc::__errno_location());
-        }
         // Wait for the tracer. EOF (it gave up or died) means: do not run unmediated.
         let mut byte = 0u8;
         loop {
@@ -188,7 +185,18 @@ unsafe fn child_main(
             }
         }
         libc::close(fds.release_r);
-        if let Err(errno) = filter.install() {
+        // With CAP_SYS_ADMIN (root) the filter goes in as it is, and a set-uid program or
+        // one with file capabilities keeps its privileges under the tracer, as under
+        // strace run by root. Without, the kernel takes a filter only from a process that
+        // can gain no privileges (no_new_privs): such a program then runs without them.
+        let mut installed = filter.install();
+        if installed == Err(libc::EACCES) {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                fail(*libc::__errno_location());
+            }
+            installed = filter.install();
+        }
+        if let Err(errno) = installed {
             fail(errno);
         }
         libc::execve(path, argv, envp);

@@ -146,7 +146,7 @@ fn reroute(
             path.to_bytes(),
             b" is ",
             barred.what().as_bytes(),
-            b": the ptrace fallback mediates it, where it runs without those privileges (no_new_privs)\n",
+            b": the ptrace fallback mediates it (traced, it keeps those privileges only when run by root)\n",
         ]);
     }
     let mut args = [core::ptr::null::<c_char>(); MAX_STACK_ARGS];

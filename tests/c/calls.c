@@ -11,6 +11,7 @@
  * connect6:IP6:PORT  sendto:IP:PORT (UDP "ping")  sendmsg:IP:PORT (UDP "ping")
  * execve:PATH[:ARG...]  execv:PATH  execvp:FILE[:ARG...]  execvpe:FILE
  * spawn:PATH[:ARG...] (posix_spawn)  spawnp:FILE[:ARG...] (posix_spawnp)
+ * ids (prints the real and effective user ids)
  * fexecve|PATH[|ARG...] (open PATH O_CLOEXEC, fexecve it)  execveat|DIR|NAME[|ARG...]
  * (these two split on '|', so that an ARG may be a step of the exec'd program's own)
  * For the exec steps the program forks first; the child execs, the parent waits.
@@ -248,6 +249,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(op, "connect6")) tcp(step, f, n, 1);
         else if (!strcmp(op, "sendto")) udp(step, f, n, 0);
         else if (!strcmp(op, "sendmsg")) udp(step, f, n, 1);
+        else if (!strcmp(op, "ids")) printf("%s = OK uid=%d euid=%d\n", step, (int)getuid(), (int)geteuid());
         else if (!strncmp(op, "exec", 4) || !strncmp(op, "spawn", 5) || !strcmp(op, "fexecve")) run_exec(step, f, n);
         else printf("%s = BADSTEP\n", step);
     }

@@ -64,9 +64,7 @@ fn privileged_calls(dir: &Scratch, arrange: impl FnOnce(&Path)) -> String {
     prog.display().to_string()
 }
 
-/// The policy of the in-session tests below. Under the fallback the program runs
-/// without its privileges (`no_new_privs`), so the loader loads the preload after all,
-/// which decides its hooked calls beside the tracer, as under `--strict`.
+/// The policy of the in-session tests below.
 const PRIVILEGED_POLICY: &str =
     "function on_open(ev) if ev.path == '/etc/group' then return hermes.deny('EACCES') end end\n";
 
@@ -87,9 +85,10 @@ fn a_set_uid_program_execd_in_a_session_runs_under_the_ptrace_fallback() {
         std::os::unix::fs::chown(p, Some(65534), Some(65534)).expect("chown nobody");
         std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).expect("chmod u+s");
     });
-    let script = format!("{prog} open:/etc/group open:/etc/passwd; exit 7");
+    let script = format!("{prog} open:/etc/group open:/etc/passwd ids; exit 7");
     let run = launch(PRIVILEGED_POLICY, "sh", &["-c", &script]).run();
     check_traced_privileged(&run, "is a set-uid program");
+    run.check(run.stdout.contains("ids = OK uid=0 euid=65534"), "run by root, traced, it kept its privilege");
 }
 
 /// A program with file capabilities, exec'd in a session that runs as a user other

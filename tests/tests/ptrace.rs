@@ -143,8 +143,9 @@ fn a_set_uid_program_runs_under_the_ptrace_fallback() {
     std::os::unix::fs::chown(&prog, Some(65534), Some(65534)).expect("chown nobody");
     std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).expect("chmod u+s");
     let policy = "function on_open(ev) if ev.path == '/etc/group' then return hermes.deny('EACCES') end end\n";
-    let run = launch(policy, &prog, &["open:/etc/group", "open:/etc/passwd"]).timeout(TIMEOUT).run();
+    let run = launch(policy, &prog, &["open:/etc/group", "open:/etc/passwd", "ids"]).timeout(TIMEOUT).run();
     run.check(run.code == 0, "exits 0");
+    run.check(run.stdout.contains("ids = OK uid=0 euid=65534"), "traced by root, it kept its privilege");
     run.check(result(&run.stdout, "open:/etc/group") == "ERR EACCES", "the policy denied its open");
     run.check(result(&run.stdout, "open:/etc/passwd").starts_with("OK"), "and allowed the other");
     run.check(

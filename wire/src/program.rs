@@ -50,8 +50,9 @@ impl Barred {
         self != Barred::Foreign
     }
 
-    /// Whether the reason is a privilege the program would run with (which it loses
-    /// under the ptrace fallback: the fallback's seccomp filter sets `no_new_privs`).
+    /// Whether the reason is a privilege the program would run with (which it keeps under
+    /// the ptrace fallback only when run by root: otherwise the fallback's seccomp filter
+    /// needs `no_new_privs`).
     pub fn privileged(self) -> bool {
         matches!(self, Barred::SetUid | Barred::SetGid | Barred::Capabilities | Barred::CallerSetId)
     }
