@@ -269,6 +269,38 @@ class Suite:
         t2 = statistics.median(self.loops[(wl_name, r, n2)])
         return (t2 - t1) / (n2 - n1)
 
+    def recheck(self, wls):
+        """Measure again, once, every cell whose runner intercepts the workload's own call but
+        whose slope came out below native's: a tracer that stops on each call cannot make it
+        cheaper, so the figure is a measurement gone wrong (one run of strace --seccomp-bpf
+        read −2.8 µs per open). A second wrong figure leaves the cell empty, with a note."""
+        own = {"open": "open", "open2t": "open", "connect": "connect", "sendto": "sendto", "forkexec": "exec"}
+        for wl in wls:
+            base = self.per_call(wl.baseline, "native")
+            if base is None or own.get(wl.mode) not in wl.watch:
+                continue
+            for r in wl.runners:
+                per = self.per_call(wl.name, r)
+                if r == "native" or per is None or per >= base:
+                    continue
+                say(f"{wl.name} / {r}: {per - base:+.0f} ns per call, below native: measuring it again")
+                n1, n2 = self.sizes[(wl.name, r)]
+                for n in (n1, n2):
+                    self.loops[(wl.name, r, n)] = []
+                for rep in range(self.reps):
+                    for n in (n1, n2) if rep % 2 == 0 else (n2, n1):
+                        ns, err = self.loop(wl, r, n)
+                        if err:
+                            self.cell_note[(wl.name, r)] = err
+                            break
+                        self.loops[(wl.name, r, n)].append(ns)
+                    if (wl.name, r) in self.cell_note:
+                        break
+                per = self.per_call(wl.name, r)
+                if per is not None and per < base:
+                    self.cell_note[(wl.name, r)] = (f"measured twice below native ({per - base:+.0f} ns per call): "
+                                                    "not a figure to trust")
+
     # --- paired: a hook's cost, libc and raw calls alternating in one process ------
     def paired(self):
         """Overhead per call (ns) of the hook for write, sendto on fd -1 and a cached open:
@@ -428,6 +460,7 @@ def main():
         say(f"calibrating {sum(len(w.runners) for w in wls)} workload × runner cells")
         s.calibrate(wls)
         s.measure(wls)
+        s.recheck(wls)
         paired = s.paired() if not a.only else {}
         s.stop_listener()
         startup, startup_err = s.startup()
@@ -563,20 +596,29 @@ def main():
                            f"{fmt_ns(dec)} = {r:.2f}× the round trip ({fmt_ns(rtt)}; 1 B: "
                            f"{fmt_ns(rtt1) if rtt1 else '?'})", r <= 1.5, f"{r / 1.5:.2f}× the target",
                            prof.get("open"))
+    def unjudged(label, name, r):
+        """A target whose peer has no figure in this run says so rather than vanish."""
+        why = s.cell_note.get((name, r)) or s.missing.get(r) or "no figure"
+        C.append(f"| {label} | not judged in this run: {LABELS[r]} on `{name}`: {why} | — |")
+
     sb = ov("open", "strace-bpf")
+    label = "uncached decision ≤ 1/3 of strace --seccomp-bpf's per-call overhead (open)"
     if need(dec, sb):
         r = dec / sb
-        fails += not check(C, "uncached decision ≤ 1/3 of strace --seccomp-bpf's per-call overhead (open)",
-                           f"{fmt_ns(dec)} = {r:.2f}× strace-bpf's {fmt_ns(sb)}", r <= 1 / 3,
+        fails += not check(C, label, f"{fmt_ns(dec)} = {r:.2f}× strace-bpf's {fmt_ns(sb)}", r <= 1 / 3,
                            f"{r * 3:.2f}× the target", prof.get("open"))
+    elif dec is not None:
+        unjudged(label, "open", "strace-bpf")
     if any(w.name == "open-static" for w in wls):
         pt, sbs = ov("open-static", "ptrace"), ov("open-static", "strace-bpf")
+        label = ("seccomp+ptrace fallback, per trapped call (static open loop) ≤ strace -f --seccomp-bpf's "
+                 "on the same loop")
         if need(pt, sbs):
             r = pt / sbs
-            fails += not check(C, "seccomp+ptrace fallback, per trapped call (static open loop) ≤ strace -f "
-                               "--seccomp-bpf's on the same loop",
-                               f"{fmt_ns(pt)} = {r:.2f}× strace-bpf's {fmt_ns(sbs)}", r <= 1,
+            fails += not check(C, label, f"{fmt_ns(pt)} = {r:.2f}× strace-bpf's {fmt_ns(sbs)}", r <= 1,
                                f"{r:.2f}× the target")
+        elif pt is not None:
+            unjudged(label, "open-static", "strace-bpf")
     st, pre = ov("open", "strict"), dec
     if need(st, pre):
         r = (st + per[("open", "native")]) / (pre + per[("open", "native")])

@@ -38,8 +38,8 @@ fn launch(args: &LaunchArgs) -> Result<ExitCode, Refusal> {
     let (prog, prog_args) = args.command.split_first().ok_or_else(|| Refusal(2, "no program given".into()))?;
     let exe = find_program(prog)?;
     // A static binary never runs the dynamic loader, and the loader ignores LD_PRELOAD
-    // in a program that runs set-uid: the preload cannot enter either, and the
-    // seccomp+ptrace fallback mediates them instead.
+    // in a program that runs privileged (set-uid, set-gid, file capabilities): the
+    // preload cannot enter either, and the seccomp+ptrace fallback mediates them instead.
     let barred = preload_barred(&exe)?;
     if let Some(privileged) = barred.filter(|b| b.privileged()) {
         eprintln!(
