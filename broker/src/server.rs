@@ -52,6 +52,8 @@ pub struct Shared {
     acceptors: AtomicUsize,
     /// The listening socket, to see connections still waiting to be accepted.
     listening: RawFd,
+    /// The run's launcher: its descendants are served whatever user they run as.
+    session: Option<i32>,
 }
 
 /// A bound, ready broker.
@@ -62,6 +64,7 @@ pub struct Broker {
     /// Policy settings fixed at start (hooks, doors), which a reload cannot change.
     hooks: Vec<ApiHook>,
     doors: Doors,
+    session: Option<i32>,
 }
 
 impl Broker {
@@ -72,7 +75,15 @@ impl Broker {
         let listener = UnixListener::bind_addr(&addr)?;
         let (hooks, doors) = (policy.hooks().to_vec(), policy.doors());
         let engine = Engine::new(policy, sink.wants_results())?;
-        Ok(Broker { listener, engine, sink, hooks, doors })
+        Ok(Broker { listener, engine, sink, hooks, doors, session: None })
+    }
+
+    /// Serve the descendants of `pid` (the run's launcher) whatever user they run as: a
+    /// program of the run that drops its privileges (a server started by root that
+    /// becomes nobody) stays mediated. Other processes are served only when they run as
+    /// the broker's user, or root.
+    pub fn admit_descendants_of(&mut self, pid: i32) {
+        self.session = Some(pid);
     }
 
     /// Poll instead of sleeping, for up to `spin`, where an answer or a call is due
@@ -126,7 +137,7 @@ impl Broker {
     /// Start serving connections on a background thread; returns a handle to reload
     /// the policy and to drain the connections.
     pub fn spawn(self) -> io::Result<Handle> {
-        let Broker { listener, engine, sink, .. } = self;
+        let Broker { listener, engine, sink, session, .. } = self;
         let sink = Arc::new(sink);
         engine.start(&sink)?;
         let listening = listener.as_raw_fd();
@@ -139,6 +150,7 @@ impl Broker {
             next_id: AtomicUsize::new(0),
             acceptors: AtomicUsize::new(0),
             listening,
+            session,
         });
         let draining = Arc::clone(&shared);
         std::thread::Builder::new().name("hermes-rings".into()).spawn(move || loop {
@@ -356,7 +368,9 @@ impl<'s> Connection<'s> {
         let cred = peer_cred(&stream)?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let me = unsafe { libc::geteuid() };
-        if cred.uid != me && cred.uid != 0 {
+        // Another user's process: only one of the run's (the /proc walk is for these alone).
+        let ours = cred.uid == me || cred.uid == 0;
+        if !ours && !shared.session.is_some_and(|root| crate::state::descends_from(cred.pid, root)) {
             return Err(ConnError::Foreign(cred.uid));
         }
         let out = ReplyState { stream: stream.try_clone()?, seq: 0, answered: true };

@@ -204,6 +204,38 @@ pub fn alive(pid: i32) -> bool {
     exists || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Whether `pid` is `root` or one of its descendants, by /proc's parent links (a bounded
+/// walk: a process that cannot be read, or a chain longer than any real one, is not).
+pub fn descends_from(mut pid: i32, root: i32) -> bool {
+    for _ in 0..256 {
+        if pid == root {
+            return true;
+        }
+        if pid <= 1 {
+            return false;
+        }
+        let mut stat = Vec::new();
+        if read_proc_file(ProcPath::new(pid).at(b"stat"), &mut stat).is_none() {
+            return false;
+        }
+        match stat_fields(&stat).and_then(|f| field(f, 1)) {
+            Some(parent) => pid = parent as i32,
+            None => return false,
+        }
+    }
+    false
+}
+
+/// What follows the parenthesised (and arbitrary) comm in /proc/PID/stat: state ppid …
+fn stat_fields(stat: &[u8]) -> Option<&[u8]> {
+    stat.get(stat.iter().rposition(|&b| b == b')')? + 2..)
+}
+
+/// Field `i` of [`stat_fields`] (0: the state), as a number.
+fn field(fields: &[u8], i: usize) -> Option<u64> {
+    std::str::from_utf8(fields.split(|&b| b == b' ').nth(i)?).ok()?.parse().ok()
+}
+
 /// A running process as /proc describes it; its argv only `with_argv`. Read with bare
 /// system calls: a process's first call waits for this, and `std::fs` would add a
 /// `statx` and an `lseek` per file and allocate each path.
@@ -211,9 +243,9 @@ fn read_process(pid: i32, with_argv: bool) -> Option<ProcessInfo> {
     let mut path = ProcPath::new(pid);
     let mut stat = Vec::new();
     read_proc_file(path.at(b"stat"), &mut stat)?;
-    // Fields after the parenthesised (and arbitrary) comm: state ppid … starttime (22).
-    let after = &stat[stat.iter().rposition(|&b| b == b')')? + 2..];
-    let field = |i: usize| std::str::from_utf8(after.split(|&b| b == b' ').nth(i)?).ok()?.parse::<u64>().ok();
+    // state ppid … starttime (22).
+    let after = stat_fields(&stat)?;
+    let field = |i: usize| field(after, i);
     if after.starts_with(b"Z ") {
         return None; // a zombie has exited; only its exit status is left
     }

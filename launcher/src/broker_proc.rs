@@ -35,6 +35,9 @@ pub struct BrokerArgs {
     reload: Reload,
     #[arg(long, default_value_t = 0)]
     spin_us: u64,
+    /// The launcher's pid: its descendants are served whatever user they run as.
+    #[arg(long)]
+    session: Option<i32>,
 }
 
 impl BrokerArgs {
@@ -49,6 +52,7 @@ impl BrokerArgs {
             shadow: launch.shadow.clone(),
             reload: launch.reload,
             spin_us: launch.spin_us,
+            session: Some(std::process::id() as i32),
         }
     }
 }
@@ -268,8 +272,11 @@ fn start(args: &BrokerArgs) -> Result<(Broker, Loaded), String> {
         }
         None => None,
     };
-    let broker = Broker::bind(args.socket.as_bytes(), policy, Sink::new(trace, args.verbose))
+    let mut broker = Broker::bind(args.socket.as_bytes(), policy, Sink::new(trace, args.verbose))
         .map_err(|e| format!("cannot bind the broker socket: {e}"))?;
+    if let Some(launcher) = args.session {
+        broker.admit_descendants_of(launcher);
+    }
     if let Some(shadow) = &args.shadow {
         let shadow = Policy::load(shadow, timeout).map_err(|e| format!("shadow policy: {e}"))?;
         loaded.shadow = Some(shadow.hash().to_owned());

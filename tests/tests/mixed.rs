@@ -193,3 +193,81 @@ fn a_static_program_execd_by_descriptor_stays_mediated() {
         run.check(run.stdout.contains(&format!("{step} = OK exit=0")), &format!("{step}: the program ran to its end"));
     }
 }
+
+/// A program of the run that becomes another user (a server started by root that drops
+/// to nobody) stays mediated: the broker serves the launcher's descendants whatever user
+/// they run as. (Its calls were all refused with EPERM: "peer uid 65534 is not ours".)
+#[test]
+fn a_program_that_becomes_another_user_stays_mediated() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test drops a program to nobody: it needs root");
+    let calls = c_program("calls").display().to_string();
+    let script =
+        format!("setpriv --reuid=65534 --regid=65534 --clear-groups {calls} ids open:/etc/group open:/etc/passwd");
+    let run = launch(PRIVILEGED_POLICY, "sh", &["-c", &script]).run();
+    run.check(run.stdout.contains("ids = OK uid=65534 euid=65534"), "the program ran as nobody");
+    run.check(run.stdout.contains("open:/etc/group = ERR EACCES"), "the policy denied its open");
+    run.check(run.stdout.contains("open:/etc/passwd = OK"), "and allowed the other");
+    run.check(!run.stderr.contains("not ours"), "the broker served it");
+}
+
+/// Another user's process outside the run is still turned away.
+#[test]
+fn another_users_process_outside_the_run_is_refused() {
+    use std::io::Read;
+    use std::os::linux::net::SocketAddrExt;
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test connects as nobody: it needs root");
+    let dir = Scratch::new();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod dir");
+    let sock_file = dir.join("sock");
+    // The run's program says where its broker listens, then waits for us.
+    let done = dir.join("done");
+    let script = format!(
+        "echo \"$HERMES_SOCK\" > {}; for i in $(seq 200); do [ -e {} ] && break; sleep 0.05; done",
+        sock_file.display(),
+        done.display()
+    );
+    let session = std::thread::spawn(move || launch(PRIVILEGED_POLICY, "sh", &["-c", &script]).run());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let name = loop {
+        match std::fs::read_to_string(&sock_file) {
+            Ok(s) if s.ends_with('\n') => break s.trim().to_owned(),
+            _ if std::time::Instant::now() > deadline => panic!("the run never wrote its socket name"),
+            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    };
+    // A child of this test (not of the run's launcher) becomes nobody and connects.
+    // SAFETY: the child only makes system calls and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        let refused = (|| {
+            // SAFETY: setgid/setuid with constant ids.
+            if unsafe { libc::setgid(65534) } != 0 || unsafe { libc::setuid(65534) } != 0 {
+                return None;
+            }
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).ok()?;
+            let mut stream = std::os::unix::net::UnixStream::connect_addr(&addr).ok()?;
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+            let mut buf = [0u8; 16];
+            // Refused: the broker closes the connection without a word (admitted, it
+            // would wait for our Hello: the read times out).
+            Some(match stream.read(&mut buf) {
+                Ok(0) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                Ok(_) => false,
+            })
+        })()
+        .unwrap_or(false);
+        // SAFETY: leaving the forked child without running the test harness's code.
+        unsafe { libc::_exit(if refused { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    std::fs::write(&done, "").expect("tell the run to end");
+    let run = session.join().expect("the run");
+    run.check(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the connection was closed unanswered");
+    run.check(run.stderr.contains("peer uid 65534 is not ours"), "and the broker says why");
+}
