@@ -109,8 +109,8 @@ fn a_program_with_file_capabilities_runs_under_the_ptrace_fallback_for_a_user() 
         };
         assert_eq!(set, 0, "setxattr security.capability: {}", std::io::Error::last_os_error());
     });
-    // The whole session runs as nobody (the broker serves its own user only), its
-    // policy and trace in a directory nobody may write.
+    // The whole session runs as nobody (hermes itself not root: the case of a user
+    // running `ping`), its policy and trace in a directory nobody may write.
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod dir");
     let policy = dir.write("policy.lua", PRIVILEGED_POLICY);
     let trace = dir.join("trace.jsonl");
