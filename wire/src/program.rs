@@ -98,20 +98,23 @@ const S_ISGID: u32 = 0o2000;
 const S_IXGRP: u32 = 0o0010;
 /// What the kernel reads of a script to find its interpreter (BINPRM_BUF_SIZE).
 const SCRIPT_HEAD: usize = 256;
+/// How many `#!` interpreters the kernel follows, one running the next.
+const SCRIPT_DEPTH: usize = 4;
 
 /// Why the preload cannot follow an exec of `path`, or `None` when it can (a dynamic
 /// x86-64 program with no privilege to gain, or a file exec will refuse anyway: the exec
 /// then says why). A script is judged by its interpreter.
 pub fn barred<S: System>(sys: &S, path: &CStr) -> Option<Barred> {
-    let file = sys.open(path)?;
+    let mut file = sys.open(path)?;
     // One byte more than is read: a script shorter than that ends its `#!` line with a NUL.
     let mut head = [0u8; elf::HEAD + 1];
-    let got = sys.read_at(&file, 0, &mut head[..elf::HEAD]).min(elf::HEAD);
-    let line = if got < SCRIPT_HEAD { got + 1 } else { SCRIPT_HEAD };
-    let Some(interpreter) = interpreter(&mut head[..line]) else { return judge(sys, &file, &head[..got]) };
-    let interpreter = sys.open(interpreter)?;
-    let got = sys.read_at(&interpreter, 0, &mut head[..elf::HEAD]).min(elf::HEAD);
-    judge(sys, &interpreter, &head[..got])
+    for _ in 0..=SCRIPT_DEPTH {
+        let got = sys.read_at(&file, 0, &mut head[..elf::HEAD]).min(elf::HEAD);
+        let line = if got < SCRIPT_HEAD { got + 1 } else { SCRIPT_HEAD };
+        let Some(interpreter) = interpreter(&mut head[..line]) else { return judge(sys, &file, &head[..got]) };
+        file = sys.open(interpreter)?;
+    }
+    None // deeper than the kernel goes: exec fails (ELOOP)
 }
 
 /// The interpreter a script's `#!` line names, NUL-terminated in place; `None` when
@@ -206,29 +209,35 @@ mod tests {
     }
 
     impl System for Fake<'_> {
-        type File = bool; // the script (true) or the program
-        fn open(&self, path: &CStr) -> Option<bool> {
+        /// 0: the program; 1: the script (any other path); 2: `/bin/second`, a script
+        /// whose interpreter is the program.
+        type File = u8;
+        fn open(&self, path: &CStr) -> Option<u8> {
             self.opened.set(self.opened.get() + 1);
-            match self.script {
-                Some(_) if path.to_bytes() == b"/bin/interp" => Some(false),
-                Some(_) => Some(true),
-                None => Some(false),
+            match (self.script, path.to_bytes()) {
+                (None, _) | (Some(_), b"/bin/interp") => Some(0),
+                (Some(_), b"/bin/second") => Some(2),
+                (Some(_), _) => Some(1),
             }
         }
-        fn read_at(&self, file: &bool, at: u64, buf: &mut [u8]) -> usize {
-            let data = if *file { self.script.unwrap_or_default() } else { self.bytes };
+        fn read_at(&self, file: &u8, at: u64, buf: &mut [u8]) -> usize {
+            let data = match file {
+                0 => self.bytes,
+                1 => self.script.unwrap_or_default(),
+                _ => b"#!/bin/interp\n",
+            };
             let src = data.get(at as usize..).unwrap_or_default();
             let n = src.len().min(buf.len());
             buf[..n].copy_from_slice(&src[..n]);
             n
         }
-        fn owner(&self, _: &bool) -> Option<Owner> {
+        fn owner(&self, _: &u8) -> Option<Owner> {
             Some(self.owner)
         }
-        fn on_nosuid_mount(&self, _: &bool) -> bool {
+        fn on_nosuid_mount(&self, _: &u8) -> bool {
             self.nosuid
         }
-        fn capability_attr(&self, _: &bool, buf: &mut [u8]) -> usize {
+        fn capability_attr(&self, _: &u8, buf: &mut [u8]) -> usize {
             buf[..self.caps.len()].copy_from_slice(self.caps);
             self.caps.len()
         }
@@ -353,6 +362,9 @@ mod tests {
         f.script = Some(b"#!  /bin/interp -e\necho hi\n");
         assert_eq!(judged(&f), Some(Barred::Static));
         assert_eq!(f.opened.get(), 2);
+        // An interpreter that is a script itself is followed in turn.
+        f.script = Some(b"#!/bin/second\n");
+        assert_eq!(judged(&f), Some(Barred::Static));
         // The file's end ends the line.
         f.script = Some(b"#!/bin/interp");
         assert_eq!(judged(&f), Some(Barred::Static));
@@ -363,6 +375,11 @@ mod tests {
         // A `#!` line that names nothing: exec refuses it.
         f.script = Some(b"#!   \n");
         assert_eq!(judged(&f), None);
+        // A script that names itself: followed as deep as the kernel goes, no deeper.
+        f.script = Some(b"#!/usr/bin/prog\n");
+        f.opened.set(0);
+        assert_eq!(judged(&f), None);
+        assert_eq!(f.opened.get(), 1 + SCRIPT_DEPTH + 1);
     }
 
     #[test]
