@@ -144,8 +144,8 @@ fn launch_preloaded(
     hermes_wire::handoff::write(late.iter().map(|(name, value)| (*name, value.as_str())), |part| {
         handoff.extend_from_slice(part)
     });
-    // A target the preload never entered (a set-user-ID program) reads nothing: the pipe
-    // must hold it all, or this write would wait for it forever.
+    // A target the preload never entered (its loader ignored LD_PRELOAD) reads nothing:
+    // the pipe must hold it all, or this write would wait for it forever.
     if handoff.len() > PIPE_HOLDS {
         // SAFETY: fcntl on a descriptor we own; on failure the write below may block.
         unsafe { libc::fcntl(handoff_w.as_raw_fd(), libc::F_SETPIPE_SZ, handoff.len() as libc::c_int) };

@@ -83,8 +83,8 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Fork the target. The child waits on a pipe until we have seized it, then installs
-/// the filter (setting no_new_privs first when it must) and execs; everything it needs is built here,
-/// before the fork, because the child may not allocate.
+/// the filter (setting no_new_privs first when it must) and execs; everything it needs
+/// is built here, before the fork, because the child may not allocate.
 fn spawn(cmd: &Command, arg0: &OsStr, filter: &Filter) -> io::Result<Child> {
     let path = cstring(cmd.get_program())?;
     let argv: Vec<CString> = std::iter::once(arg0).chain(cmd.get_args()).map(cstring).collect::<io::Result<_>>()?;

@@ -194,19 +194,19 @@ hooks! {
     execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Inline,
         |real| exec_call("execve", AT_FDCWD, path, false, 0, argv, envp, |p, env| barred_exec::execve(p, argv, env, real));
     execv(path: *const c_char, argv: *const *const c_char) -> c_int, Symbol,
-        |_real| exec_call("execv", AT_FDCWD, path, false, 0, argv, unsafe { environ }, |p, env| barred_exec::execve(p, argv, env, |p, a, e| unsafe { execve::get()(p, a, e) }));
+        |_real| exec_call("execv", AT_FDCWD, path, false, 0, argv, unsafe { environ }, |p, env| barred_exec::execve(p, argv, env, real_execve));
     execvp(file: *const c_char, argv: *const *const c_char) -> c_int, Symbol,
         |_real| exec_call("execvp", AT_FDCWD, file, true, 0, argv, unsafe { environ }, |p, env| unsafe { execvpe::get()(p, argv, env) });
     execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Symbol,
         |real| exec_call("execvpe", AT_FDCWD, file, true, 0, argv, envp, |p, env| real(p, argv, env));
     execveat(dirfd: c_int, path: *const c_char, argv: *const *const c_char, envp: *const *const c_char, flags: c_int) -> c_int, Inline,
-        |real| exec_call("execveat", dirfd, path, false, flags, argv, envp, |p, env| barred_exec::execveat(dirfd, p, argv, env, flags, || real(dirfd, p, argv, env, flags), |p, a, e| unsafe { execve::get()(p, a, e) }));
+        |real| exec_call("execveat", dirfd, path, false, flags, argv, envp, |p, env| barred_exec::execveat(dirfd, p, argv, env, flags, || real(dirfd, p, argv, env, flags), real_execve));
     fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Symbol,
         |real| exec_call("fexecve", fd, c"".as_ptr(), false, libc::AT_EMPTY_PATH, argv, envp, |p, env| {
             if unsafe { *p } == 0 {
-                barred_exec::execveat(fd, p, argv, env, libc::AT_EMPTY_PATH, || real(fd, argv, env), |p, a, e| unsafe { execve::get()(p, a, e) })
+                barred_exec::execveat(fd, p, argv, env, libc::AT_EMPTY_PATH, || real(fd, argv, env), real_execve)
             } else {
-                barred_exec::execve(p, argv, env, |p, a, e| unsafe { execve::get()(p, a, e) })
+                barred_exec::execve(p, argv, env, real_execve)
             }
         });
     posix_spawn(pid: *mut pid_t, path: *const c_char, actions: *const posix_spawn_file_actions_t, attr: *const posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int, Symbol,
@@ -688,6 +688,13 @@ impl Serialize for CStrList {
         }
         seq.end()
     }
+}
+
+/// The original execve (its trampoline, when patched inline): where the other members
+/// of the exec family end up.
+fn real_execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    // SAFETY: execve's own C signature, with the exec call's arguments.
+    unsafe { execve::get()(path, argv, envp) }
 }
 
 /// The exec family. The environment is re-injected whether or not the policy

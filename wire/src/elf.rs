@@ -40,17 +40,10 @@ impl Header {
     }
 }
 
-/// `read_at(offset, buf)` reads into `buf` from the file at `offset`, returning how
-/// many bytes it read (0 on error). Files that are not 64-bit ELF (scripts, say) are
-/// not static.
-pub fn is_static(mut read_at: impl FnMut(u64, &mut [u8]) -> usize) -> bool {
-    let mut buf = [0u8; HEAD];
-    let got = read_at(0, &mut buf).min(HEAD);
-    is_static_from(&buf[..got], read_at)
-}
-
-/// [`is_static`], given the file's first bytes (up to [`HEAD`] of them, as one read
-/// gave them): program headers past them are read with `read_at`.
+/// Whether the file whose first bytes are `head` (up to [`HEAD`] of them, as one read
+/// gave them) is a static 64-bit ELF program. Program headers past `head` are read with
+/// `read_at(offset, buf)`, which returns how many bytes it read (0 on error). Files that
+/// are not 64-bit ELF (scripts, say) are not static.
 pub fn is_static_from(head: &[u8], mut read_at: impl FnMut(u64, &mut [u8]) -> usize) -> bool {
     let Some(Header { program_headers: (phoff, phentsize, phnum), .. }) = Header::parse(head) else { return false };
     if phentsize < 4 || phnum == 0 || phnum > MAX_PHNUM {
@@ -87,6 +80,13 @@ mod tests {
             f[at..at + 4].copy_from_slice(&t.to_le_bytes());
         }
         f
+    }
+
+    /// [`is_static_from`] as its callers use it: the head in one read, then the rest.
+    fn is_static(mut read_at: impl FnMut(u64, &mut [u8]) -> usize) -> bool {
+        let mut buf = [0u8; HEAD];
+        let got = read_at(0, &mut buf).min(HEAD);
+        is_static_from(&buf[..got], read_at)
     }
 
     /// Reads from `file` as pread does (short at its end), counting the reads.
