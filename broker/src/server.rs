@@ -153,10 +153,9 @@ impl Broker {
             session,
         });
         let draining = Arc::clone(&shared);
-        std::thread::Builder::new().name("hermes-rings".into()).spawn(move || loop {
-            std::thread::sleep(lane::PERIOD);
-            draining.lanes.drain_all(&draining);
-        })?;
+        std::thread::Builder::new()
+            .name("hermes-rings".into())
+            .spawn(move || draining.lanes.read_periodically(&draining))?;
         Acceptors::spawn(Arc::clone(&shared), Arc::new(listener))?;
         Ok(Handle { shared })
     }

@@ -3,7 +3,8 @@
 //! `hermes launch --trace`: nothing published is lost (many opens, threads, `_exit`,
 //! SIGKILL, fork, vfork and posix_spawn children), a decided call sees what its
 //! process observed before it, a quiet long-running target's events arrive while it
-//! runs, and a target that scribbles on its ring neither crashes nor hangs the broker.
+//! runs, an idle one leaves the broker asleep, and a target that scribbles on its ring
+//! neither crashes nor hangs the broker.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -489,6 +490,58 @@ fn a_quiet_long_running_targets_events_arrive_while_it_runs() {
         &format!("while the target still ran (it did: {still_running}), {took:?} after its opens"),
     );
     check_observed_with_results(&out, &opens_of(&trace_now, &f));
+}
+
+/// Wake-ups of each of the broker's threads, by name, from /proc.
+fn wakeups_by_thread(broker: u32) -> BTreeMap<String, u64> {
+    let mut by = BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{broker}/task")).into_iter().flatten().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let woken = status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")).map(str::trim);
+        *by.entry(comm.trim().to_owned()).or_default() += woken.and_then(|n| n.parse().ok()).unwrap_or(0);
+    }
+    by
+}
+
+#[test]
+fn an_idle_session_leaves_the_broker_asleep() {
+    // The shell observes an open itself (so its ring stays listed while it lives), says
+    // where the broker is (HERMES_BOARD is /proc/PID/fd/N of the broker), and idles.
+    let dir = Scratch::new();
+    let marker = dir.join("board");
+    let script = format!("exec 3</dev/null; echo \"$HERMES_BOARD\" >{}.part; sleep 3", marker.display());
+    let watched = launch(OBSERVE_OPENS, "sh", &["-c", &script]).timeout(TIMEOUT);
+    let run = std::thread::spawn(move || watched.run());
+    let part = marker.with_extension("part");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let board = loop {
+        let said = std::fs::read_to_string(&part).unwrap_or_default();
+        if said.ends_with('\n') {
+            break said;
+        }
+        assert!(Instant::now() < deadline, "the target never said where the broker is");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let broker: u32 =
+        board.trim().strip_prefix("/proc/").and_then(|r| r.split('/').next()?.parse().ok()).expect("a pid");
+    // Past the start and the shell's own opens, one idle second.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = wakeups_by_thread(broker);
+    std::thread::sleep(Duration::from_secs(1));
+    let after = wakeups_by_thread(broker);
+    let out = run.join().expect("hermes thread");
+    out.check(out.code == 0, "the shell exits 0");
+    out.check(out.trace.iter().any(|r| r["op"] == "open" && r["args"]["path"] == "/dev/null"), "its open was traced");
+    for name in ["hermes-rings", "hermes-watchdog"] {
+        let (was, is) = (before.get(name), after.get(name));
+        out.check(was.is_some(), &format!("the broker has a thread {name}: {before:?}"));
+        // Before: 100 a second each, whatever the target did. Now the ring reader looks
+        // ever less often at a ring with no news (at least every 250 ms), and the
+        // watchdog sleeps while no handler runs.
+        let woke = is.zip(was).map_or(u64::MAX, |(is, was)| is - was);
+        out.check(woke <= 10, &format!("{name} woke {woke} times in an idle second"));
+    }
 }
 
 fn check_scribbled(how: &str) {
