@@ -28,7 +28,140 @@ pub fn execve(
     let Some((bin, judged)) = judge(path) else { return real(path, argv, envp) };
     // SAFETY: `judge` checked that the path is not null; exec paths are C strings.
     let path_str = unsafe { CStr::from_ptr(path) };
-    reroute(bin, judged, path_str, argv, envp, real)
+    reroute(bin, judged, path_str, argv, envp, real).unwrap_or_else(|()| refused())
+}
+
+/// An exec or a spawn whose own execve, inside libc, is not judged: libc's execve is
+/// not patched (`HERMES_INLINE=0`), and posix_spawn and the PATH-searching execs call it
+/// internally. So the program is judged here, as named or (`search`) along PATH as libc
+/// looks for it: a barred one is rerouted as [`execve`] does, by `run` (the real spawn
+/// or exec) with `hermes` as its program; a refused one is passed over for the next
+/// along PATH, as libc passes over a candidate whose exec fails with EACCES (and as it
+/// does when the inline hook refuses one). `Err`: refused, and said why (EACCES).
+pub fn before_libc<R>(
+    file: *const c_char,
+    search: bool,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    run: impl FnOnce(*const c_char, *const *const c_char, *const *const c_char) -> R,
+) -> Result<R, ()> {
+    let mut buf = [0u8; 4096 + 256];
+    let mut passed_over = false;
+    for path in Candidates::new(file, search) {
+        let Some(path) = path.found(&mut buf) else { continue };
+        let Some((bin, judged)) = judge(path.as_ptr()) else {
+            // Let libc find it, unless it would find one refused first.
+            return Ok(run(if passed_over { path.as_ptr() } else { file }, argv, envp));
+        };
+        if !judged.traceable() {
+            say_refused(path, judged, FOREIGN);
+            passed_over = true;
+            continue;
+        }
+        return reroute(bin, judged, path, argv, envp, run);
+    }
+    if passed_over {
+        Err(())
+    } else {
+        Ok(run(file, argv, envp))
+    }
+}
+
+/// The programs an exec of `file` would try: `file` itself when it names a directory or
+/// no search is asked for; else each executable regular file of that name along `PATH`
+/// (glibc's default when unset).
+struct Candidates {
+    file: *const c_char,
+    /// The PATH entries still to try; `None` when `file` is tried as it is.
+    dirs: Option<PathDirs>,
+    done: bool,
+}
+
+type PathDirs = core::slice::Split<'static, u8, fn(&u8) -> bool>;
+
+/// One candidate of [`Candidates`], to be written out.
+enum Candidate {
+    AsNamed(*const c_char),
+    InDir(&'static [u8], *const c_char),
+}
+
+impl Candidates {
+    fn new(file: *const c_char, search: bool) -> Self {
+        // SAFETY: a non-null file handed to exec is a NUL-terminated string.
+        let name = (!file.is_null()).then(|| unsafe { CStr::from_ptr(file) }.to_bytes());
+        let searched = search && name.is_some_and(|n| !n.is_empty() && !n.contains(&b'/'));
+        let colon: fn(&u8) -> bool = |&b| b == b':';
+        Candidates { file, dirs: searched.then(|| path_var().split(colon)), done: file.is_null() }
+    }
+}
+
+impl Iterator for Candidates {
+    type Item = Candidate;
+
+    fn next(&mut self) -> Option<Candidate> {
+        if self.done {
+            return None;
+        }
+        match &mut self.dirs {
+            None => {
+                self.done = true;
+                Some(Candidate::AsNamed(self.file))
+            }
+            Some(dirs) => dirs.next().map(|dir| Candidate::InDir(dir, self.file)),
+        }
+    }
+}
+
+impl Candidate {
+    /// Its path, written into `buf` if need be; `None` when there is nothing there to run.
+    fn found(self, buf: &mut [u8]) -> Option<&CStr> {
+        match self {
+            // SAFETY: `Candidates` made this of a non-null file, a NUL-terminated string.
+            Candidate::AsNamed(file) => Some(unsafe { CStr::from_ptr(file) }),
+            Candidate::InDir(dir, file) => {
+                let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+                // SAFETY: as above.
+                let name = unsafe { CStr::from_ptr(file) }.to_bytes();
+                sys::concat_c(buf, &[dir, b"/", name]).filter(|path| sys::is_executable_file(path))
+            }
+        }
+    }
+}
+
+/// This process's `PATH`, read from `environ` without libc's locks.
+fn path_var() -> &'static [u8] {
+    extern "C" {
+        static environ: *const *const c_char;
+    }
+    // SAFETY: environ is a NULL-terminated array of NUL-terminated strings (or null).
+    let mut at = unsafe { environ };
+    while !at.is_null() {
+        // SAFETY: `at` points into that array, before or at its terminating NULL.
+        let entry = unsafe { *at };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: each entry is a NUL-terminated string, alive as long as the environment.
+        if let Some(value) = unsafe { CStr::from_ptr(entry) }.to_bytes().strip_prefix(b"PATH=") {
+            return value;
+        }
+        // SAFETY: the terminating NULL has not been reached.
+        at = unsafe { at.add(1) };
+    }
+    b"/bin:/usr/bin"
+}
+
+/// Why a program nothing in HERMES can enter is refused.
+const FOREIGN: &[u8] = b": HERMES mediates x86-64 programs only; exec refused\n";
+
+fn say_refused(path: &CStr, barred: Barred, why: &[u8]) {
+    sys::warn(&[b"hermes-preload: ", path.to_bytes(), b": ", barred.what().as_bytes(), why]);
+}
+
+/// A refused exec's result: EACCES.
+fn refused() -> c_int {
+    sys::set_errno(libc::EACCES);
+    -1
 }
 
 /// execveat (and fexecve, which is execveat of a descriptor with AT_EMPTY_PATH), rerouted
@@ -74,7 +207,7 @@ pub fn execveat(
     if kept.is_some() {
         fd_flags(libc::F_SETFD, 0);
     }
-    let failed = reroute(bin, judged, named_str, argv, envp, execve);
+    let failed = reroute(bin, judged, named_str, argv, envp, execve).unwrap_or_else(|()| refused());
     if let Some(flags) = kept {
         let errno = sys::errno();
         fd_flags(libc::F_SETFD, flags as usize);
@@ -114,23 +247,22 @@ fn judge(path: *const c_char) -> Option<(Option<&'static CStr>, Barred)> {
     Some((cfg.bin().map(|b| b.as_c_str()), barred))
 }
 
-/// Run `path` under `hermes exec-traced` (through `execve`), or fail the exec with EACCES
-/// and a reason when that cannot be.
-fn reroute(
+/// Run `path` under `hermes exec-traced` (through `execve`, or a spawn), or say why
+/// that cannot be (`Err`: the exec is refused).
+fn reroute<R>(
     bin: Option<&CStr>,
     barred: Barred,
     path: &CStr,
     argv: *const *const c_char,
     envp: *const *const c_char,
-    execve: impl FnOnce(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
-) -> c_int {
+    execve: impl FnOnce(*const c_char, *const *const c_char, *const *const c_char) -> R,
+) -> Result<R, ()> {
     let refuse = |why: &[u8]| {
-        sys::warn(&[b"hermes-preload: ", path.to_bytes(), b": ", barred.what().as_bytes(), why]);
-        sys::set_errno(libc::EACCES);
-        -1
+        say_refused(path, barred, why);
+        Err(())
     };
     if !barred.traceable() {
-        return refuse(b": HERMES mediates x86-64 programs only; exec refused\n");
+        return refuse(FOREIGN);
     }
     let Some(bin) = bin else {
         return refuse(b": the ptrace fallback would mediate it, but the hermes binary is unknown; exec refused\n");
@@ -161,7 +293,7 @@ fn reroute(
     for i in 1..count {
         args[fixed + i] = arg(i);
     }
-    execve(bin.as_ptr(), args.as_ptr(), envp)
+    Ok(execve(bin.as_ptr(), args.as_ptr(), envp))
 }
 
 /// The file system and this process through raw system calls, for

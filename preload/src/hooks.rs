@@ -196,9 +196,9 @@ hooks! {
     execv(path: *const c_char, argv: *const *const c_char) -> c_int, Symbol,
         |_real| exec_call("execv", AT_FDCWD, path, false, 0, argv, unsafe { environ }, |p, env| barred_exec::execve(p, argv, env, real_execve));
     execvp(file: *const c_char, argv: *const *const c_char) -> c_int, Symbol,
-        |_real| exec_call("execvp", AT_FDCWD, file, true, 0, argv, unsafe { environ }, |p, env| unsafe { execvpe::get()(p, argv, env) });
+        |_real| exec_call("execvp", AT_FDCWD, file, true, 0, argv, unsafe { environ }, |p, env| searched_exec(p, argv, env, |p, a, e| unsafe { execvpe::get()(p, a, e) }));
     execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Symbol,
-        |real| exec_call("execvpe", AT_FDCWD, file, true, 0, argv, envp, |p, env| real(p, argv, env));
+        |real| exec_call("execvpe", AT_FDCWD, file, true, 0, argv, envp, |p, env| searched_exec(p, argv, env, real));
     execveat(dirfd: c_int, path: *const c_char, argv: *const *const c_char, envp: *const *const c_char, flags: c_int) -> c_int, Inline,
         |real| exec_call("execveat", dirfd, path, false, flags, argv, envp, |p, env| barred_exec::execveat(dirfd, p, argv, env, flags, || real(dirfd, p, argv, env, flags), real_execve));
     fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Symbol,
@@ -210,9 +210,9 @@ hooks! {
             }
         });
     posix_spawn(pid: *mut pid_t, path: *const c_char, actions: *const posix_spawn_file_actions_t, attr: *const posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int, Symbol,
-        |real| spawn_call("posix_spawn", path, false, argv.cast(), envp.cast(), |p, env| real(pid, p, actions, attr, argv, env.cast()));
+        |real| spawn_call("posix_spawn", path, false, argv.cast(), envp.cast(), |p, a, env| real(pid, p, actions, attr, a.cast(), env.cast()));
     posix_spawnp(pid: *mut pid_t, file: *const c_char, actions: *const posix_spawn_file_actions_t, attr: *const posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int, Symbol,
-        |real| spawn_call("posix_spawnp", file, true, argv.cast(), envp.cast(), |p, env| real(pid, p, actions, attr, argv, env.cast()));
+        |real| spawn_call("posix_spawnp", file, true, argv.cast(), envp.cast(), |p, a, env| real(pid, p, actions, attr, a.cast(), env.cast()));
 
     _exit(status: c_int) -> (), Symbol,
         |real| { crate::mediate::settle_before_leaving(); real(status) };
@@ -726,18 +726,42 @@ fn exec_call(
     }
 }
 
-/// posix_spawn(p): decided in the parent; the child's exec is libc-internal.
+/// execvp and execvpe: libc searches PATH and calls its own execve, which judges the
+/// program when it is patched inline; when it is not, the program is judged here.
+fn searched_exec(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    real: impl FnOnce(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
+) -> c_int {
+    if execve::REAL.is_inline() {
+        return real(file, argv, envp);
+    }
+    barred_exec::before_libc(file, true, argv, envp, real).unwrap_or_else(|()| {
+        sys::set_errno(libc::EACCES);
+        -1
+    })
+}
+
+/// posix_spawn(p): decided in the parent; the child's exec is libc-internal, and so is
+/// the judgement of its program ([`barred_exec::before_libc`]).
 fn spawn_call(
     func: &str,
     path: *const c_char,
     search_path: bool,
     argv: *const *const c_char,
     envp: *const *const c_char,
-    real: impl FnOnce(*const c_char, *const *const c_char) -> c_int,
+    real: impl FnOnce(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
 ) -> c_int {
-    let spawn = |p: *const c_char| SpawnResult(with_hermes_env(envp, |env| real(p, env)));
-    // With execve patched, the exec inside the spawned child is mediated there.
-    if execve::REAL.is_inline() {
+    // With execve patched, the exec inside the spawned child is mediated and judged there.
+    let inline = execve::REAL.is_inline();
+    let spawn = |p: *const c_char| {
+        SpawnResult(with_hermes_env(envp, |env| match inline {
+            true => real(p, argv, env),
+            false => barred_exec::before_libc(p, search_path, argv, env, real).unwrap_or(libc::EACCES),
+        }))
+    };
+    if inline {
         return spawn(path).0;
     }
     let Some(token) = Token::begin(Op::Exec) else { return spawn(path).0 };

@@ -472,6 +472,20 @@ pub fn fstat(fd: i32) -> Option<libc::stat> {
     (r >= 0).then(|| unsafe { st.assume_init() })
 }
 
+/// Whether `path` is a regular file this process may execute (what an exec along PATH
+/// would run).
+pub fn is_executable_file(path: &core::ffi::CStr) -> bool {
+    let mut st = core::mem::MaybeUninit::<libc::stat>::uninit();
+    let at = libc::AT_FDCWD as usize;
+    // SAFETY: a NUL-terminated path; newfstatat writes one `struct stat` into `st`.
+    let found =
+        unsafe { syscall6(libc::SYS_newfstatat, at, path.as_ptr() as usize, st.as_mut_ptr() as usize, 0, 0, 0) };
+    // SAFETY: when newfstatat succeeded, it filled `st` in.
+    let regular = found >= 0 && unsafe { st.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFREG;
+    // SAFETY: a NUL-terminated path; the result is only a number.
+    regular && unsafe { syscall3(libc::SYS_access, path.as_ptr() as usize, libc::X_OK as usize, 0) } == 0
+}
+
 /// pread(2) into `buf`; the count read, or a negative errno.
 pub fn pread(fd: i32, buf: &mut [u8], offset: u64) -> isize {
     // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes.

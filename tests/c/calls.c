@@ -13,7 +13,8 @@
  * spawn:PATH[:ARG...] (posix_spawn)  spawnp:FILE[:ARG...] (posix_spawnp)
  * ids (prints the real and effective user ids)
  * fexecve|PATH[|ARG...] (open PATH O_CLOEXEC, fexecve it)  execveat|DIR|NAME[|ARG...]
- * (these two split on '|', so that an ARG may be a step of the exec'd program's own)
+ * A step whose first separator is '|' splits on '|' (any exec or spawn step may), so
+ * that an ARG may be a step of the exec'd program's own: spawnp|FILE|open:PATH.
  * For the exec steps the program forks first; the child execs, the parent waits.
  *
  * Output, one line per step:  "STEP = OK <detail>"  or  "STEP = ERR <ERRNAME>".
@@ -220,7 +221,7 @@ int main(int argc, char **argv) {
         char copy[4096];
         snprintf(copy, sizeof copy, "%s", argv[i]);
         char *f[16];
-        int by_bar = !strncmp(copy, "fexecve|", 8) || !strncmp(copy, "execveat|", 9);
+        int by_bar = copy[strcspn(copy, ":|")] == '|';
         int n = by_bar ? split_on(copy, f, 16, '|') : split(copy, f, 16);
         const char *op = f[0];
         if (!strcmp(op, "open")) report_fd(step, open(f[1], O_RDONLY));

@@ -150,6 +150,47 @@ fn a_32_bit_program_execd_in_a_session_is_refused() {
     run.check(run.stderr.contains("32-bit") && run.stderr.contains("x86-64 programs only"), "says why");
 }
 
+/// posix_spawn, posix_spawnp and execvp call libc's own execve from inside libc. With
+/// the inline hooks (the default) that execve judges the program; without them
+/// (`HERMES_INLINE=0`) it is not patched, so the program is judged before libc is
+/// called, found along PATH as libc finds it. (A static program they ran went
+/// unmediated there, and a 32-bit one ran.)
+#[test]
+fn spawned_and_path_searched_programs_are_judged_with_or_without_inline_hooks() {
+    for inline in ["1", "0"] {
+        check_spawned_and_path_searched(inline);
+    }
+}
+
+fn check_spawned_and_path_searched(inline: &str) {
+    let dir = Scratch::new();
+    let secret = dir.write("secret", "secret\n").display().to_string();
+    let stat = c_program("static_calls");
+    let name = stat.file_name().expect("name").to_string_lossy().into_owned();
+    let _prog32 = dir.i386_program("prog32");
+    let steps = [
+        format!("spawn|{}|open:{secret}", stat.display()),
+        format!("spawnp|{name}|open:{secret}"),
+        format!("execvp|{name}|open:{secret}"),
+    ];
+    let refused = "spawnp|prog32";
+    let path = format!("{}:{}:/usr/bin:/bin", stat.parent().expect("dir").display(), dir.path().display());
+    let run = launch(POLICY, c_program("calls"), &[&steps[0], &steps[1], &steps[2], refused])
+        .env("HERMES_INLINE", inline)
+        .env("PATH", &path)
+        .run();
+    run.check(run.code == 0, &format!("HERMES_INLINE={inline}: exits 0"));
+    run.check(run.stdout.matches(&format!("open:{secret} = ERR EACCES")).count() == 3, "the three opens denied");
+    let traced =
+        run.calls("open").into_iter().filter(|r| r["layer"] == "ptrace" && r["args"]["path"] == secret.as_str());
+    run.check(traced.count() == 3, "by the ptrace layer");
+    for step in &steps {
+        run.check(run.stdout.contains(&format!("{step} = OK exit=0")), &format!("{step}: the program ran to its end"));
+    }
+    run.check(run.stdout.contains(&format!("{refused} = ERR EACCES")), "the 32-bit program was refused");
+    run.check(run.stderr.contains("32-bit") && run.stderr.contains("x86-64 programs only"), "saying why");
+}
+
 /// A script runs its interpreter: a script whose interpreter is static is followed into
 /// the ptrace fallback like the static program itself.
 #[test]
