@@ -159,7 +159,7 @@ fn say_refused(path: &CStr, barred: Barred, why: &[u8]) {
 }
 
 /// A refused exec's result: EACCES.
-fn refused() -> c_int {
+pub fn refused() -> c_int {
     sys::set_errno(libc::EACCES);
     -1
 }

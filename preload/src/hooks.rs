@@ -737,10 +737,7 @@ fn searched_exec(
     if execve::REAL.is_inline() {
         return real(file, argv, envp);
     }
-    barred_exec::before_libc(file, true, argv, envp, real).unwrap_or_else(|()| {
-        sys::set_errno(libc::EACCES);
-        -1
-    })
+    barred_exec::before_libc(file, true, argv, envp, real).unwrap_or_else(|()| barred_exec::refused())
 }
 
 /// posix_spawn(p): decided in the parent; the child's exec is libc-internal, and so is
