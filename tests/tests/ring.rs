@@ -510,7 +510,7 @@ fn an_idle_session_leaves_the_broker_asleep() {
     // where the broker is (HERMES_BOARD is /proc/PID/fd/N of the broker), and idles.
     let dir = Scratch::new();
     let marker = dir.join("board");
-    let script = format!("exec 3</dev/null; echo \"$HERMES_BOARD\" >{}.part; sleep 3", marker.display());
+    let script = format!("exec 3</dev/null; echo \"$HERMES_BOARD\" >{}.part; sleep 4", marker.display());
     let watched = launch(OBSERVE_OPENS, "sh", &["-c", &script]).timeout(TIMEOUT);
     let run = std::thread::spawn(move || watched.run());
     let part = marker.with_extension("part");
