@@ -25,10 +25,12 @@ pub fn execve(
     envp: *const *const c_char,
     real: impl FnOnce(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
 ) -> c_int {
-    let Some((bin, judged)) = judge(path) else { return real(path, argv, envp) };
-    // SAFETY: `judge` checked that the path is not null; exec paths are C strings.
-    let path_str = unsafe { CStr::from_ptr(path) };
-    reroute(bin, judged, path_str, argv, envp, real).unwrap_or_else(|()| refused())
+    // SAFETY: a non-null path handed to exec is a NUL-terminated string.
+    let named = (!path.is_null()).then(|| unsafe { CStr::from_ptr(path) });
+    match named.and_then(|named| Some((named, judge(named)?))) {
+        Some((named, (bin, judged))) => reroute(bin, judged, named, argv, envp, real).unwrap_or_else(|()| refused()),
+        None => real(path, argv, envp),
+    }
 }
 
 /// An exec or a spawn whose own execve, inside libc, is not judged: libc's execve is
@@ -38,18 +40,34 @@ pub fn execve(
 /// or exec) with `hermes` as its program; a refused one is passed over for the next
 /// along PATH, as libc passes over a candidate whose exec fails with EACCES (and as it
 /// does when the inline hook refuses one). `Err`: refused, and said why (EACCES).
-pub fn before_libc<R>(
+pub fn before_libc(
     file: *const c_char,
     search: bool,
     argv: *const *const c_char,
     envp: *const *const c_char,
-    run: impl FnOnce(*const c_char, *const *const c_char, *const *const c_char) -> R,
-) -> Result<R, ()> {
+    run: impl FnOnce(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
+) -> Result<c_int, ()> {
+    if file.is_null() || applies().is_none() {
+        return Ok(run(file, argv, envp));
+    }
+    // SAFETY: a non-null file handed to exec is a NUL-terminated string.
+    let named = unsafe { CStr::from_ptr(file) };
+    let name = named.to_bytes();
+    if !search || name.is_empty() || name.contains(&b'/') {
+        return match judge(named) {
+            Some((bin, judged)) => reroute(bin, judged, named, argv, envp, run),
+            None => Ok(run(file, argv, envp)),
+        };
+    }
     let mut buf = [0u8; 4096 + 256];
     let mut passed_over = false;
-    for path in Candidates::new(file, search) {
-        let Some(path) = path.found(&mut buf) else { continue };
-        let Some((bin, judged)) = judge(path.as_ptr()) else {
+    for dir in path_var().split(|&b| b == b':') {
+        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+        let Some(path) = sys::concat_c(&mut buf, &[dir, b"/", name]) else { continue };
+        if !sys::is_executable_file(path) {
+            continue;
+        }
+        let Some((bin, judged)) = judge(path) else {
             // Let libc find it, unless it would find one refused first.
             return Ok(run(if passed_over { path.as_ptr() } else { file }, argv, envp));
         };
@@ -67,88 +85,10 @@ pub fn before_libc<R>(
     }
 }
 
-/// The programs an exec of `file` would try: `file` itself when it names a directory or
-/// no search is asked for; else each executable regular file of that name along `PATH`
-/// (glibc's default when unset).
-struct Candidates {
-    file: *const c_char,
-    /// The PATH entries still to try; `None` when `file` is tried as it is.
-    dirs: Option<PathDirs>,
-    done: bool,
-}
-
-type PathDirs = core::slice::Split<'static, u8, fn(&u8) -> bool>;
-
-/// One candidate of [`Candidates`], to be written out.
-enum Candidate {
-    AsNamed(*const c_char),
-    InDir(&'static [u8], *const c_char),
-}
-
-impl Candidates {
-    fn new(file: *const c_char, search: bool) -> Self {
-        // SAFETY: a non-null file handed to exec is a NUL-terminated string.
-        let name = (!file.is_null()).then(|| unsafe { CStr::from_ptr(file) }.to_bytes());
-        let searched = search && name.is_some_and(|n| !n.is_empty() && !n.contains(&b'/'));
-        let colon: fn(&u8) -> bool = |&b| b == b':';
-        Candidates { file, dirs: searched.then(|| path_var().split(colon)), done: file.is_null() }
-    }
-}
-
-impl Iterator for Candidates {
-    type Item = Candidate;
-
-    fn next(&mut self) -> Option<Candidate> {
-        if self.done {
-            return None;
-        }
-        match &mut self.dirs {
-            None => {
-                self.done = true;
-                Some(Candidate::AsNamed(self.file))
-            }
-            Some(dirs) => dirs.next().map(|dir| Candidate::InDir(dir, self.file)),
-        }
-    }
-}
-
-impl Candidate {
-    /// Its path, written into `buf` if need be; `None` when there is nothing there to run.
-    fn found(self, buf: &mut [u8]) -> Option<&CStr> {
-        match self {
-            // SAFETY: `Candidates` made this of a non-null file, a NUL-terminated string.
-            Candidate::AsNamed(file) => Some(unsafe { CStr::from_ptr(file) }),
-            Candidate::InDir(dir, file) => {
-                let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
-                // SAFETY: as above.
-                let name = unsafe { CStr::from_ptr(file) }.to_bytes();
-                sys::concat_c(buf, &[dir, b"/", name]).filter(|path| sys::is_executable_file(path))
-            }
-        }
-    }
-}
-
-/// This process's `PATH`, read from `environ` without libc's locks.
+/// This process's `PATH` (glibc's default for execvp when unset), read from `environ`
+/// without libc's locks.
 fn path_var() -> &'static [u8] {
-    extern "C" {
-        static environ: *const *const c_char;
-    }
-    // SAFETY: environ is a NULL-terminated array of NUL-terminated strings (or null).
-    let mut at = unsafe { environ };
-    while !at.is_null() {
-        // SAFETY: `at` points into that array, before or at its terminating NULL.
-        let entry = unsafe { *at };
-        if entry.is_null() {
-            break;
-        }
-        // SAFETY: each entry is a NUL-terminated string, alive as long as the environment.
-        if let Some(value) = unsafe { CStr::from_ptr(entry) }.to_bytes().strip_prefix(b"PATH=") {
-            return value;
-        }
-        // SAFETY: the terminating NULL has not been reached.
-        at = unsafe { at.add(1) };
-    }
-    b"/bin:/usr/bin"
+    config::env_value(sys::environ(), b"PATH=").unwrap_or(b"/bin:/usr/bin")
 }
 
 /// Why a program nothing in HERMES can enter is refused.
@@ -181,22 +121,20 @@ pub fn execveat(
         return real();
     }
     // SAFETY: a non-null path handed to exec is a NUL-terminated string.
-    let given = unsafe { CStr::from_ptr(path) }.to_bytes();
-    let through_fd = dirfd != libc::AT_FDCWD && given.first() != Some(&b'/');
+    let given = unsafe { CStr::from_ptr(path) };
+    let through_fd = dirfd != libc::AT_FDCWD && given.to_bytes().first() != Some(&b'/');
     let mut buf = [0u8; 4096 + 32];
     let named = if !through_fd {
-        path
+        given
     } else if given.is_empty() && flags & libc::AT_EMPTY_PATH == 0 {
         return real();
     } else {
-        match fd_path(&mut buf, dirfd, given) {
-            Some(named) => named.as_ptr(),
+        match fd_path(&mut buf, dirfd, given.to_bytes()) {
+            Some(named) => named,
             None => return real(),
         }
     };
     let Some((bin, judged)) = judge(named) else { return real() };
-    // SAFETY: `named` is `path` or the NUL-terminated string just written to `buf`.
-    let named_str = unsafe { CStr::from_ptr(named) };
     // The exec would have closed a close-on-exec descriptor: the traced program needs it
     // open. Should the exec fail, the caller gets its descriptor back as it was.
     let fd_flags = |cmd: c_int, arg: usize| {
@@ -207,7 +145,7 @@ pub fn execveat(
     if kept.is_some() {
         fd_flags(libc::F_SETFD, 0);
     }
-    let failed = reroute(bin, judged, named_str, argv, envp, execve).unwrap_or_else(|()| refused());
+    let failed = reroute(bin, judged, named, argv, envp, execve).unwrap_or_else(|()| refused());
     if let Some(flags) = kept {
         let errno = sys::errno();
         fd_flags(libc::F_SETFD, flags as usize);
@@ -216,7 +154,7 @@ pub fn execveat(
     failed
 }
 
-/// `/proc/self/fd/FD[/NAME]` in `buf`; `None` when it does not fit, or `fd` is no descriptor.
+/// `/proc/self/fd/FD[/NAME]` in `buf`; `None` when it does not fit, or `fd` is negative.
 fn fd_path<'a>(buf: &'a mut [u8], fd: c_int, name: &[u8]) -> Option<&'a CStr> {
     let prefix = b"/proc/self/fd/";
     let mut digits = [0u8; 10];
@@ -234,29 +172,30 @@ fn fd_path<'a>(buf: &'a mut [u8], fd: c_int, name: &[u8]) -> Option<&'a CStr> {
     sys::concat_c(buf, &[prefix, &digits[at..], slash, name])
 }
 
-/// The hermes binary and the reason when an exec of `path` must not go ahead as it is.
-fn judge(path: *const c_char) -> Option<(Option<&'static CStr>, Barred)> {
+/// The configuration, when execs are to be judged here at all: not under --strict (the
+/// tracer already follows the exec), nor in `hermes` itself (inert).
+fn applies() -> Option<&'static config::Config> {
     let cfg = config::try_get()?;
-    // Under --strict the tracer already follows the exec; inert: we are hermes.
-    let applies = mediate::READY.load(Relaxed) && strict::COOKIE.load(Relaxed) == 0 && !cfg.inert();
-    if !applies || path.is_null() {
-        return None;
-    }
-    // SAFETY: a non-null path handed to exec is a NUL-terminated string.
-    let barred = program::barred(&Raw, unsafe { CStr::from_ptr(path) })?;
+    (mediate::READY.load(Relaxed) && strict::COOKIE.load(Relaxed) == 0 && !cfg.inert()).then_some(cfg)
+}
+
+/// The hermes binary and the reason when an exec of `path` must not go ahead as it is.
+fn judge(path: &CStr) -> Option<(Option<&'static CStr>, Barred)> {
+    let cfg = applies()?;
+    let barred = program::barred(&Raw, path)?;
     Some((cfg.bin().map(|b| b.as_c_str()), barred))
 }
 
 /// Run `path` under `hermes exec-traced` (through `execve`, or a spawn), or say why
 /// that cannot be (`Err`: the exec is refused).
-fn reroute<R>(
+fn reroute(
     bin: Option<&CStr>,
     barred: Barred,
     path: &CStr,
     argv: *const *const c_char,
     envp: *const *const c_char,
-    execve: impl FnOnce(*const c_char, *const *const c_char, *const *const c_char) -> R,
-) -> Result<R, ()> {
+    execve: impl FnOnce(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
+) -> Result<c_int, ()> {
     let refuse = |why: &[u8]| {
         say_refused(path, barred, why);
         Err(())
@@ -328,7 +267,8 @@ impl program::System for Raw {
     }
 
     fn on_nosuid_mount(&self, file: &Fd) -> bool {
-        // x86-64's `struct statfs`: eleven words (f_type … f_frsize, then f_flags) and four spare.
+        // x86-64's `struct statfs`: eleven words (f_type … f_frsize, then f_flags) and four
+        // spare. (The libc crate's `statfs` has no `f_flags` field.)
         let mut fs = [0u64; 15];
         // SAFETY: fstatfs writes one `struct statfs` (120 bytes) into the live, writable `fs`.
         let r = unsafe { sys::syscall3(libc::SYS_fstatfs, file.0 as usize, fs.as_mut_ptr() as usize, 0) };

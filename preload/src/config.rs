@@ -224,7 +224,7 @@ const MAX_STACK_ENV: usize = 256;
 pub fn with_hermes_env<R>(envp: *const *const c_char, f: impl FnOnce(*const *const c_char) -> R) -> R {
     let Some(cfg) = try_get() else { return f(envp) };
     let count = count_list(envp);
-    let own = (0..count).find_map(|i| env_entry(envp, i).strip_prefix(b"LD_PRELOAD="));
+    let own = env_value(envp, b"LD_PRELOAD=");
     match own {
         Some(value) if !contains_lib(value, &cfg.lib) => with_merged_preload(cfg, envp, count, value, f),
         _ => with_env(cfg, envp, count, None, f),
@@ -314,6 +314,12 @@ fn env_entry<'a>(envp: *const *const c_char, i: usize) -> &'a [u8] {
     // SAFETY: callers pass i < count_list(envp), so the entry is a live NUL-terminated
     // string (exec environments are), which outlives the exec call that uses it.
     unsafe { CStr::from_ptr(*envp.add(i)) }.to_bytes()
+}
+
+/// What follows `prefix` (`NAME=`) in the first entry of the environment list `envp`
+/// that starts with it. No allocation: safe in a vfork child.
+pub fn env_value<'a>(envp: *const *const c_char, prefix: &[u8]) -> Option<&'a [u8]> {
+    (0..count_list(envp)).find_map(|i| env_entry(envp, i).strip_prefix(prefix))
 }
 
 /// Number of entries before the NULL of a C string list (0 for a null list).

@@ -26,10 +26,6 @@ use crate::config::{count_list, with_hermes_env};
 use crate::mediate::{ReplyBuf, Session, Token, Verdict};
 use crate::{barred_exec, fds, sys};
 
-extern "C" {
-    static environ: *const *const c_char;
-}
-
 /// Where the original of a hooked symbol lives. `target` is libc's code, found once
 /// with `dlsym(RTLD_NEXT)`; `original` is what the hook calls: the target itself, or
 /// the trampoline when the target's prologue is patched inline.
@@ -194,9 +190,9 @@ hooks! {
     execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Inline,
         |real| exec_call("execve", AT_FDCWD, path, false, 0, argv, envp, |p, env| barred_exec::execve(p, argv, env, real));
     execv(path: *const c_char, argv: *const *const c_char) -> c_int, Symbol,
-        |_real| exec_call("execv", AT_FDCWD, path, false, 0, argv, unsafe { environ }, |p, env| barred_exec::execve(p, argv, env, real_execve));
+        |_real| exec_call("execv", AT_FDCWD, path, false, 0, argv, sys::environ(), |p, env| barred_exec::execve(p, argv, env, real_execve));
     execvp(file: *const c_char, argv: *const *const c_char) -> c_int, Symbol,
-        |_real| exec_call("execvp", AT_FDCWD, file, true, 0, argv, unsafe { environ }, |p, env| searched_exec(p, argv, env, |p, a, e| unsafe { execvpe::get()(p, a, e) }));
+        |_real| exec_call("execvp", AT_FDCWD, file, true, 0, argv, sys::environ(), |p, env| searched_exec(p, argv, env, |p, a, e| unsafe { execvpe::get()(p, a, e) }));
     execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int, Symbol,
         |real| exec_call("execvpe", AT_FDCWD, file, true, 0, argv, envp, |p, env| searched_exec(p, argv, env, real));
     execveat(dirfd: c_int, path: *const c_char, argv: *const *const c_char, envp: *const *const c_char, flags: c_int) -> c_int, Inline,

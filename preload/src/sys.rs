@@ -472,6 +472,15 @@ pub fn fstat(fd: i32) -> Option<libc::stat> {
     (r >= 0).then(|| unsafe { st.assume_init() })
 }
 
+/// The process's environment list (`environ`), as libc keeps it.
+pub fn environ() -> *const *const core::ffi::c_char {
+    extern "C" {
+        static environ: *const *const core::ffi::c_char;
+    }
+    // SAFETY: reading the pointer libc keeps; callers walk it as a NULL-terminated list.
+    unsafe { environ }
+}
+
 /// Whether `path` is a regular file this process may execute (what an exec along PATH
 /// would run).
 pub fn is_executable_file(path: &core::ffi::CStr) -> bool {
