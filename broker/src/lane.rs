@@ -209,18 +209,19 @@ impl Lane {
         }
     }
 
-    /// Read what the ring holds now.
-    pub fn drain(&self, shared: &Shared, wait: Wait) {
+    /// Read what the ring holds now; whether there was something to read (or another
+    /// reader was at it).
+    pub fn drain(&self, shared: &Shared, wait: Wait) -> bool {
         if !self.has_news() {
-            return;
+            return false;
         }
         let mut held = match (wait, self.state.try_lock()) {
             (_, Ok(state)) => Held { state, sink: &shared.sink },
             (_, Err(TryLockError::Poisoned(e))) => Held { state: e.into_inner(), sink: &shared.sink },
-            (Wait::No, Err(TryLockError::WouldBlock)) => return,
+            (Wait::No, Err(TryLockError::WouldBlock)) => return true,
             (Wait::Yes, Err(TryLockError::WouldBlock)) => self.hold(shared),
         };
-        held.drain(self, shared, wait);
+        held.drain(self, shared, wait)
     }
 
     /// A one-way frame from the socket: read the ring first, since everything in it
@@ -303,29 +304,37 @@ impl ReadAt {
 }
 
 impl LaneState {
-    fn drain(&mut self, lane: &Lane, shared: &Shared, wait: Wait) {
+    /// Read the ring; whether it held a record. (A shut ring, or one whose process is
+    /// gone, can look unread for the rest of its connection: it holds none for this
+    /// reader.)
+    fn drain(&mut self, lane: &Lane, shared: &Shared, wait: Wait) -> bool {
         self.links.clear(); // a new batch
-        let Some(ring) = lane.ring.as_ref().and_then(RingMap::ring) else { return };
+        let Some(ring) = lane.ring.as_ref().and_then(RingMap::ring) else { return false };
         if self.broken {
-            return;
+            return false;
         }
         // The periodic reader leaves the ring of a process already gone to whoever
         // reads the end of its connection: the Exit frame that may be on its way
         // names the working directory the relative paths start from, which /proc no
         // longer shows.
         if wait == Wait::No && self.links.lost_cwd(Viewer { pid: lane.peer_pid, tid: lane.tid }) {
-            return;
+            return false;
         }
         // Only what is published now: a producer that never stops cannot keep a
         // reader here forever.
         let head = ring.published();
         let read_at = ReadAt::now();
+        let mut read_any = false;
         loop {
             let record = match ring.peek(self.tail, head) {
                 Ok(Some(record)) => record,
-                Ok(None) => return,
-                Err(e) => return self.corrupt(lane, shared, ring, e.text()),
+                Ok(None) => return read_any,
+                Err(e) => {
+                    self.corrupt(lane, shared, ring, e.text());
+                    return read_any;
+                }
             };
+            read_any = true;
             let mut frame = std::mem::take(&mut self.frame);
             frame.resize(record.len, 0);
             let read = ring.read(&record, &mut frame);
@@ -340,7 +349,8 @@ impl LaneState {
             };
             self.frame = frame;
             if let Err(why) = handled {
-                return self.corrupt(lane, shared, ring, why);
+                self.corrupt(lane, shared, ring, why);
+                return true;
             }
         }
     }
@@ -644,13 +654,13 @@ impl Lanes {
         }
     }
 
-    /// Read every ring nobody is reading (rule 3); whether any had news.
-    pub fn drain_all(&self, shared: &Shared) -> bool {
-        let lanes = self.with_news(None);
-        for lane in &lanes {
-            lane.drain(shared, Wait::No);
+    /// Read every ring nobody is reading (rule 3); whether any held a record.
+    fn drain_all(&self, shared: &Shared) -> bool {
+        let mut read = false;
+        for lane in self.with_news(None) {
+            read |= lane.drain(shared, Wait::No);
         }
-        !lanes.is_empty()
+        read
     }
 
     /// The periodic reader's thread (rule 3): a look every [`PERIOD`] while rings have

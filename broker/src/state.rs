@@ -207,6 +207,7 @@ pub fn alive(pid: i32) -> bool {
 /// Whether `pid` is `root` or one of its descendants, by /proc's parent links (a bounded
 /// walk: a process that cannot be read, or a chain longer than any real one, is not).
 pub fn descends_from(mut pid: i32, root: i32) -> bool {
+    let mut stat = Vec::new();
     for _ in 0..256 {
         if pid == root {
             return true;
@@ -214,7 +215,7 @@ pub fn descends_from(mut pid: i32, root: i32) -> bool {
         if pid <= 1 {
             return false;
         }
-        let mut stat = Vec::new();
+        stat.clear();
         if read_proc_file(ProcPath::new(pid).at(b"stat"), &mut stat).is_none() {
             return false;
         }
@@ -245,7 +246,6 @@ fn read_process(pid: i32, with_argv: bool) -> Option<ProcessInfo> {
     read_proc_file(path.at(b"stat"), &mut stat)?;
     // state ppid … starttime (22).
     let after = stat_fields(&stat)?;
-    let field = |i: usize| field(after, i);
     if after.starts_with(b"Z ") {
         return None; // a zombie has exited; only its exit status is left
     }
@@ -261,11 +261,11 @@ fn read_process(pid: i32, with_argv: bool) -> Option<ProcessInfo> {
     };
     Some(ProcessInfo {
         pid,
-        ppid: field(1).unwrap_or(0) as i32,
+        ppid: field(after, 1).unwrap_or(0) as i32,
         exe,
         argv,
         children: Vec::new(),
-        start_time: field(19).unwrap_or(0) as f64 / clock_ticks(),
+        start_time: field(after, 19).unwrap_or(0) as f64 / clock_ticks(),
         alive: true,
     })
 }
