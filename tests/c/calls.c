@@ -104,8 +104,6 @@ static int split_on(char *s, char **out, int max, char sep) {
     return n;
 }
 
-static int split(char *s, char **out, int max) { return split_on(s, out, max, ':'); }
-
 static void tcp(const char *step, char **f, int n, int v6) {
     if (n < 3) { printf("%s = BADSTEP\n", step); return; }
     int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
@@ -168,17 +166,12 @@ static void udp(const char *step, char **f, int n, int use_msg) {
 
 /* Fork; the child runs `exec_fn` and reports failure with exit 100+errno%100. */
 static void run_exec(const char *step, char **f, int n) {
+    const char *op = f[0];
+    /* argv: from PATH on (execveat: from NAME on, after DIR) */
     char *argv[16];
     int argc = 0;
-    argv[argc++] = f[1];
-    for (int i = 2; i < n && argc < 15; i++) argv[argc++] = f[i];
+    for (int i = !strcmp(op, "execveat") ? 2 : 1; i < n && argc < 15; i++) argv[argc++] = f[i];
     argv[argc] = NULL;
-    const char *op = f[0];
-    if (!strcmp(op, "execveat")) {
-        argc = 0;
-        for (int i = 2; i < n && argc < 15; i++) argv[argc++] = f[i];
-        argv[argc] = NULL;
-    }
     fflush(stdout);
     if (!strcmp(op, "spawn") || !strcmp(op, "spawnp")) {
         pid_t pid;
@@ -222,7 +215,7 @@ int main(int argc, char **argv) {
         snprintf(copy, sizeof copy, "%s", argv[i]);
         char *f[16];
         int by_bar = copy[strcspn(copy, ":|")] == '|';
-        int n = by_bar ? split_on(copy, f, 16, '|') : split(copy, f, 16);
+        int n = split_on(copy, f, 16, by_bar ? '|' : ':');
         const char *op = f[0];
         if (!strcmp(op, "open")) report_fd(step, open(f[1], O_RDONLY));
         else if (!strcmp(op, "open64")) report_fd(step, open64(f[1], O_RDONLY));

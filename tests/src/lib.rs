@@ -251,39 +251,83 @@ impl Launch {
     }
 
     /// Run to completion (killing it after the timeout, which fails the test).
-    pub fn run(mut self) -> Outcome {
-        let start = Instant::now();
-        let mut child =
-            self.cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn hermes");
-        let mut out = child.stdout.take().expect("stdout");
-        let mut err = child.stderr.take().expect("stderr");
-        let out_t = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = out.read_to_end(&mut s);
-            s
-        });
-        let err_t = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = err.read_to_end(&mut s);
-            s
-        });
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait hermes") {
-                break status;
-            }
-            if start.elapsed() > self.timeout {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("hermes did not finish within {:?}: {:?}", self.timeout, self.cmd);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let elapsed = start.elapsed();
-        let stdout = String::from_utf8_lossy(&out_t.join().unwrap_or_default()).into_owned();
-        let stderr = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
-        let trace = self.trace.as_ref().map(|t| read_trace(t)).unwrap_or_default();
-        Outcome { code: status.code().unwrap_or(-1), stdout, stderr, trace, elapsed }
+    pub fn run(self) -> Outcome {
+        run_command(self.cmd, self.trace.as_deref(), self.timeout)
     }
+}
+
+/// Run `cmd` (a `hermes` command line, perhaps behind a wrapper such as setpriv) to
+/// completion, killing it after `timeout`, which fails the test; read its trace from
+/// `trace` if given.
+pub fn run_command(mut cmd: Command, trace: Option<&Path>, timeout: Duration) -> Outcome {
+    let start = Instant::now();
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn hermes");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait hermes") {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hermes did not finish within {timeout:?}: {cmd:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let elapsed = start.elapsed();
+    let stdout = String::from_utf8_lossy(&out_t.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
+    let trace = trace.map(read_trace).unwrap_or_default();
+    Outcome { code: status.code().unwrap_or(-1), stdout, stderr, trace, elapsed }
+}
+
+/// Wait (up to 20 s) until a program of the test has written a whole line to `path`,
+/// and return it without its newline; `what` names it if it never comes.
+pub fn wait_for_line(path: &Path, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let said = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(line) = said.strip_suffix('\n') {
+            return line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "{what} never came");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The policy of the privileged-program tests: one open denied, one allowed.
+pub const PRIVILEGED_POLICY: &str =
+    "function on_open(ev) if ev.path == '/etc/group' then return hermes.deny('EACCES') end end\n";
+
+/// Root makes a copy of the `calls` test program in `dir` that the loader would run in
+/// secure mode for the caller: `arrange` sets its owner, mode or attributes.
+pub fn privileged_calls(dir: &Scratch, arrange: impl FnOnce(&Path)) -> String {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test makes a privileged program: it needs root");
+    let prog = dir.join("calls-privileged");
+    std::fs::copy(c_program("calls"), &prog).expect("copy calls");
+    // Runnable by nobody, from a directory nobody may enter.
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod dir");
+    arrange(&prog);
+    prog.display().to_string()
+}
+
+/// An `arrange` for [`privileged_calls`]: set-uid to nobody.
+pub fn set_uid_nobody(prog: &Path) {
+    std::os::unix::fs::chown(prog, Some(65534), Some(65534)).expect("chown nobody");
+    std::fs::set_permissions(prog, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).expect("chmod u+s");
 }
 
 /// Parse a JSON Lines trace; every line must be valid JSON.

@@ -2,9 +2,10 @@
 //! static program keeps being mediated, by the ptrace fallback, with the same broker
 //! and policy, and its exit status reaches the parent as usual.
 
-use std::path::Path;
-
-use hermes_tests::{c_program, hermes_bin, launch, read_trace, Outcome, Scratch};
+use hermes_tests::{
+    c_program, hermes_bin, launch, privileged_calls, run_command, set_uid_nobody, wait_for_line, Outcome, Scratch,
+    PRIVILEGED_POLICY,
+};
 
 const POLICY: &str = r#"
 function on_open(ev)
@@ -51,23 +52,6 @@ fn a_denied_static_exec_is_denied_before_anything_runs() {
     );
 }
 
-/// Root makes a copy of `calls` that the loader would run in secure mode for the
-/// caller: `arrange` sets its owner, mode or attributes.
-fn privileged_calls(dir: &Scratch, arrange: impl FnOnce(&Path)) -> String {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "this test makes a privileged program: it needs root");
-    let prog = dir.join("calls-privileged");
-    std::fs::copy(c_program("calls"), &prog).expect("copy calls");
-    // Runnable by nobody, from a directory nobody may enter.
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod dir");
-    arrange(&prog);
-    prog.display().to_string()
-}
-
-/// The policy of the in-session tests below.
-const PRIVILEGED_POLICY: &str =
-    "function on_open(ev) if ev.path == '/etc/group' then return hermes.deny('EACCES') end end\n";
-
 fn check_traced_privileged(run: &Outcome, what: &str) {
     run.check(run.code == 7, "sh's exit status passes through");
     run.check(run.stdout.contains("open:/etc/group = ERR EACCES"), "the policy denied the program's open");
@@ -81,10 +65,7 @@ fn check_traced_privileged(run: &Outcome, what: &str) {
 #[test]
 fn a_set_uid_program_execd_in_a_session_runs_under_the_ptrace_fallback() {
     let dir = Scratch::new();
-    let prog = privileged_calls(&dir, |p| {
-        std::os::unix::fs::chown(p, Some(65534), Some(65534)).expect("chown nobody");
-        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).expect("chmod u+s");
-    });
+    let prog = privileged_calls(&dir, set_uid_nobody);
     let script = format!("{prog} open:/etc/group open:/etc/passwd ids; exit 7");
     let run = launch(PRIVILEGED_POLICY, "sh", &["-c", &script]).run();
     check_traced_privileged(&run, "is a set-uid program");
@@ -115,7 +96,8 @@ fn a_program_with_file_capabilities_runs_under_the_ptrace_fallback_for_a_user() 
     let policy = dir.write("policy.lua", PRIVILEGED_POLICY);
     let trace = dir.join("trace.jsonl");
     let script = format!("{prog} open:/etc/group open:/etc/passwd; exit 7");
-    let out = std::process::Command::new("setpriv")
+    let mut as_nobody = std::process::Command::new("setpriv");
+    as_nobody
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(hermes_bin())
         .arg("launch")
@@ -123,16 +105,8 @@ fn a_program_with_file_capabilities_runs_under_the_ptrace_fallback_for_a_user() 
         .arg(&policy)
         .arg("--trace")
         .arg(&trace)
-        .args(["--", "sh", "-c", &script])
-        .output()
-        .expect("run setpriv hermes");
-    let run = Outcome {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        trace: read_trace(&trace),
-        elapsed: std::time::Duration::ZERO,
-    };
+        .args(["--", "sh", "-c", &script]);
+    let run = run_command(as_nobody, Some(&trace), std::time::Duration::from_secs(60));
     check_traced_privileged(&run, "is a program with file capabilities");
     let run = launch(PRIVILEGED_POLICY, "sh", &["-c", &format!("{prog} open:/etc/group")]).run();
     run.check(run.stdout.contains("open:/etc/group = ERR EACCES"), "run by root, the program is mediated");
@@ -270,14 +244,7 @@ fn another_users_process_outside_the_run_is_refused() {
         done.display()
     );
     let session = std::thread::spawn(move || launch(PRIVILEGED_POLICY, "sh", &["-c", &script]).run());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let name = loop {
-        match std::fs::read_to_string(&sock_file) {
-            Ok(s) if s.ends_with('\n') => break s.trim().to_owned(),
-            _ if std::time::Instant::now() > deadline => panic!("the run never wrote its socket name"),
-            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
-        }
-    };
+    let name = wait_for_line(&sock_file, "the run's socket name");
     // A child of this test (not of the run's launcher) becomes nobody and connects.
     // SAFETY: the child only makes system calls and leaves with _exit.
     let pid = unsafe { libc::fork() };

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use hermes_tests::{c_program, launch, EchoServer, Scratch, UdpSink};
+use hermes_tests::{
+    c_program, launch, privileged_calls, set_uid_nobody, EchoServer, Scratch, UdpSink, PRIVILEGED_POLICY,
+};
 use serde_json::Value as Json;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -135,15 +137,9 @@ fn the_decision_matrix_matches_the_preload_layer() {
 /// calls, and nothing meant for the preload reaches it.
 #[test]
 fn a_set_uid_program_runs_under_the_ptrace_fallback() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "this test makes a program set-uid to nobody: it needs root");
     let dir = Scratch::new();
-    let prog = dir.join("calls-set-uid");
-    std::fs::copy(c_program("calls"), &prog).expect("copy calls");
-    std::os::unix::fs::chown(&prog, Some(65534), Some(65534)).expect("chown nobody");
-    std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).expect("chmod u+s");
-    let policy = "function on_open(ev) if ev.path == '/etc/group' then return hermes.deny('EACCES') end end\n";
-    let run = launch(policy, &prog, &["open:/etc/group", "open:/etc/passwd", "ids"]).timeout(TIMEOUT).run();
+    let prog = privileged_calls(&dir, set_uid_nobody);
+    let run = launch(PRIVILEGED_POLICY, &prog, &["open:/etc/group", "open:/etc/passwd", "ids"]).timeout(TIMEOUT).run();
     run.check(run.code == 0, "exits 0");
     run.check(run.stdout.contains("ids = OK uid=0 euid=65534"), "traced by root, it kept its privilege");
     run.check(result(&run.stdout, "open:/etc/group") == "ERR EACCES", "the policy denied its open");

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hermes_tests::{c_program, hermes, launch, EchoServer, Outcome, Scratch};
+use hermes_tests::{c_program, hermes, launch, wait_for_line, EchoServer, Outcome, Scratch};
 use serde_json::Value as Json;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -513,16 +513,7 @@ fn an_idle_session_leaves_the_broker_asleep() {
     let script = format!("exec 3</dev/null; echo \"$HERMES_BOARD\" >{}.part; sleep 4", marker.display());
     let watched = launch(OBSERVE_OPENS, "sh", &["-c", &script]).timeout(TIMEOUT);
     let run = std::thread::spawn(move || watched.run());
-    let part = marker.with_extension("part");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let board = loop {
-        let said = std::fs::read_to_string(&part).unwrap_or_default();
-        if said.ends_with('\n') {
-            break said;
-        }
-        assert!(Instant::now() < deadline, "the target never said where the broker is");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let board = wait_for_line(&marker.with_extension("part"), "where the broker is");
     let broker: u32 =
         board.trim().strip_prefix("/proc/").and_then(|r| r.split('/').next()?.parse().ok()).expect("a pid");
     // Past the start and the shell's own opens, one idle second.
