@@ -48,14 +48,11 @@ fn main() {
 fn write_shims(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     can_link_static_pie(dir)?;
-    let merged = MERGED_INTO_LIBC.map(|name| (name, archive(&format!("lib{name}.a")).map(|a| vec![a])));
+    let merged = MERGED_INTO_LIBC
+        .map(|name| (name, archive(&format!("lib{name}.a")).or_else(|_| archive("libc.a")).map(|a| vec![a])));
     let shims = SHIMS.map(|(name, archives)| (name, archives.iter().map(|a| archive(a)).collect()));
     for (name, paths) in shims.into_iter().chain(merged) {
-        let paths: Vec<PathBuf> = match (paths, name) {
-            (Ok(paths), _) => paths,
-            (Err(_), name) if MERGED_INTO_LIBC.contains(&name) => vec![archive("libc.a")?],
-            (Err(why), _) => return Err(why),
-        };
+        let paths: Vec<PathBuf> = paths?;
         let list: Vec<String> = paths.iter().map(|p| format!("\"{}\"", p.display())).collect();
         let script =
             format!("/* hermes: link -l{name} statically (launcher/build.rs) */\nGROUP ( {} )\n", list.join(" "));

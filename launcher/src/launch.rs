@@ -118,7 +118,7 @@ fn launch_preloaded(
 ) -> Result<ExitCode, Refusal> {
     let (handoff_r, handoff_w) =
         handoff_pipe().map_err(|e| Refusal(2, format!("cannot start the program: pipe: {e}")))?;
-    cmd.env("HERMES_READY_FD", handoff_r.as_raw_fd().to_string());
+    cmd.env(hermes_wire::handoff::ENV_READY_FD, handoff_r.as_raw_fd().to_string());
     let (broker, (spawned, recipes)) = BrokerProc::start(args, socket, || {
         let spawned = cmd.spawn();
         drop(handoff_r);
@@ -445,10 +445,9 @@ fn find_program(prog: &OsStr) -> Result<PathBuf, Refusal> {
 fn preload_barred(path: &Path) -> Result<Option<Barred>, Refusal> {
     let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return Ok(None) };
     match program::barred(&Here, &c_path) {
-        Some(Barred::Foreign) => Err(Refusal(
-            126,
-            format!("{}: {}: HERMES mediates x86-64 programs only", path.display(), Barred::Foreign.what()),
-        )),
+        Some(barred) if !barred.traceable() => {
+            Err(Refusal(126, format!("{}: {}: HERMES mediates x86-64 programs only", path.display(), barred.what())))
+        }
         barred => Ok(barred),
     }
 }

@@ -31,10 +31,15 @@ pub const ENV_CACHE_DIR: &str = "HERMES_CACHE_DIR";
 /// interpreter, and it loads the libc installed beside it.
 const ABI_LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
 
+/// The system's libc: the one installed beside the ABI's loader.
+pub fn system_libc() -> Option<std::path::PathBuf> {
+    Some(fs::canonicalize(ABI_LOADER).ok()?.with_file_name("libc.so.6"))
+}
+
 /// What the preload's `HERMES_RECIPES` would say after hooking the system libc; `None`
 /// when nothing could be planned.
 pub fn for_system_libc() -> Option<String> {
-    let libc = fs::canonicalize(ABI_LOADER).ok()?.with_file_name("libc.so.6");
+    let libc = system_libc()?;
     let file = fs::File::open(&libc).ok()?;
     let functions = crate::exports::functions(&file, &INLINE_HOOKED, SCAN_WINDOW).ok()?;
     let functions: Vec<(&[u8], u64)> = functions.iter().flatten().map(|f| (f.code.as_slice(), f.addr)).collect();

@@ -7,6 +7,8 @@ use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::OnceLock;
 
+use hermes_wire::handoff::ENV_READY_FD;
+
 use crate::{mediate, sys};
 
 /// The board's path, for the constructor to map once the strict-mode cookie is known.
@@ -128,12 +130,6 @@ fn fatal(why: &[u8]) -> ! {
     sys::exit_now(126)
 }
 
-/// `HERMES_READY_FD=N`: the launcher started this process before its broker was ready,
-/// so that the process's exec and loading overlap the broker's start. The rest of the
-/// environment (what the policy subscribes to, the board, the API hooks, the recipes)
-/// comes down descriptor N once the broker is ready ([`hermes_wire::handoff`]). Only
-/// the run's first process has it: it is gone before anything can inherit it.
-const ENV_READY_FD: &str = "HERMES_READY_FD";
 /// Bound on what the launcher may send (recipes and API hook lists are a few KiB).
 const HANDOFF_MAX: usize = 1 << 20;
 

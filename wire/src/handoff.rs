@@ -5,6 +5,13 @@
 //! `end` and a NUL. Only HERMES variables travel this way. This module is its one writer
 //! and its one reader.
 
+/// `HERMES_READY_FD=N`: the launcher started this process before its broker was ready,
+/// so that the process's exec and loading overlap the broker's start. The rest of the
+/// environment (what the policy subscribes to, the board, the API hooks, the recipes)
+/// comes down descriptor N once the broker is ready. Only the run's first process has
+/// it: it is gone before anything can inherit it.
+pub const ENV_READY_FD: &str = "HERMES_READY_FD";
+
 /// The mark after the last entry.
 const END: &[u8] = b"end\0";
 
