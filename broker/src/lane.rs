@@ -283,6 +283,16 @@ impl Lane {
     }
 }
 
+/// How a one-way frame came through the ring.
+struct Ringed {
+    /// The client's clock when it wrote the record.
+    mono_ns: u64,
+    /// When the ring was read.
+    read_at: ReadAt,
+    /// The result the record carried (an observed call that had returned).
+    result: Option<ring::CallResult>,
+}
+
 /// When a ring is read: the wall clock and CLOCK_MONOTONIC, read together once for
 /// all the records of that read (two clock reads per read, not per record).
 #[derive(Clone, Copy)]
@@ -338,11 +348,16 @@ impl LaneState {
             let mut frame = std::mem::take(&mut self.frame);
             frame.resize(record.len, 0);
             let read = ring.read(&record, &mut frame);
+            // Before the record's room is released: an observed call's result, if it
+            // is in the record; else the record is marked taken and a Done will bring it.
+            let result = ring.take_result(&record);
             self.tail = record.next;
             ring.release(self.tail);
             let handled = match read {
                 Ok(()) => match wire::decode::<ClientFrame>(&frame[4..]) {
-                    Ok(msg) => self.one_way(lane, shared, &msg, Some((record.mono_ns, read_at))),
+                    Ok(msg) => {
+                        self.one_way(lane, shared, &msg, Some(Ringed { mono_ns: record.mono_ns, read_at, result }))
+                    }
                     Err(_) => Err("a malformed frame"),
                 },
                 Err(e) => Err(e.text()),
@@ -366,14 +381,14 @@ impl LaneState {
         shared.sink.ring_error(lane.peer_pid, lane.tid, why);
     }
 
-    /// Handle a one-way frame; `at` is the client's clock when it came through the
-    /// ring, and when the ring was read. A frame that is not one-way is refused.
+    /// Handle a one-way frame; `ringed` when it came through the ring. A frame that is
+    /// not one-way is refused.
     fn one_way(
         &mut self,
         lane: &Lane,
         shared: &Shared,
         msg: &ClientFrame<'_>,
-        at: Option<(u64, ReadAt)>,
+        ringed: Option<Ringed>,
     ) -> Result<(), &'static str> {
         match msg {
             ClientMsg::Observe(call) => {
@@ -385,11 +400,11 @@ impl LaneState {
                     return Ok(());
                 }
                 let mut event = self.event(lane, shared, call, true);
-                let time = match at {
+                let time = match &ringed {
                     // The event happened when the client wrote it, not when we read it.
-                    Some((at, read_at)) => {
-                        event.mono_ns = at;
-                        read_at.wall_time(at)
+                    Some(r) => {
+                        event.mono_ns = r.mono_ns;
+                        r.read_at.wall_time(r.mono_ns)
                     }
                     None => SystemTime::now(),
                 };
@@ -397,7 +412,15 @@ impl LaneState {
                 engine.observed(&event, &outcome);
                 let mut record = record(event, outcome, engine.hash(), time);
                 record.observed = true;
-                self.await_result(shared, call.seq, record);
+                match ringed.and_then(|r| r.result) {
+                    // The call had returned, its result in its record: no Done to wait for.
+                    Some(r) => {
+                        let done = wire::Done { seq: call.seq, ret: r.ret, errno: r.errno, duration_ns: r.duration_ns };
+                        finish(shared, &mut record, &done);
+                        shared.sink.emit_into(&record, &mut self.lines);
+                    }
+                    None => self.await_result(shared, call.seq, record),
+                }
             }
             ClientMsg::Done(done) => {
                 if let Some(at) = self.pending.iter().position(|(seq, _)| *seq == done.seq) {

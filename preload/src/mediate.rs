@@ -10,7 +10,7 @@ use core::sync::atomic::{
 };
 
 use hermes_wire::cache::{Cache, Cached, Key, KeyBuilder};
-use hermes_wire::ring::Pushed;
+use hermes_wire::ring::{CallResult, Pushed};
 use hermes_wire::{self as wire, Args, Call, ClientMsg, Context, Decision, Done, Hello, Layer, Op, Reply, Welcome};
 use serde::Serialize;
 
@@ -282,9 +282,12 @@ impl Token {
         let errno = sys::errno();
         let pid = pid_of(guard.tid);
         let shared_memory = pid != IMAGE.pid.load(Relaxed);
-        let mut session = Session { fd: -1, seq: 0, in_child: shared_memory, start: 0, guard: Some(guard) };
+        let mut session = Session { in_child: shared_memory, ..Session::quiet(guard) };
         let payload = payload.map(|p| &p[..p.len().min(board::word(board::PAYLOAD) as usize)]);
-        let verdict = match session.exchange((func, pid), &args, payload.filter(|p| !p.is_empty()), reply, observe) {
+        let report = board::word(board::FLAGS) & board::REPORT != 0;
+        let exchanged =
+            session.exchange((func, pid), &args, payload.filter(|p| !p.is_empty()), reply, (observe, report));
+        let verdict = match exchanged {
             Ok((v, cacheable)) => {
                 if let (true, Some(key)) = (cacheable, &key) {
                     if let Some(c) = cached_form(&v) {
@@ -301,7 +304,7 @@ impl Token {
         };
         // A decided call starts now, its answer in; an observed one started when it
         // was stamped (see `exchange`). No start: no result to report.
-        if board::word(board::FLAGS) & board::REPORT == 0 || session.fd < 0 {
+        if !report || session.fd < 0 {
             session.start = 0;
         } else if !observe {
             session.start = sys::monotonic_ns();
@@ -376,6 +379,8 @@ pub struct Session {
     seq: u32,
     in_child: bool,
     start: u64,
+    /// The observed call's record in the thread's ring, which its result goes into.
+    slot: Option<ring::Slot>,
     /// `None` for a nested call, which runs under its outer call's guard.
     guard: Option<Guard>,
 }
@@ -383,15 +388,16 @@ pub struct Session {
 impl Session {
     /// A call answered without the broker (from the cache): nothing to report.
     fn quiet(guard: Guard) -> Self {
-        Session { fd: -1, seq: 0, in_child: false, start: 0, guard: Some(guard) }
+        Session { fd: -1, seq: 0, in_child: false, start: 0, slot: None, guard: Some(guard) }
     }
 
     /// A nested call, let through unasked.
     fn unguarded() -> Self {
-        Session { fd: -1, seq: 0, in_child: false, start: 0, guard: None }
+        Session { fd: -1, seq: 0, in_child: false, start: 0, slot: None, guard: None }
     }
 
-    /// Send the call; wait for the decision unless the policy only `observe`s it.
+    /// Send the call; wait for the decision unless the policy only `observe`s it
+    /// (`report`: the broker wants the result too).
     /// Returns the verdict and whether the policy marked it cacheable.
     fn exchange<'r, L: Serialize>(
         &mut self,
@@ -399,7 +405,7 @@ impl Session {
         args: &Args<'_, L>,
         payload: Option<&[u8]>,
         reply: &'r mut ReplyBuf,
-        observe: bool,
+        (observe, report): (bool, bool),
     ) -> Result<(Verdict<'r>, bool), i32> {
         let tid = self.guard.as_ref().map_or(0, |g| g.tid);
         // A thread connection may have been closed under us (close_range, dup2 over
@@ -417,7 +423,7 @@ impl Session {
                     // One clock read stamps the record and starts the call's duration:
                     // what is left before the call runs is the ring's few stores.
                     let made = sys::monotonic_ns();
-                    self.deliver((pid, tid), frame, Some(made))?;
+                    self.deliver((pid, tid), frame, Some((made, report)))?;
                     self.start = made;
                     return Ok(0);
                 }
@@ -463,8 +469,9 @@ impl Session {
     /// Send `frame` on the call's connection. A new connection is made when there is
     /// none, and a call goes right after its Hello, before the Welcome comes back: a
     /// new process's first decided call costs one round trip. A one-way frame (`made`
-    /// at that time) on the thread's connection goes into its ring when it can.
-    fn deliver(&mut self, (pid, tid): (i32, i32), frame: &[u8], made: Option<u64>) -> Result<(), i32> {
+    /// at that time, and whether its result is to follow) on the thread's connection
+    /// goes into its ring when it can, where the result can join it.
+    fn deliver(&mut self, (pid, tid): (i32, i32), frame: &[u8], made: Option<(u64, bool)>) -> Result<(), i32> {
         if self.in_child {
             self.fd = send_from_child(pid, tid, frame)?;
             return Ok(());
@@ -482,7 +489,10 @@ impl Session {
             (None, Some(_)) => new_thread_conn(pid, tid, None)?,
         };
         match made {
-            Some(mono_ns) => post_frame(self.fd, false, frame, mono_ns),
+            Some((mono_ns, report)) => {
+                self.slot = post_frame(self.fd, false, frame, mono_ns, report)?;
+                Ok(())
+            }
             None => sys::write_all(self.fd, frame),
         }
     }
@@ -491,10 +501,10 @@ impl Session {
     /// call's guard, still held).
     #[inline]
     pub fn done(self, ret: i64) {
-        let Session { fd, seq, in_child, start, guard } = self;
+        let Session { fd, seq, in_child, start, slot, guard } = self;
         // A cached or unwatched call's session: just the guard to drop.
         if fd >= 0 {
-            Pending { fd, seq, in_child, start }.finish(ret);
+            Pending { fd, seq, in_child, start, slot }.finish(ret);
         }
         drop(guard);
     }
@@ -503,8 +513,8 @@ impl Session {
     /// real function runs unguarded (library hooks: what it calls is mediated on its
     /// own).
     pub fn detach(self) -> Pending {
-        let Session { fd, seq, in_child, start, guard: _ } = self;
-        Pending { fd, seq, in_child, start }
+        let Session { fd, seq, in_child, start, slot, guard: _ } = self;
+        Pending { fd, seq, in_child, start, slot }
     }
 
     /// The call will not run (denied, emulated): nothing to report, the guard to drop.
@@ -532,6 +542,7 @@ pub struct Pending {
     seq: u32,
     in_child: bool,
     start: u64,
+    slot: Option<ring::Slot>,
 }
 
 impl Pending {
@@ -560,12 +571,17 @@ impl Pending {
         let errno = sys::errno();
         let end = sys::monotonic_ns();
         let duration_ns = end.saturating_sub(self.start);
-        let msg: ClientMsg<'_, ()> =
-            ClientMsg::Done(Done { seq: self.seq, ret, errno: if ret < 0 { errno } else { 0 }, duration_ns });
-        // A few varints: a small buffer, not with_frame's 2 KiB one to clear.
-        let mut buf = [0u8; 64];
-        if let Ok(frame) = wire::encode(&msg, &mut buf) {
-            let _ = post_frame(self.fd, self.in_child, frame, end);
+        let errno_sent = if ret < 0 { errno } else { 0 };
+        // Into the call's own record when the broker has not read it yet: no frame.
+        let joined =
+            self.slot.is_some_and(|slot| ring::complete(slot, CallResult { ret, errno: errno_sent, duration_ns }));
+        if !joined {
+            let msg: ClientMsg<'_, ()> = ClientMsg::Done(Done { seq: self.seq, ret, errno: errno_sent, duration_ns });
+            // A few varints: a small buffer, not with_frame's 2 KiB one to clear.
+            let mut buf = [0u8; 64];
+            if let Ok(frame) = wire::encode(&msg, &mut buf) {
+                let _ = post_frame(self.fd, self.in_child, frame, end, false);
+            }
         }
         sys::set_errno(errno);
     }
@@ -926,18 +942,27 @@ fn send<T: Serialize>(fd: i32, msg: &T) -> Result<(), i32> {
 /// Send a one-way frame, made at `mono_ns`: into this thread's ring when `fd` is the
 /// thread's own connection and the ring takes it, else on the socket (the ring and
 /// the broker keep the two in order: see [`hermes_wire::ring`]).
-fn post_frame(fd: i32, in_child: bool, frame: &[u8], mono_ns: u64) -> Result<(), i32> {
+/// Send a one-way `frame`, made at `mono_ns`: into the thread's ring when it is on
+/// the thread's connection and the ring takes it, else on the socket. With
+/// `awaiting` (an observed call whose result is to follow), where the result can
+/// join the record in the ring.
+fn post_frame(fd: i32, in_child: bool, frame: &[u8], mono_ns: u64, awaiting: bool) -> Result<Option<ring::Slot>, i32> {
     let own = !in_child && CONN.with(Cell::get).0 == fd;
-    match own.then(|| ring::push(frame, mono_ns)).flatten() {
-        Some(Pushed::Stored) => Ok(()),
-        Some(Pushed::HalfFull) => {
+    let pushed = match (own, awaiting) {
+        (false, _) => None,
+        (true, false) => ring::push(frame, mono_ns).map(|p| (p, None)),
+        (true, true) => ring::push_awaiting(frame, mono_ns).map(|(p, slot)| (p, Some(slot))),
+    };
+    match pushed {
+        Some((Pushed::Stored, slot)) => Ok(slot),
+        Some((Pushed::HalfFull, slot)) => {
             // Ask for an early read. The frame is in the ring whatever becomes of the
             // nudge: the broker also reads it periodically and when the connection ends.
             let nudge: ClientMsg<'_, ()> = ClientMsg::Nudge;
             let _ = send(fd, &nudge);
-            Ok(())
+            Ok(slot)
         }
-        None => sys::write_all(fd, frame),
+        None => sys::write_all(fd, frame).map(|()| None),
     }
 }
 

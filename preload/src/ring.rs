@@ -9,7 +9,7 @@
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
-use hermes_wire::ring::{self, Pushed, Ring};
+use hermes_wire::ring::{self, CallResult, Pushed, Ring};
 
 use crate::sys;
 
@@ -111,4 +111,36 @@ pub fn push(frame: &[u8], mono_ns: u64) -> Option<Pushed> {
         RING.with(|r| r.set((at, on_socket + 1)));
     }
     pushed
+}
+
+/// Where an observed call's record is, for its result: the ring's mapping and the
+/// record's position in it.
+#[derive(Clone, Copy)]
+pub struct Slot {
+    ring: usize,
+    start: u64,
+}
+
+/// [`push`] the record of an observed call about to run, whose result [`complete`]
+/// writes into it.
+pub fn push_awaiting(frame: &[u8], mono_ns: u64) -> Option<(Pushed, Slot)> {
+    let (at, on_socket) = RING.with(Cell::get);
+    if at == 0 {
+        return None;
+    }
+    let pushed = with_ring(at, |ring| ring.push_awaiting(mono_ns, frame, on_socket).ok()).flatten();
+    match pushed {
+        Some((pushed, start)) => Some((pushed, Slot { ring: at, start })),
+        None => {
+            RING.with(|r| r.set((at, on_socket + 1)));
+            None
+        }
+    }
+}
+
+/// Write the result of the call at `slot` into its record. False when the broker read
+/// the record first (or the thread's ring is another by now): the result must be sent.
+pub fn complete(slot: Slot, result: CallResult) -> bool {
+    let (at, _) = RING.with(Cell::get);
+    at == slot.ring && with_ring(at, |ring| ring.complete(slot.start, result)) == Some(true)
 }

@@ -101,6 +101,48 @@ fn observed_calls_are_stamped_with_the_time_the_target_made_them() {
     );
 }
 
+/// An observed call's result joins its record in the ring, unless the broker read
+/// the record while the call still ran: then the record is the broker's and the
+/// result comes in a frame of its own. An open of a FIFO that waits a second for its
+/// writer is read in flight (the broker reads a ring with news within 250 ms), and
+/// its trace line still has its result and its whole duration.
+#[test]
+fn a_slow_observed_call_read_while_it_runs_still_gets_its_result() {
+    let dir = Scratch::new();
+    let fifo = dir.join("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    const HELD: Duration = Duration::from_millis(1000);
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::thread::sleep(HELD);
+            // Non-blocking until cat is there to read: a failed launch cannot hang us.
+            let deadline = Instant::now() + TIMEOUT;
+            while Instant::now() < deadline {
+                let open = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo);
+                if let Ok(mut f) = open {
+                    let _ = f.write_all(b"through the fifo\n");
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            false
+        })
+    };
+    let path = fifo.display().to_string();
+    let run = launch(OBSERVE_OPENS, "/bin/cat", &[&path]).timeout(TIMEOUT).run();
+    run.check(writer.join().unwrap_or(false), "the writer found cat reading");
+    run.check(run.code == 0 && run.stdout == "through the fifo\n", "cat read what the writer wrote");
+    let recs = opens_of(&run.trace, &path);
+    run.check(recs.len() == 1, &format!("one record of the fifo's open, got {}", recs.len()));
+    check_observed_with_results(&run, &recs);
+    let took = recs.first().and_then(|r| r["duration_us"].as_f64()).unwrap_or(0.0);
+    run.check(took >= 0.8 * HELD.as_micros() as f64, &format!("its duration is the wait for the writer: {took} us"));
+}
+
 #[test]
 fn four_threads_opening_at_once_lose_nothing() {
     let (_dir, f) = target_file();

@@ -15,11 +15,23 @@
 //! `position % DATA` and wraps around the end word by word:
 //!
 //! ```text
-//! word 0   the frame's length in bytes (high 32 bits zero)
+//! word 0   the frame's length in bytes (low 32 bits) and the result's state (high 32)
 //! word 1   the client's CLOCK_MONOTONIC in ns when it wrote the record
+//! word 2   the call's return value   } the result of an observed call, written
+//! word 3   its errno (low 32 bits)   } into its own record once the call returns
+//! word 4   its duration in ns        } (state `DONE`); otherwise unused
 //! then     the frame exactly as the socket would carry it (u32 length prefix and
 //!          postcard body), zero-padded to a multiple of 8 bytes
 //! ```
+//!
+//! An observed call whose result the broker wants is pushed before it runs with its
+//! state `IN_FLIGHT` ([`Ring::push_awaiting`]). When it returns, the producer writes the
+//! result into the record and moves the state to `DONE` ([`Ring::complete`]), so one
+//! record carries the call and its result. The consumer may read the record first (a
+//! slow call): it moves the state to `TAKEN` ([`Ring::take_result`]), and the producer,
+//! finding it so, sends the result as a [`crate::Done`] frame, as it does for any call
+//! without a record of its own. Both moves are compare-and-swaps on word 0, so exactly
+//! one of them happens, and a call killed while it runs leaves its record in the ring.
 //!
 //! Single producer (the client thread that owns the connection), single consumer
 //! (the broker, which serialises its readers with a lock). The producer writes a
@@ -60,7 +72,17 @@ pub const WORDS: usize = SIZE / 8;
 /// takes more than a quarter of the ring.
 pub const MAX_FRAME: usize = DATA / 4;
 /// Bytes of a record before its frame.
-pub const RECORD_HEADER: usize = 16;
+pub const RECORD_HEADER: usize = 40;
+
+/// A record's result states (word 0's high half). No result will be written into it.
+const NO_RESULT: u64 = 0;
+/// The call runs; its result goes into the record unless the consumer takes it first.
+const IN_FLIGHT: u64 = 1;
+/// The result is in the record.
+const DONE: u64 = 2;
+/// The consumer read the record before the result came: it comes in a `Done` frame.
+const TAKEN: u64 = 3;
+const LEN_MASK: u64 = 0xffff_ffff;
 
 /// `b"HERMESR1"`: a mapping with anything else in word 0 is not a ring.
 pub const MAGIC_VALUE: u64 = u64::from_le_bytes(*b"HERMESR1");
@@ -118,6 +140,8 @@ impl Corrupt {
 /// A published record, as [`Ring::peek`] found it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record {
+    /// Where the record starts (its word 0).
+    start: u64,
     /// Where its frame starts.
     at: u64,
     /// The frame's length in bytes.
@@ -126,6 +150,14 @@ pub struct Record {
     pub mono_ns: u64,
     /// The position after it: the consumer's `tail` once it is read.
     pub next: u64,
+}
+
+/// The result of an observed call, as its record carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallResult {
+    pub ret: i64,
+    pub errno: i32,
+    pub duration_ns: u64,
 }
 
 const fn padded(len: usize) -> usize {
@@ -160,6 +192,17 @@ impl<'a> Ring<'a> {
     /// frames the producer has sent on the socket so far; until the broker has
     /// handled them all, the ring takes nothing.
     pub fn push(self, mono_ns: u64, frame: &[u8], on_socket: u64) -> Result<Pushed, Full> {
+        self.append(mono_ns, frame, on_socket, NO_RESULT).map(|(pushed, _)| pushed)
+    }
+
+    /// Producer: [`Ring::push`] the frame of an observed call about to run, whose
+    /// result [`Ring::complete`] will write into the record. Also returns where the
+    /// record starts, for that.
+    pub fn push_awaiting(self, mono_ns: u64, frame: &[u8], on_socket: u64) -> Result<(Pushed, u64), Full> {
+        self.append(mono_ns, frame, on_socket, IN_FLIGHT)
+    }
+
+    fn append(self, mono_ns: u64, frame: &[u8], on_socket: u64, state: u64) -> Result<(Pushed, u64), Full> {
         if frame.len() > MAX_FRAME || self.words[ACKED].load(Acquire) != on_socket {
             return Err(Full);
         }
@@ -171,7 +214,7 @@ impl<'a> Ring<'a> {
         if used > DATA as u64 || DATA as u64 - used < need {
             return Err(Full);
         }
-        self.slot(head).store(frame.len() as u64, Relaxed);
+        self.slot(head).store(frame.len() as u64 | state << 32, Relaxed);
         self.slot(head + 8).store(mono_ns, Relaxed);
         let mut at = head + RECORD_HEADER as u64;
         // Whole words by value (a call to memcpy per word costs more than the store).
@@ -186,7 +229,23 @@ impl<'a> Ring<'a> {
         }
         self.words[HEAD].store(head.wrapping_add(need), Release);
         let half = DATA as u64 / 2;
-        Ok(if used < half && used + need >= half { Pushed::HalfFull } else { Pushed::Stored })
+        Ok((if used < half && used + need >= half { Pushed::HalfFull } else { Pushed::Stored }, head))
+    }
+
+    /// Producer: the call whose record starts at `start` (from [`Ring::push_awaiting`],
+    /// the producer's last record) returned `result`. False when the consumer took the
+    /// record first: the result must go in a `Done` frame.
+    pub fn complete(self, start: u64, result: CallResult) -> bool {
+        let word0 = self.slot(start);
+        let seen = word0.load(Relaxed);
+        if seen >> 32 != IN_FLIGHT {
+            return false;
+        }
+        self.slot(start + 16).store(result.ret as u64, Relaxed);
+        self.slot(start + 24).store(u64::from(result.errno as u32), Relaxed);
+        self.slot(start + 32).store(result.duration_ns, Relaxed);
+        // Release: a consumer that sees DONE sees the result words.
+        word0.compare_exchange(seen, (seen & LEN_MASK) | DONE << 32, Release, Relaxed).is_ok()
     }
 
     /// Whether the producer has published past what the consumer released: a cheap
@@ -210,9 +269,10 @@ impl<'a> Ring<'a> {
         if avail > DATA as u64 || avail & 7 != 0 || avail < RECORD_HEADER as u64 {
             return Err(Corrupt::Head);
         }
-        let len = self.slot(tail).load(Relaxed);
+        let word0 = self.slot(tail).load(Relaxed);
+        let (len, state) = (word0 & LEN_MASK, word0 >> 32);
         let mono_ns = self.slot(tail + 8).load(Relaxed);
-        if !(4..=MAX_FRAME as u64).contains(&len) {
+        if !(4..=MAX_FRAME as u64).contains(&len) || state > TAKEN {
             return Err(Corrupt::Length);
         }
         let len = len as usize;
@@ -220,7 +280,7 @@ impl<'a> Ring<'a> {
         if need > avail {
             return Err(Corrupt::Length);
         }
-        Ok(Some(Record { at: tail + RECORD_HEADER as u64, len, mono_ns, next: tail + need }))
+        Ok(Some(Record { start: tail, at: tail + RECORD_HEADER as u64, len, mono_ns, next: tail + need }))
     }
 
     /// Consumer: copy `record`'s frame into `out` (exactly `record.len` bytes), and
@@ -245,6 +305,26 @@ impl<'a> Ring<'a> {
             return Err(Corrupt::Frame);
         }
         Ok(())
+    }
+
+    /// Consumer: the result written into `record` (a peeked record not yet released),
+    /// if its call has returned. A record still in flight is marked taken, so that its
+    /// result comes in a `Done` frame instead; `None` too for a record that carries no
+    /// result. (The words are the target's: the result is only numbers to report.)
+    pub fn take_result(self, record: &Record) -> Option<CallResult> {
+        let word0 = self.slot(record.start);
+        let mut seen = word0.load(Acquire);
+        if seen >> 32 == IN_FLIGHT {
+            match word0.compare_exchange(seen, (seen & LEN_MASK) | TAKEN << 32, Acquire, Acquire) {
+                Ok(_) => return None,
+                Err(now) => seen = now,
+            }
+        }
+        (seen >> 32 == DONE).then(|| CallResult {
+            ret: self.slot(record.start + 16).load(Relaxed) as i64,
+            errno: self.slot(record.start + 24).load(Relaxed) as u32 as i32,
+            duration_ns: self.slot(record.start + 32).load(Relaxed),
+        })
     }
 
     /// Consumer: everything before `tail` is read; the producer may reuse its room.
@@ -360,6 +440,79 @@ mod tests {
     }
 
     #[test]
+    fn a_result_goes_into_its_record_unless_the_consumer_took_it_first() {
+        let words = fresh();
+        let ring = Ring::new(&words).unwrap();
+        let result = CallResult { ret: -1, errno: 13, duration_ns: 4242 };
+        let peek = |tail| ring.peek(tail, ring.published()).unwrap().unwrap();
+        // Completed before the consumer looks: one record, result inside.
+        let (_, at) = ring.push_awaiting(1, &frame(b"open"), 0).unwrap();
+        assert!(ring.complete(at, result));
+        let first = peek(0);
+        assert_eq!(ring.take_result(&first), Some(result));
+        // Read while the call runs: taken, and the producer is told to send a Done.
+        let (_, at) = ring.push_awaiting(2, &frame(b"slow"), 0).unwrap();
+        let second = peek(first.next);
+        assert_eq!(ring.take_result(&second), None);
+        assert!(!ring.complete(at, result), "the consumer took it: the result goes in a frame");
+        assert_eq!(ring.take_result(&second), None, "taken stays taken");
+        // A record pushed without a result to await carries none, and cannot get one.
+        ring.push(3, &frame(b"done"), 0).unwrap();
+        let third = peek(second.next);
+        assert!(!ring.complete(third.start, result));
+        assert_eq!(ring.take_result(&third), None);
+        let mut tail = 0;
+        let frames: Vec<Vec<u8>> = drain(ring, &mut tail).unwrap().into_iter().map(|(_, f)| f).collect();
+        assert_eq!(frames, [frame(b"open"), frame(b"slow"), frame(b"done")], "the state bits leave lengths alone");
+    }
+
+    /// The producer completes each call while the consumer reads: every result is
+    /// delivered exactly once, in its record or (when the consumer won) by the producer.
+    #[test]
+    fn completing_and_taking_at_once_deliver_each_result_exactly_once() {
+        const N: u64 = 50_000;
+        let words: Arc<Vec<AtomicU64>> = Arc::new(fresh());
+        let producer = {
+            let words = Arc::clone(&words);
+            std::thread::spawn(move || {
+                let ring = Ring::new(&words).unwrap();
+                let mut in_frames = Vec::new();
+                let mut n = 0;
+                while n < N {
+                    let Ok((_, at)) = ring.push_awaiting(n, &frame(&n.to_le_bytes()), 0) else {
+                        std::thread::yield_now();
+                        continue;
+                    };
+                    let result = CallResult { ret: n as i64, errno: 0, duration_ns: n };
+                    if !ring.complete(at, result) {
+                        in_frames.push(n);
+                    }
+                    n += 1;
+                }
+                in_frames
+            })
+        };
+        let ring = Ring::new(&words).unwrap();
+        let (mut tail, mut seen, mut in_records) = (0, 0, Vec::new());
+        while seen < N {
+            let head = ring.published();
+            while let Some(rec) = ring.peek(tail, head).unwrap() {
+                if let Some(r) = ring.take_result(&rec) {
+                    assert_eq!((r.ret as u64, r.duration_ns), (rec.mono_ns, rec.mono_ns));
+                    in_records.push(rec.mono_ns);
+                }
+                tail = rec.next;
+                ring.release(tail);
+                seen += 1;
+            }
+        }
+        let in_frames = producer.join().unwrap();
+        let mut all: Vec<u64> = in_records.iter().chain(&in_frames).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..N).collect::<Vec<_>>(), "each result once, by one way or the other");
+    }
+
+    #[test]
     fn a_full_ring_refuses_and_takes_records_again_once_drained() {
         let words = fresh();
         let ring = Ring::new(&words).unwrap();
@@ -425,7 +578,7 @@ mod tests {
         }
         // a frame whose own prefix lies
         words[DATA_AT].store(f.len() as u64, Relaxed);
-        words[DATA_AT + 2].store(le_word(&[9, 0, 0, 0, b'h', b'e', b'l', b'l']), Relaxed);
+        words[DATA_AT + RECORD_HEADER / 8].store(le_word(&[9, 0, 0, 0, b'h', b'e', b'l', b'l']), Relaxed);
         let rec = ring.peek(0, head).unwrap().unwrap();
         assert_eq!(ring.read(&rec, &mut vec![0; rec.len]), Err(Corrupt::Frame));
     }
