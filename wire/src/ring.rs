@@ -368,6 +368,15 @@ mod tests {
         f
     }
 
+    /// Run `produce` on the ring `words` in a thread of its own.
+    fn on_producer_thread<T: Send + 'static>(
+        words: &Arc<Vec<AtomicU64>>,
+        produce: impl FnOnce(Ring<'_>) -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let words = Arc::clone(words);
+        std::thread::spawn(move || produce(Ring::new(&words).unwrap()))
+    }
+
     /// Every record published, read and released as the broker does.
     fn drain(ring: Ring, tail: &mut u64) -> Result<Vec<(u64, Vec<u8>)>, Corrupt> {
         let head = ring.published();
@@ -412,21 +421,17 @@ mod tests {
     fn a_concurrent_producer_and_consumer_agree() {
         const N: u64 = 100_000;
         let words: Arc<Vec<AtomicU64>> = Arc::new(fresh());
-        let producer = {
-            let words = Arc::clone(&words);
-            std::thread::spawn(move || {
-                let ring = Ring::new(&words).unwrap();
-                let mut n = 0;
-                while n < N {
-                    let body: Vec<u8> = (0..n % 97).map(|b| (b ^ n) as u8).collect();
-                    if ring.push(n, &frame(&body), 0).is_ok() {
-                        n += 1;
-                    } else {
-                        std::thread::yield_now();
-                    }
+        let producer = on_producer_thread(&words, |ring| {
+            let mut n = 0;
+            while n < N {
+                let body: Vec<u8> = (0..n % 97).map(|b| (b ^ n) as u8).collect();
+                if ring.push(n, &frame(&body), 0).is_ok() {
+                    n += 1;
+                } else {
+                    std::thread::yield_now();
                 }
-            })
-        };
+            }
+        });
         let ring = Ring::new(&words).unwrap();
         let (mut tail, mut want) = (0, 0);
         while want < N {
@@ -472,26 +477,22 @@ mod tests {
     fn completing_and_taking_at_once_deliver_each_result_exactly_once() {
         const N: u64 = 50_000;
         let words: Arc<Vec<AtomicU64>> = Arc::new(fresh());
-        let producer = {
-            let words = Arc::clone(&words);
-            std::thread::spawn(move || {
-                let ring = Ring::new(&words).unwrap();
-                let mut in_frames = Vec::new();
-                let mut n = 0;
-                while n < N {
-                    let Ok((_, at)) = ring.push_awaiting(n, &frame(&n.to_le_bytes()), 0) else {
-                        std::thread::yield_now();
-                        continue;
-                    };
-                    let result = CallResult { ret: n as i64, errno: 0, duration_ns: n };
-                    if !ring.complete(at, result) {
-                        in_frames.push(n);
-                    }
-                    n += 1;
+        let producer = on_producer_thread(&words, |ring| {
+            let mut in_frames = Vec::new();
+            let mut n = 0;
+            while n < N {
+                let Ok((_, at)) = ring.push_awaiting(n, &frame(&n.to_le_bytes()), 0) else {
+                    std::thread::yield_now();
+                    continue;
+                };
+                let result = CallResult { ret: n as i64, errno: 0, duration_ns: n };
+                if !ring.complete(at, result) {
+                    in_frames.push(n);
                 }
-                in_frames
-            })
-        };
+                n += 1;
+            }
+            in_frames
+        });
         let ring = Ring::new(&words).unwrap();
         let (mut tail, mut seen, mut in_records) = (0, 0, Vec::new());
         while seen < N {
