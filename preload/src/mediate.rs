@@ -282,7 +282,7 @@ impl Token {
         let errno = sys::errno();
         let pid = pid_of(guard.tid);
         let shared_memory = pid != IMAGE.pid.load(Relaxed);
-        let mut session = Session { in_child: shared_memory, ..Session::quiet(guard) };
+        let mut session = Session { fd: -1, seq: 0, in_child: shared_memory, start: 0, slot: None, guard: Some(guard) };
         let payload = payload.map(|p| &p[..p.len().min(board::word(board::PAYLOAD) as usize)]);
         let report = board::word(board::FLAGS) & board::REPORT != 0;
         let exchanged =
