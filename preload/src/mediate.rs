@@ -948,12 +948,7 @@ fn send<T: Serialize>(fd: i32, msg: &T) -> Result<(), i32> {
 /// join the record in the ring.
 fn post_frame(fd: i32, in_child: bool, frame: &[u8], mono_ns: u64, awaiting: bool) -> Result<Option<ring::Slot>, i32> {
     let own = !in_child && CONN.with(Cell::get).0 == fd;
-    let pushed = match (own, awaiting) {
-        (false, _) => None,
-        (true, false) => ring::push(frame, mono_ns).map(|p| (p, None)),
-        (true, true) => ring::push_awaiting(frame, mono_ns).map(|(p, slot)| (p, Some(slot))),
-    };
-    match pushed {
+    match own.then(|| ring::push(frame, mono_ns, awaiting)).flatten() {
         Some((Pushed::Stored, slot)) => Ok(slot),
         Some((Pushed::HalfFull, slot)) => {
             // Ask for an early read. The frame is in the ring whatever becomes of the

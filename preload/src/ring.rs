@@ -98,21 +98,6 @@ pub fn had_ring() -> bool {
     HAD_RING.load(Relaxed)
 }
 
-/// Append `frame` to this thread's ring, stamped `mono_ns` (when it was made).
-/// `None` when the thread has no ring or the ring cannot take it: the caller sends it
-/// on the socket, and the ring takes nothing more until the broker has handled it.
-pub fn push(frame: &[u8], mono_ns: u64) -> Option<Pushed> {
-    let (at, on_socket) = RING.with(Cell::get);
-    if at == 0 {
-        return None;
-    }
-    let pushed = with_ring(at, |ring| ring.push(mono_ns, frame, on_socket).ok()).flatten();
-    if pushed.is_none() {
-        RING.with(|r| r.set((at, on_socket + 1)));
-    }
-    pushed
-}
-
 /// Where an observed call's record is, for its result: the ring's mapping and the
 /// record's position in it.
 #[derive(Clone, Copy)]
@@ -121,21 +106,27 @@ pub struct Slot {
     start: u64,
 }
 
-/// [`push`] the record of an observed call about to run, whose result [`complete`]
-/// writes into it.
-pub fn push_awaiting(frame: &[u8], mono_ns: u64) -> Option<(Pushed, Slot)> {
+/// Append `frame` to this thread's ring, stamped `mono_ns` (when it was made); with
+/// `awaiting` (an observed call about to run), where [`complete`] can write its result.
+/// `None` when the thread has no ring or the ring cannot take it: the caller sends it
+/// on the socket, and the ring takes nothing more until the broker has handled it.
+pub fn push(frame: &[u8], mono_ns: u64, awaiting: bool) -> Option<(Pushed, Option<Slot>)> {
     let (at, on_socket) = RING.with(Cell::get);
     if at == 0 {
         return None;
     }
-    let pushed = with_ring(at, |ring| ring.push_awaiting(mono_ns, frame, on_socket).ok()).flatten();
-    match pushed {
-        Some((pushed, start)) => Some((pushed, Slot { ring: at, start })),
-        None => {
-            RING.with(|r| r.set((at, on_socket + 1)));
-            None
+    let pushed = with_ring(at, |ring| {
+        if awaiting {
+            ring.push_awaiting(mono_ns, frame, on_socket).ok().map(|(p, start)| (p, Some(Slot { ring: at, start })))
+        } else {
+            ring.push(mono_ns, frame, on_socket).ok().map(|p| (p, None))
         }
+    })
+    .flatten();
+    if pushed.is_none() {
+        RING.with(|r| r.set((at, on_socket + 1)));
     }
+    pushed
 }
 
 /// Write the result of the call at `slot` into its record. False when the broker read
