@@ -110,6 +110,9 @@ pub fn barred<S: System>(sys: &S, path: &CStr) -> Option<Barred> {
     let mut head = [0u8; elf::HEAD + 1];
     for _ in 0..=SCRIPT_DEPTH {
         let got = sys.read_at(&file, 0, &mut head[..elf::HEAD]).min(elf::HEAD);
+        // The byte after what was read ends a short `#!` line; it may hold the last
+        // file's byte (or the NUL that cut its interpreter's name) otherwise.
+        head[got] = 0;
         let line = if got < SCRIPT_HEAD { got + 1 } else { SCRIPT_HEAD };
         let Some(interpreter) = interpreter(&mut head[..line]) else { return judge(sys, &file, &head[..got]) };
         file = sys.open(interpreter)?;
@@ -199,6 +202,8 @@ mod tests {
     /// One file (or a script and its interpreter) and a caller, counting what is asked.
     struct Fake<'a> {
         script: Option<&'a [u8]>,
+        /// `/bin/second`'s contents.
+        second: &'a [u8],
         bytes: &'a [u8],
         owner: Owner,
         nosuid: bool,
@@ -224,7 +229,7 @@ mod tests {
             let data = match file {
                 0 => self.bytes,
                 1 => self.script.unwrap_or_default(),
-                _ => b"#!/bin/interp\n",
+                _ => self.second,
             };
             let src = data.get(at as usize..).unwrap_or_default();
             let n = src.len().min(buf.len());
@@ -265,6 +270,7 @@ mod tests {
     fn fake(bytes: &[u8]) -> Fake<'_> {
         Fake {
             script: None,
+            second: b"#!/bin/interp\n",
             bytes,
             owner: Owner { mode: 0o755, uid: 0, gid: 0 },
             nosuid: false,
@@ -365,6 +371,11 @@ mod tests {
         // An interpreter that is a script itself is followed in turn.
         f.script = Some(b"#!/bin/second\n");
         assert_eq!(judged(&f), Some(Barred::Static));
+        // ... a short one too, whose `#!` line the file's end ends, read after a longer one.
+        f.script = Some(b"#!   /bin/second\n");
+        f.second = b"#!/bin/interp";
+        assert_eq!(judged(&f), Some(Barred::Static));
+        f.second = b"#!/bin/interp\n";
         // The file's end ends the line.
         f.script = Some(b"#!/bin/interp");
         assert_eq!(judged(&f), Some(Barred::Static));
