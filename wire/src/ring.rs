@@ -232,10 +232,14 @@ impl<'a> Ring<'a> {
         Ok((if used < half && used + need >= half { Pushed::HalfFull } else { Pushed::Stored }, head))
     }
 
-    /// Producer: the call whose record starts at `start` (from [`Ring::push_awaiting`],
-    /// the producer's last record) returned `result`. False when the consumer took the
-    /// record first: the result must go in a `Done` frame.
+    /// Producer: the call whose record starts at `start` (from [`Ring::push_awaiting`])
+    /// returned `result`. False when the consumer took the record first, or when the
+    /// producer has written a ring's worth since (its room may hold newer records): the
+    /// result must go in a `Done` frame.
     pub fn complete(self, start: u64, result: CallResult) -> bool {
+        if self.words[HEAD].load(Relaxed).wrapping_sub(start) > DATA as u64 {
+            return false;
+        }
         let word0 = self.slot(start);
         let seen = word0.load(Relaxed);
         if seen >> 32 != IN_FLIGHT {
@@ -469,6 +473,25 @@ mod tests {
         let mut tail = 0;
         let frames: Vec<Vec<u8>> = drain(ring, &mut tail).unwrap().into_iter().map(|(_, f)| f).collect();
         assert_eq!(frames, [frame(b"open"), frame(b"slow"), frame(b"done")], "the state bits leave lengths alone");
+    }
+
+    /// A record the producer has since written a ring's worth past (the consumer read
+    /// it and its room was reused) is left alone: the result goes in a frame.
+    #[test]
+    fn a_record_whose_room_was_reused_gets_no_result() {
+        let words = fresh();
+        let ring = Ring::new(&words).unwrap();
+        // Records of 128 bytes tile the ring: a newer one starts where it did.
+        let (_, old) = ring.push_awaiting(1, &frame(&[1; 84]), 0).unwrap();
+        let mut tail = 0;
+        drain(ring, &mut tail).unwrap();
+        while ring.published().wrapping_sub(old) <= DATA as u64 {
+            ring.push_awaiting(2, &frame(&[0; 84]), 0).unwrap();
+            drain(ring, &mut tail).unwrap();
+        }
+        let result = CallResult { ret: 3, errno: 0, duration_ns: 1 };
+        assert!(!ring.complete(old, result), "its room holds newer records");
+        assert_eq!(drain(ring, &mut tail), Ok(vec![]), "and nothing newer was touched");
     }
 
     /// The producer completes each call while the consumer reads: every result is
