@@ -416,8 +416,7 @@ impl LaneState {
                     // The call had returned, its result in its record: no Done to wait for.
                     Some(r) => {
                         let done = wire::Done { seq: call.seq, ret: r.ret, errno: r.errno, duration_ns: r.duration_ns };
-                        finish(shared, &mut record, &done);
-                        shared.sink.emit_into(&record, &mut self.lines);
+                        self.finish_and_emit(shared, &mut record, &done);
                     }
                     None => self.await_result(shared, call.seq, record),
                 }
@@ -425,8 +424,7 @@ impl LaneState {
             ClientMsg::Done(done) => {
                 if let Some(at) = self.pending.iter().position(|(seq, _)| *seq == done.seq) {
                     let (_, mut record) = self.pending.remove(at);
-                    finish(shared, &mut record, done);
-                    shared.sink.emit_into(&record, &mut self.lines);
+                    self.finish_and_emit(shared, &mut record, done);
                 }
             }
             // The ring was read before this frame was handled.
@@ -474,6 +472,12 @@ impl LaneState {
         }
         self.procs.insert(key, info.clone());
         info
+    }
+
+    /// The call of `record` ran, with the result `done`: trace it.
+    fn finish_and_emit(&mut self, shared: &Shared, record: &mut Record, done: &wire::Done) {
+        finish(shared, record, done);
+        shared.sink.emit_into(record, &mut self.lines);
     }
 
     /// Hold the record until the call's `Done`, when results are reported and the

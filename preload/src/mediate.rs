@@ -941,11 +941,8 @@ fn send<T: Serialize>(fd: i32, msg: &T) -> Result<(), i32> {
 
 /// Send a one-way frame, made at `mono_ns`: into this thread's ring when `fd` is the
 /// thread's own connection and the ring takes it, else on the socket (the ring and
-/// the broker keep the two in order: see [`hermes_wire::ring`]).
-/// Send a one-way `frame`, made at `mono_ns`: into the thread's ring when it is on
-/// the thread's connection and the ring takes it, else on the socket. With
-/// `awaiting` (an observed call whose result is to follow), where the result can
-/// join the record in the ring.
+/// the broker keep the two in order: see [`hermes_wire::ring`]). With `awaiting` (an
+/// observed call whose result is to follow), where the result can join the record.
 fn post_frame(fd: i32, in_child: bool, frame: &[u8], mono_ns: u64, awaiting: bool) -> Result<Option<ring::Slot>, i32> {
     let own = !in_child && CONN.with(Cell::get).0 == fd;
     match own.then(|| ring::push(frame, mono_ns, awaiting)).flatten() {
