@@ -149,7 +149,7 @@ impl ApiArg {
 }
 
 /// The calling process, as far as the broker can tell.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcInfo {
     pub ppid: i32,
     pub exe: Vec<u8>,

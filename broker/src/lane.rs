@@ -168,15 +168,18 @@ pub enum Wait {
 }
 
 impl Lane {
-    /// The lane of a connection whose Hello was just read. The preload's process is
-    /// alive: it waits for its Welcome, or (when it sent its ring with the Hello) reads
-    /// it before it execs or exits, so what /proc says of it now is what its events
-    /// will carry, even those read after it has exited.
+    /// The lane of a connection whose Hello was just read. What its events will carry
+    /// of the preload's process (its parent, its executable) is taken now, even those
+    /// read after it has gone: from /proc while it still shows the image that sent the
+    /// Hello, else from the Hello (the process may have exited or exec'd meanwhile: a
+    /// client that needs no answer does not wait for its Welcome).
     pub fn new(shared: &Shared, peer_pid: i32, hello: &wire::Hello<'_>, ring: Option<RingMap>) -> Self {
         let (tid, image, layer) = (hello.tid, hello.image, hello.layer);
         let lane = Lane { peer_pid, tid, image, layer, ring, state: Mutex::default() };
         if layer == Layer::Preload {
-            lane.hold(shared).process(shared, layer, peer_pid, 0);
+            let told = ProcInfo { ppid: hello.ppid, exe: hello.exe.to_vec() };
+            let info = shared.engine.state().seen(peer_pid, &told);
+            lane.hold(shared).procs.insert((peer_pid, 0), info);
         }
         lane
     }
@@ -466,7 +469,7 @@ impl LaneState {
         if let Some(info) = self.procs.get(&key) {
             return info.clone();
         }
-        let info = shared.engine.state().seen(pid);
+        let info = shared.engine.state().seen(pid, &ProcInfo::default());
         if self.procs.len() >= MAX_PROCS {
             self.procs.clear();
         }

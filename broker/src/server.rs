@@ -39,6 +39,14 @@ pub enum ConnError {
     Protocol(&'static str),
 }
 
+impl ConnError {
+    /// The client went away: it exited, exec'd, or was killed.
+    fn peer_gone(&self) -> bool {
+        let gone = [io::ErrorKind::UnexpectedEof, io::ErrorKind::BrokenPipe, io::ErrorKind::ConnectionReset];
+        matches!(self, ConnError::Io(io) if gone.contains(&io.kind()))
+    }
+}
+
 /// State shared by all connections.
 pub struct Shared {
     pub(crate) engine: Engine,
@@ -211,8 +219,7 @@ impl Acceptors {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = Connection::new(shared, stream).and_then(|c| c.run()) {
             // The client went away (exited, or was killed): not worth a word.
-            let gone = [io::ErrorKind::UnexpectedEof, io::ErrorKind::BrokenPipe, io::ErrorKind::ConnectionReset];
-            if !matches!(&e, ConnError::Io(io) if gone.contains(&io.kind())) {
+            if !e.peer_gone() {
                 eprintln!("hermes: broker: connection {id}: {e}");
             }
         }
@@ -386,9 +393,13 @@ impl<'s> Connection<'s> {
 
     fn run(mut self) -> Result<(), ConnError> {
         let (lane, welcomed) = self.welcome()?;
-        // A client that passed its own ring may have written into it and gone before
-        // its Welcome could be sent: what it wrote is read all the same (`close`).
-        let result = welcomed.and_then(|()| self.serve(&lane));
+        // A client that needs no answer does not wait for its Welcome, and may be gone
+        // before it could be sent: what it sent after its Hello is read all the same, as
+        // what it wrote into the ring it passed (`close`).
+        let result = match welcomed {
+            Err(e) if e.peer_gone() => self.serve(&lane),
+            welcomed => welcomed.and_then(|()| self.serve(&lane)),
+        };
         lane.close(self.shared);
         self.shared.lanes.remove(&lane);
         result

@@ -57,10 +57,23 @@ impl State {
     }
 
     /// A process's connection has begun: what /proc says of it now, recorded as the
-    /// process when it is new (its argv is only read then).
-    pub fn seen(&self, pid: i32) -> ProcInfo {
+    /// process when it is new (its argv is only read then). `told` is what the process
+    /// said of itself (its Hello; empty from a client that leaves it to /proc): it
+    /// stands when /proc no longer shows that image, because the process has exited or
+    /// exec'd another program since, which a client that needs no answer does without
+    /// waiting for the broker. The process's word is no stronger than /proc's here: the
+    /// preload runs inside it either way.
+    pub fn seen(&self, pid: i32, told: &ProcInfo) -> ProcInfo {
         let known = self.inner().procs.contains_key(&pid);
-        let now = read_process(pid, !known);
+        let now = match read_process(pid, !known) {
+            Some(now) if told.exe.is_empty() || now.exe == told.exe => Some(now),
+            // Exec'd since: its start time is still this process's, its argv is not.
+            Some(now) => Some(ProcessInfo { ppid: told.ppid, exe: told.exe.clone(), argv: Vec::new(), ..now }),
+            None if !told.exe.is_empty() => {
+                Some(ProcessInfo { pid, ppid: told.ppid, exe: told.exe.clone(), ..Default::default() })
+            }
+            None => None,
+        };
         let info = now.as_ref().map_or_else(ProcInfo::default, |p| ProcInfo { ppid: p.ppid, exe: p.exe.clone() });
         if !known {
             let mut inner = self.inner();
@@ -371,7 +384,7 @@ mod tests {
         assert!(p.alive && p.start_time > 0.0 && !p.argv.is_empty(), "{p:?}");
         let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         let cpid = child.id() as i32;
-        state.seen(cpid);
+        state.seen(cpid, &ProcInfo::default());
         assert!(state.process(me).unwrap().children.contains(&cpid));
         // Until the child has exec'd, /proc shows the fork's copy of us.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -388,5 +401,29 @@ mod tests {
         let gone = state.process(cpid).unwrap();
         assert!(!gone.alive && gone.argv.len() == 2, "{gone:?}");
         assert_eq!(state.process(i32::MAX - 2), None);
+    }
+
+    /// A process's own word (its Hello) stands where /proc no longer shows the image
+    /// that sent it; where /proc does, /proc's is kept.
+    #[test]
+    fn what_a_process_said_of_itself_stands_once_proc_shows_another_image() {
+        let state = State::default();
+        let told = ProcInfo { ppid: 4242, exe: b"/opt/gone/program".to_vec() };
+        // Gone already (never ran): what it said.
+        let gone = i32::MAX - 3;
+        assert_eq!(state.seen(gone, &told), told);
+        let recorded = state.process(gone).unwrap();
+        assert_eq!((recorded.ppid, &recorded.exe, recorded.alive), (4242, &told.exe, false));
+        // Running another executable than it said (exec'd since): what it said, and not
+        // the new image's argv.
+        let me = std::process::id() as i32;
+        assert_eq!(state.seen(me, &told), told);
+        assert!(state.process(me).unwrap().alive);
+        // Still the image it said: /proc's word, argv included.
+        let state = State::default();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap().into_os_string().into_encoded_bytes();
+        let mine = state.seen(me, &ProcInfo { ppid: 1, exe: exe.clone() });
+        assert_eq!((mine.ppid, &mine.exe), (std::os::unix::process::parent_id() as i32, &exe));
+        assert!(!state.process(me).unwrap().argv.is_empty());
     }
 }

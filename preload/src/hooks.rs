@@ -210,11 +210,6 @@ hooks! {
     posix_spawnp(pid: *mut pid_t, file: *const c_char, actions: *const posix_spawn_file_actions_t, attr: *const posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int, Symbol,
         |real| spawn_call("posix_spawnp", file, true, argv.cast(), envp.cast(), |p, a, env| real(pid, p, actions, attr, a.cast(), env.cast()));
 
-    _exit(status: c_int) -> (), Symbol,
-        |real| { crate::mediate::settle_before_leaving(); real(status) };
-    _Exit(status: c_int) -> (), Symbol,
-        |real| { crate::mediate::settle_before_leaving(); real(status) };
-
     close(fd: c_int) -> c_int, Symbol,
         |real| { fds::program_takes(fd as u32, fd as u32); real(fd) };
     dup2(old: c_int, new: c_int) -> c_int, Symbol,
@@ -707,10 +702,7 @@ fn exec_call(
     real: impl FnOnce(*const c_char, *const *const c_char) -> c_int,
 ) -> c_int {
     let exec = |p: *const c_char| with_hermes_env(envp, |env| real(p, env));
-    let Some(token) = Token::begin(Op::Exec) else {
-        crate::mediate::settle_before_leaving();
-        return exec(path);
-    };
+    let Some(token) = Token::begin(Op::Exec) else { return exec(path) };
     let Some(raw) = cstr(path) else { return exec(path) };
     let mut reply = ReplyBuf::new();
     let args = Args::Exec { dirfd, path: raw, search_path, flags, argv: CStrList(argv), envp: CStrList(envp) };

@@ -714,23 +714,6 @@ fn settle_welcome(fd: i32) -> Result<(), i32> {
     Ok(())
 }
 
-/// Before the process image ends without `flush_at_exit`: an exec the policy does not
-/// decide (one it decides reads the Welcome with its reply), or `_exit`. Wait for this
-/// thread's Welcome if it is still due, so that the broker has read what /proc says of
-/// this image (its executable, its parent) before it is gone, as the calls the thread
-/// observed need. Usually the Welcome is there already: one read, no wait.
-pub fn settle_before_leaving() {
-    let due = WELCOME_DUE.with(Cell::get);
-    // A vfork child sees its parent's thread-locals: the connection is not its own.
-    if due < 0 || in_shared_memory_child() {
-        return;
-    }
-    let Some(_guard) = Guard::take() else { return };
-    if settle_welcome(due).is_err() {
-        drop_thread_conn();
-    }
-}
-
 /// Whether a new connection should have an event ring: the policy observes calls or
 /// wants results (both sent one-way), or the board is not there to say.
 fn wants_ring() -> bool {
@@ -787,9 +770,6 @@ extern "C" fn flush_at_exit() {
     let Some(guard) = Guard::take() else { return };
     let (own, _) = CONN.with(Cell::get);
     let (fd, one_shot) = if own >= 0 && fds::is_ours(own, guard.tid) {
-        if settle_welcome(own).is_err() {
-            return;
-        }
         (own, false)
     } else {
         match connect(pid_of(guard.tid), guard.tid, false, None) {
@@ -805,6 +785,10 @@ extern "C" fn flush_at_exit() {
             send(fd, &exit)
         }
         None => {
+            // The Welcome comes before the Flush's answer on our own connection.
+            if !one_shot && settle_welcome(fd).is_err() {
+                return;
+            }
             let seq = call_seq(!one_shot);
             let flush: ClientMsg<'_, ()> = ClientMsg::Flush { seq, rings: rings_passed(false) };
             send(fd, &flush).and_then(|()| {
@@ -848,6 +832,7 @@ fn connect(pid: i32, tid: i32, want_ring: bool, first: Option<&[u8]>) -> Result<
     let fd = sys::connect_abstract(config::get().socket())?;
     let fd = sys::move_high(fd, HIGH_FD);
     sys::set_timeouts(fd, BROKER_TIMEOUT_SECS);
+    let mut exe = [0u8; libc::PATH_MAX as usize];
     let hello: ClientMsg<'_, ()> = ClientMsg::Hello(Hello {
         version: wire::PROTOCOL_VERSION,
         layer: Layer::Preload,
@@ -856,6 +841,10 @@ fn connect(pid: i32, tid: i32, want_ring: bool, first: Option<&[u8]>) -> Result<
         client: "preload",
         ring: want_ring,
         image: image_stamp(),
+        // So that no image need wait for the broker before it exits or execs: the
+        // broker takes these when /proc no longer shows this image.
+        ppid: sys::getppid(),
+        exe: sys::own_exe(&mut exe),
     });
     let (given, own) = if want_ring && board::is_mapped() { ring::create().unwrap_or((-1, 0)) } else { (-1, 0) };
     // The first frame goes with the Hello: the broker, woken once, finds both.

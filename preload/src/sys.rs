@@ -40,6 +40,25 @@ pub fn getpid() -> i32 {
     unsafe { syscall3(libc::SYS_getpid, 0, 0, 0) as i32 }
 }
 
+pub fn getppid() -> i32 {
+    // SAFETY: getppid takes no arguments and cannot fail.
+    unsafe { syscall3(libc::SYS_getppid, 0, 0, 0) as i32 }
+}
+
+/// This process's executable as /proc shows it (`/proc/self/exe`), written into `buf`;
+/// empty when it cannot be read or does not fit.
+pub fn own_exe(buf: &mut [u8]) -> &[u8] {
+    // SAFETY: a NUL-terminated path; the kernel writes at most `buf.len()` bytes into the
+    // live, writable `buf`.
+    let n = unsafe {
+        syscall3(libc::SYS_readlink, c"/proc/self/exe".as_ptr() as usize, buf.as_mut_ptr() as usize, buf.len())
+    };
+    match usize::try_from(n) {
+        Ok(n) if n < buf.len() => &buf[..n],
+        _ => &[],
+    }
+}
+
 pub fn yield_now() {
     // SAFETY: sched_yield takes no arguments and cannot fail.
     unsafe { syscall3(libc::SYS_sched_yield, 0, 0, 0) };

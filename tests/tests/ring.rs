@@ -246,9 +246,9 @@ fn a_fork_child_and_its_parent_each_trace_their_own_opens() {
     );
 }
 
-/// Processes whose image ends right after their first observed call: the broker still
-/// reads what /proc says of each (its executable, its parent) before the image is gone,
-/// though the call did not wait for the broker.
+/// Processes whose image ends right after their first observed call, none waiting for
+/// the broker: each is still traced with its own image (its executable, its parent),
+/// from /proc or, once /proc shows it no more, from what its Hello said.
 fn check_brief_children(how: &str, relative: bool) {
     const N: usize = 60;
     let (dir, f) = target_file();

@@ -43,7 +43,7 @@ pub const INLINE_HOOKED: [&str; 8] =
     ["open", "openat", "__open_nocancel", "connect", "sendto", "sendmsg", "execve", "execveat"];
 
 /// Bump when a message changes shape; the broker refuses other versions.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// Largest frame body either side accepts. exec requests carry argv and envp, which
 /// the kernel caps at a quarter of the stack limit (2 MiB by default).
@@ -175,6 +175,14 @@ pub struct Hello<'a> {
     /// each exec'd image and each fork child, under which the broker counts the rings
     /// passed with Hellos ([`Call::rings`]). 0 from the tracer.
     pub image: u32,
+    /// The process as it sees itself (the preload: getppid(2), and readlink(2) of
+    /// /proc/self/exe), for the broker to use when /proc no longer shows this image by
+    /// the time it reads the Hello: the process exited or exec'd, which a client that
+    /// needs no answer does without waiting for its Welcome. 0 and empty from the
+    /// tracer, whose tracee is stopped while the broker reads /proc.
+    pub ppid: i32,
+    #[serde(with = "serde_bytes")]
+    pub exe: &'a [u8],
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

@@ -92,6 +92,8 @@ impl Client {
             // The tracer's calls stop the tracee anyway: it keeps to the socket.
             ring: false,
             image: 0,
+            ppid: 0,
+            exe: b"",
         });
         send(&mut stream, &hello, &mut self.buf)?;
         let welcome = recv(&mut stream, &mut self.buf, 64)?;
