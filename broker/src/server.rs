@@ -194,6 +194,7 @@ impl Acceptors {
 
     fn serve(shared: Arc<Shared>, listener: Arc<UnixListener>) {
         loop {
+            Priority::Background.set();
             let accepted = listener.accept();
             *lock(&shared.live) += 1;
             let last = shared.acceptors.fetch_sub(1, Ordering::AcqRel) == 1;
@@ -223,6 +224,40 @@ impl Acceptors {
                 eprintln!("hermes: broker: connection {id}: {e}");
             }
         }
+    }
+}
+
+/// How a server thread's wake-ups compete with the program it serves. A new process's
+/// connection wakes a thread waiting in accept, usually on the CPU of the process that
+/// connected (the kernel's guess that the waker will sleep soon): in the background
+/// (SCHED_BATCH) it does not preempt that process, which needs no answer to its Hello
+/// and goes on running while the thread takes the connection on another CPU, or after
+/// it. Once the Welcome is sent the thread serves in the foreground again: a woken
+/// thread then has a call to decide that the process may be waiting for.
+#[derive(Clone, Copy)]
+enum Priority {
+    Background,
+    Foreground,
+}
+
+impl Priority {
+    /// Apply to the calling thread, unless the broker runs under another policy than
+    /// the default (real-time, say), which is left alone.
+    fn set(self) {
+        static DEFAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        // SAFETY: sched_getscheduler(0) only reads the calling thread's policy.
+        let default = *DEFAULT.get_or_init(|| unsafe { libc::sched_getscheduler(0) } == libc::SCHED_OTHER);
+        if !default {
+            return;
+        }
+        let policy = match self {
+            Priority::Background => libc::SCHED_BATCH,
+            Priority::Foreground => libc::SCHED_OTHER,
+        };
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` is a live struct the call only
+        // reads. Lowering our own thread's policy and restoring it needs no privilege.
+        unsafe { libc::sched_setscheduler(0, policy, &param) };
     }
 }
 
@@ -393,6 +428,8 @@ impl<'s> Connection<'s> {
 
     fn run(mut self) -> Result<(), ConnError> {
         let (lane, welcomed) = self.welcome()?;
+        // From now on a wake-up is a call (or its process's end) that may be waiting.
+        Priority::Foreground.set();
         // A client that needs no answer does not wait for its Welcome, and may be gone
         // before it could be sent: what it sent after its Hello is read all the same, as
         // what it wrote into the ring it passed (`close`).
