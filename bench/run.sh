@@ -14,7 +14,8 @@
 #
 # Runners: native; hermes with the preload; hermes --strict; hermes on a static build
 # of the same loop (the seccomp + ptrace fallback); strace -f; strace -f --seccomp-bpf;
-# ltrace -f; frida-trace (installed from PyPI into target/bench/venv the first time).
+# ltrace -f (strace and ltrace installed with apt-get when missing and we are root);
+# frida-trace (installed from PyPI into target/bench/venv the first time).
 # A runner that is missing or cannot run a workload is a note in the table, never a
 # failed run. Workloads: bench/workload.c (built here with gcc, dynamic and static);
 # real programs: tar, git status, python3 imports, gcc -c. The measuring and the
@@ -80,6 +81,17 @@ if [[ ! -x $out/repeat || bench/repeat.c -nt $out/repeat ]]; then
 fi
 
 # --- peers ---------------------------------------------------------------------------
+# strace and ltrace come from the distribution: installed here when missing and
+# apt-get can (as root), else their columns say why they are empty.
+missing=()
+for tool in strace ltrace; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if ((${#missing[@]})) && ((EUID == 0)) && command -v apt-get >/dev/null; then
+    say "installing ${missing[*]} (apt-get, first run only)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } \
+        >"$out/peers-install.log" 2>&1 || say "could not install ${missing[*]} (see target/bench/peers-install.log)"
+fi
 command -v strace >/dev/null || say "strace is not installed: its columns are skipped (apt-get install strace)"
 command -v ltrace >/dev/null || say "ltrace is not installed: its column is skipped (apt-get install ltrace)"
 venv=$out/venv
