@@ -1,9 +1,9 @@
 -- trace_only.lua: see every mediated call, change nothing.
 --
 -- on_call is the constant hermes.allow(), not a function: every operation is
--- observed. The program does not wait for the broker: opens, connects and sends run
--- at once and are reported afterwards with their results (exec, which does not
--- return, is still asked, and allowed). The trace names the handler "on_open", …
+-- observed. The program does not wait for the broker: opens, connects, sends and
+-- execs run at once and are reported afterwards with their results (an exec that
+-- works does not return: its record has none). The trace names the handler "on_open", …
 -- and marks the records "observed". Pair it with -vv (one line per call on stderr)
 -- and/or --trace.
 --

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hermes_wire::ring::{self, Ring};
 use hermes_wire::{self as wire, Call, ClientMsg, Layer};
 
-use crate::event::{monotonic_ns, Event, ProcInfo};
+use crate::event::{monotonic_ns, Event, EventArgs, ProcInfo};
 use crate::policy::{self, Outcome, Verdict};
 use crate::resolve::{Links, Viewer};
 use crate::server::{ClientFrame, Shared};
@@ -396,13 +396,23 @@ impl LaneState {
         match msg {
             ClientMsg::Observe(call) => {
                 let engine = &shared.engine;
+                let exec = call.args.op() == wire::Op::Exec;
                 // Nothing would see the event: no trace, no -v, no shadow policy, no
                 // policy state to keep. Building it would resolve the path (a readlink
                 // per new name when no result says what a descriptor is) for nobody.
-                if !engine.reports() && !engine.has_shadow() {
+                if !exec && !engine.reports() && !engine.has_shadow() {
                     return Ok(());
                 }
                 let mut event = self.event(lane, shared, call, true);
+                if let EventArgs::Exec { path, argv, .. } = &event.args {
+                    // It ran before it was told (one that works does not return): the
+                    // process's program, as `hermes.process` tells it, is the broker's
+                    // to keep whoever watches.
+                    engine.state().exec(event.pid, path, argv);
+                    if !engine.reports() && !engine.has_shadow() {
+                        return Ok(());
+                    }
+                }
                 let time = match &ringed {
                     // The event happened when the client wrote it, not when we read it.
                     Some(r) => {

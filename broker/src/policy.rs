@@ -464,11 +464,12 @@ impl Handlers {
     }
 
     /// Operations decided by a constant allow before any function could see them, of
-    /// those a client can run first and report after (an exec that succeeds never
-    /// returns to report; a library hook's stubs wait for a decision).
+    /// those a client can run first and report after (an exec too: one that works does
+    /// not return, and is traced without a result; a library hook's stubs wait for a
+    /// decision).
     fn observe(&self) -> u64 {
         let constant = |e: Option<&Entry>| matches!(e, Some(Entry::Constant(_)));
-        [Op::Open, Op::Connect, Op::SendTo, Op::SendMsg]
+        [Op::Open, Op::Connect, Op::SendTo, Op::SendMsg, Op::Exec]
             .iter()
             .filter(|op| match self.per_op[**op as usize].as_ref() {
                 Some(e) => constant(Some(e)),

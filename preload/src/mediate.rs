@@ -321,11 +321,11 @@ fn warn_unreachable(why: &[u8]) {
     }
 }
 
-/// Operations whose calls always return, so that the preload can run them first and
-/// tell the broker after: an exec that succeeds never returns to report, and a
-/// library hook's stubs expect a decision.
+/// Operations the preload can run first and tell the broker after. An exec among them:
+/// one that works does not return, and its record stays without a result (a failed one
+/// returns and reports as any call). A library hook's stubs expect a decision.
 fn observable(op: Op) -> bool {
-    matches!(op, Op::Open | Op::Connect | Op::SendTo | Op::SendMsg)
+    matches!(op, Op::Open | Op::Connect | Op::SendTo | Op::SendMsg | Op::Exec)
 }
 
 /// The cache key of a call whose decision may be cached: the function, and the

@@ -285,6 +285,56 @@ fn children_that_exec_right_after_their_first_open_are_traced_with_the_image_tha
     check_brief_children("exec", false);
 }
 
+/// An exec the policy only observes runs without waiting for the broker (here a fork
+/// child's first call, which makes its connection): each is traced as observed, with
+/// the image that made it and without a result (it did not return); one that fails
+/// returns, and is traced with its error.
+#[test]
+fn observed_execs_are_traced_with_the_image_that_made_them_and_failed_ones_with_their_error() {
+    const N: usize = 20;
+    let policy = format!("{OBSERVE_OPENS}on_exec = hermes.allow()\n");
+    let (dir, f) = target_file();
+    let run = launch(&policy, ring_events(), &["brief", "exec", &N.to_string(), &f])
+        .current_dir(dir.path())
+        .timeout(TIMEOUT)
+        .run();
+    run.check(run.code == 0, "ring_events exits 0");
+    run.check(field(&run, "brief =", "ok") == N as i64, "every child opened and exec'd");
+    let parent = field(&run, "brief =", "pid");
+    let exe = ring_events().display().to_string();
+    let execs: Vec<&Json> = run.trace.iter().filter(|r| r["op"] == "exec" && r["ppid"] == parent).collect();
+    let wrong: Vec<_> = execs
+        .iter()
+        .filter(|r| {
+            r["observed"] != true
+                || r["exe"] != exe.as_str()
+                || r["args"]["argv"] != serde_json::json!(["true"])
+                || !r["result"].is_null()
+        })
+        .collect();
+    run.check(
+        execs.len() == N && wrong.is_empty(),
+        &format!(
+            "{N} execs of /bin/true, observed, each by {exe} (parent {parent}), none with a result: {} records, \
+             {} wrong, e.g. {:?}",
+            execs.len(),
+            wrong.len(),
+            wrong.first()
+        ),
+    );
+
+    let run = launch(&policy, c_program("calls"), &["execve:/nonexistent/program"]).timeout(TIMEOUT).run();
+    run.check(run.stdout.contains("= ERR ENOENT"), "the exec failed as it would natively");
+    let failed: Vec<&Json> = run.trace.iter().filter(|r| r["op"] == "exec").collect();
+    run.check(
+        failed.len() == 1
+            && failed[0]["observed"] == true
+            && failed[0]["result"] == -1
+            && failed[0]["result_errno"] == "ENOENT",
+        &format!("one exec record, observed, with its ENOENT: {failed:?}"),
+    );
+}
+
 /// The exit flush is answered before the broker reads the child's calls: the relative
 /// path still resolves against the working directory it had (read at the flush).
 #[test]
