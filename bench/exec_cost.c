@@ -39,6 +39,14 @@ static long long now_ns(void) {
     return ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+static void *need(void *p) {
+    if (p == NULL) {
+        perror("exec_cost");
+        exit(1);
+    }
+    return p;
+}
+
 static char **read_env(const char *path) {
     FILE *f = fopen(path, "r");
     if (f == NULL) {
@@ -46,14 +54,14 @@ static char **read_env(const char *path) {
         exit(1);
     }
     size_t n = 0, cap = 64;
-    char **env = malloc(cap * sizeof *env);
+    char **env = need(malloc(cap * sizeof *env));
     char *line = NULL;
     size_t len = 0;
     ssize_t got;
     while ((got = getline(&line, &len, f)) > 0) {
         if (line[got - 1] == '\n') line[got - 1] = '\0';
-        if (n + 2 > cap) env = realloc(env, (cap *= 2) * sizeof *env);
-        env[n++] = strdup(line);
+        if (n + 2 > cap) env = need(realloc(env, (cap *= 2) * sizeof *env));
+        env[n++] = need(strdup(line));
     }
     env[n] = NULL;
     free(line);
@@ -81,10 +89,14 @@ int main(int argc, char **argv) {
     }
     int rounds = atoi(argv[1]);
     long n = atol(argv[2]);
+    if (rounds < 1 || n < 1) {
+        fprintf(stderr, "exec_cost: ROUNDS and N must be at least 1\n");
+        return 2;
+    }
     int count = argc - 3;
-    struct variant *vs = calloc(count, sizeof *vs);
+    struct variant *vs = need(calloc(count, sizeof *vs));
     for (int v = 0; v < count; v++) {
-        char *spec = strdup(argv[3 + v]);
+        char *spec = need(strdup(argv[3 + v]));
         char *file = strchr(spec, '=');
         char *prog = file ? strchr(file + 1, '=') : NULL;
         if (prog == NULL) {
@@ -93,7 +105,7 @@ int main(int argc, char **argv) {
         }
         *file++ = '\0';
         *prog++ = '\0';
-        vs[v] = (struct variant){spec, prog, read_env(file), calloc(rounds, sizeof(double)), 0, 0};
+        vs[v] = (struct variant){spec, prog, read_env(file), need(calloc(rounds, sizeof(double))), 0, 0};
     }
     for (int r = 0; r < rounds; r++) {
         for (int v = 0; v < count; v++) {
@@ -111,7 +123,7 @@ int main(int argc, char **argv) {
                     syscall(SYS_execve, vs[v].prog, child_argv, vs[v].env);
                     _exit(127);
                 }
-                int status;
+                int status = 0;
                 if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
                     fprintf(stderr, "exec_cost: %s: %s failed (status 0x%x)\n", vs[v].name, vs[v].prog, status);
                     return 1;

@@ -42,6 +42,12 @@ case $ROUNDS$N in
 esac
 
 say() { echo "exec_cost: $*" >&2; }
+for tool in gcc python3; do
+    command -v "$tool" >/dev/null || {
+        say "needs $tool"
+        exit 1
+    }
+done
 out=$root/target/bench
 mkdir -p "$out" bench/results
 if [[ -z ${HERMES:-} ]]; then
@@ -56,8 +62,14 @@ gcc -O2 -shared -fPIC -o "$out/empty_preload.so" "$out/empty_preload.c"
 tmp=$(mktemp -d /tmp/hermes-exec-cost.XXXXXX)
 session=
 finish() {
-    [[ -p $tmp/release ]] && echo >"$tmp/release" 2>/dev/null &
-    [[ -n $session ]] && wait "$session" 2>/dev/null
+    # Opened read-write, the FIFO never blocks us, whether or not the session reads it.
+    [[ -p $tmp/release ]] && echo 1<>"$tmp/release"
+    if [[ -n $session ]]; then
+        # A session that never reached its `read` is stopped instead.
+        for _ in $(seq 50); do kill -0 "$session" 2>/dev/null || break; sleep 0.1; done
+        kill "$session" 2>/dev/null || true
+        wait "$session" 2>/dev/null || true
+    fi
     rm -rf "$tmp"
 }
 trap finish EXIT
@@ -67,21 +79,30 @@ trap finish EXIT
 echo 'on_open = hermes.allow()' >"$tmp/observe.lua"
 mkfifo "$tmp/release"
 "$HERMES" launch --policy "$tmp/observe.lua" -- \
-    sh -c 'env > "$1.part" && mv "$1.part" "$1" && read -r _ < "$2"' sh "$tmp/session.env" "$tmp/release" &
+    sh -c 'env -0 > "$1.part" && mv "$1.part" "$1" && read -r _ < "$2"' sh "$tmp/session.env0" "$tmp/release" &
 session=$!
 for _ in $(seq 100); do
-    [[ -s $tmp/session.env ]] && break
+    [[ -s $tmp/session.env0 ]] && break
     sleep 0.1
 done
-[[ -s $tmp/session.env ]] || {
+[[ -s $tmp/session.env0 ]] || {
     say "the session did not start"
     exit 1
 }
 
-grep -Ev '^(LD_PRELOAD|HERMES_)' "$tmp/session.env" >"$tmp/native.env"
-{ cat "$tmp/native.env"; echo "LD_PRELOAD=$out/empty_preload.so"; } >"$tmp/empty.env"
-{ cat "$tmp/session.env"; echo "HERMES_INLINE=0"; } >"$tmp/nohooks.env"
-{ cat "$tmp/session.env"; echo "HERMES_DEBUG_HOOKS=1"; } >"$tmp/debug.env"
+# One NAME=value a line for the harness (an entry with a newline in it, an exported
+# shell function say, is left out); the variants' environments from the session's.
+python3 - "$tmp" "$out/empty_preload.so" <<'EOF'
+import sys
+tmp, empty = sys.argv[1:]
+session = [e for e in open(f"{tmp}/session.env0", "rb").read().split(b"\0") if e and b"\n" not in e]
+native = [e for e in session if not e.startswith((b"LD_PRELOAD=", b"HERMES_"))]
+for name, entries in [("session", session), ("native", native),
+                      ("empty", native + [b"LD_PRELOAD=" + empty.encode()]),
+                      ("nohooks", session + [b"HERMES_INLINE=0"]),
+                      ("debug", session + [b"HERMES_DEBUG_HOOKS=1"])]:
+    open(f"{tmp}/{name}.env", "wb").write(b"".join(e + b"\n" for e in entries))
+EOF
 
 say "$ROUNDS rounds of $N fork + exec per variant"
 "$out/exec_cost" "$ROUNDS" "$N" \

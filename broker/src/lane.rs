@@ -177,9 +177,10 @@ impl Lane {
         let (tid, image, layer) = (hello.tid, hello.image, hello.layer);
         let lane = Lane { peer_pid, tid, image, layer, ring, state: Mutex::default() };
         if layer == Layer::Preload {
-            let told = ProcInfo { ppid: hello.ppid, exe: hello.exe.to_vec() };
-            let info = shared.engine.state().seen(peer_pid, &told);
-            lane.hold(shared).procs.insert((peer_pid, 0), info);
+            // Its parent's pid is only ours to use when the process sees pids as we do.
+            let ppid = if hello.pid == peer_pid { hello.ppid } else { 0 };
+            let told = ProcInfo { ppid, exe: hello.exe.to_vec() };
+            lane.hold(shared).process(shared, layer, peer_pid, 0, &told);
         }
         lane
     }
@@ -452,7 +453,7 @@ impl LaneState {
     /// The event for `call`; `observed`: the call ran before we read it.
     fn event(&mut self, lane: &Lane, shared: &Shared, call: &Call<'_, Vec<&[u8]>>, observed: bool) -> Event {
         let pid = lane.caller(call);
-        let proc = self.process(shared, lane.layer, pid, call.image);
+        let proc = self.process(shared, lane.layer, pid, call.image, &ProcInfo::default());
         let (func, tid, layer, args) = (call.func, call.tid, lane.layer, &call.args);
         let event = if observed {
             let state = shared.engine.state();
@@ -471,15 +472,16 @@ impl LaneState {
         event.with_context(&call.ctx, shared.engine.wants().maps)
     }
 
-    /// What /proc said of `pid` when it was first seen on this connection.
-    fn process(&mut self, shared: &Shared, layer: Layer, pid: i32, image: u32) -> ProcInfo {
+    /// What /proc said of `pid` when it was first seen on this connection (or, once
+    /// /proc shows it no more, what it said of itself: `told`).
+    fn process(&mut self, shared: &Shared, layer: Layer, pid: i32, image: u32, told: &ProcInfo) -> ProcInfo {
         // A preload connection lives in one process image (it is close-on-exec); the
         // tracer's single connection sees many, numbered by `image`.
         let key = (pid, if layer == Layer::Preload { 0 } else { image });
         if let Some(info) = self.procs.get(&key) {
             return info.clone();
         }
-        let info = shared.engine.state().seen(pid, &ProcInfo::default());
+        let info = shared.engine.state().seen(pid, told);
         if self.procs.len() >= MAX_PROCS {
             self.procs.clear();
         }

@@ -246,7 +246,8 @@ impl Priority {
     fn set(self) {
         static DEFAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         // SAFETY: sched_getscheduler(0) only reads the calling thread's policy.
-        let default = *DEFAULT.get_or_init(|| unsafe { libc::sched_getscheduler(0) } == libc::SCHED_OTHER);
+        let default = *DEFAULT
+            .get_or_init(|| unsafe { libc::sched_getscheduler(0) } & !libc::SCHED_RESET_ON_FORK == libc::SCHED_OTHER);
         if !default {
             return;
         }
@@ -434,8 +435,8 @@ impl<'s> Connection<'s> {
         // before it could be sent: what it sent after its Hello is read all the same, as
         // what it wrote into the ring it passed (`close`).
         let result = match welcomed {
-            Err(e) if e.peer_gone() => self.serve(&lane),
-            welcomed => welcomed.and_then(|()| self.serve(&lane)),
+            Err(e) if e.peer_gone() => self.serve(&lane, false),
+            welcomed => welcomed.and_then(|()| self.serve(&lane, true)),
         };
         lane.close(self.shared);
         self.shared.lanes.remove(&lane);
@@ -498,11 +499,15 @@ impl<'s> Connection<'s> {
         Ok((lane, sent))
     }
 
-    fn serve(&mut self, lane: &Lane) -> Result<(), ConnError> {
+    /// Handle the connection's frames until it ends. Once the client is known to be
+    /// gone (`answerable` false: its Welcome could not be sent), only its one-way frames
+    /// are: a call it was waiting on would be decided, and traced, for nobody.
+    fn serve(&mut self, lane: &Lane, answerable: bool) -> Result<(), ConnError> {
         loop {
             self.read_frame()?;
             let buf = std::mem::take(&mut self.buf);
             let handled = match wire::decode::<ClientFrame>(&buf) {
+                Ok(ClientMsg::Call(_) | ClientMsg::Flush { .. }) if !answerable => Ok(()),
                 Ok(ClientMsg::Call(call)) => self.on_call(lane, &call),
                 Ok(ClientMsg::Flush { seq, rings }) => self.on_flush(lane, seq, rings),
                 Ok(ClientMsg::Exit { cwd, rings }) => {

@@ -66,7 +66,10 @@ impl State {
     pub fn seen(&self, pid: i32, told: &ProcInfo) -> ProcInfo {
         let known = self.inner().procs.contains_key(&pid);
         let now = match read_process(pid, !known) {
-            Some(now) if told.exe.is_empty() || now.exe == told.exe => Some(now),
+            // The same image: its path as the broker sees it (a chroot's prefix
+            // included), unless /proc hides it (a process that is not dumpable).
+            Some(now) if told.exe.is_empty() || now.exe.ends_with(&told.exe) => Some(now),
+            Some(now) if now.exe.is_empty() => Some(ProcessInfo { exe: told.exe.clone(), ..now }),
             // Exec'd since: its start time is still this process's, its argv is not.
             Some(now) => Some(ProcessInfo { ppid: told.ppid, exe: told.exe.clone(), argv: Vec::new(), ..now }),
             None if !told.exe.is_empty() => {
@@ -419,11 +422,15 @@ mod tests {
         let me = std::process::id() as i32;
         assert_eq!(state.seen(me, &told), told);
         assert!(state.process(me).unwrap().alive);
-        // Still the image it said: /proc's word, argv included.
-        let state = State::default();
+        // Still the image it said, as seen from inside a chroot too (a suffix of the
+        // broker's path): /proc's word, argv included.
         let exe = std::fs::read_link("/proc/self/exe").unwrap().into_os_string().into_encoded_bytes();
-        let mine = state.seen(me, &ProcInfo { ppid: 1, exe: exe.clone() });
-        assert_eq!((mine.ppid, &mine.exe), (std::os::unix::process::parent_id() as i32, &exe));
-        assert!(!state.process(me).unwrap().argv.is_empty());
+        let inside = exe[exe[1..].iter().position(|&b| b == b'/').map_or(0, |i| i + 1)..].to_vec();
+        for said in [exe.clone(), inside] {
+            let state = State::default();
+            let mine = state.seen(me, &ProcInfo { ppid: 1, exe: said });
+            assert_eq!((mine.ppid, &mine.exe), (std::os::unix::process::parent_id() as i32, &exe));
+            assert!(!state.process(me).unwrap().argv.is_empty());
+        }
     }
 }

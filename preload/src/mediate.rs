@@ -6,7 +6,7 @@
 
 use core::cell::Cell;
 use core::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
 
 use hermes_wire::cache::{Cache, Cached, Key, KeyBuilder};
@@ -40,8 +40,8 @@ struct Image {
 }
 static WARNED: AtomicBool = AtomicBool::new(false);
 /// A vfork or posix_spawn child's connection, made by its first mediated call and kept
-/// for the rest (a connection per call would be a Hello per call, each answered only
-/// once the broker has read /proc, while the child waits). The child's memory is its
+/// for the rest (a connection per call would be a Hello per call, each waiting for its
+/// Welcome: a connection without a ring of its own reads it at once). The child's memory is its
 /// parent's, so these are the parent's statics, written only by such children: the
 /// child's pid and descriptor (`pid << 32 | fd`), and the socket's inode, which proves
 /// the descriptor is still that connection (a later child with a recycled pid has
@@ -60,8 +60,8 @@ thread_local! {
     static SELF: Cell<(i32, i32)> = const { Cell::new((0, 0)) };
     /// This thread's connection whose Welcome is still unread (-1: none). A connection
     /// made with a ring of our own, the board mapped, does not wait for it: it is read
-    /// before the connection's first reply, or before the process image ends (see
-    /// [`connect`], [`settle_welcome`]).
+    /// before the connection's first reply, if one ever comes (see [`connect`],
+    /// [`settle_welcome`]).
     static WELCOME_DUE: Cell<i32> = const { Cell::new(-1) };
     /// The broker's last answer to this thread came within the spin ([`board::SPIN`]):
     /// poll for the next one rather than sleep at once.
@@ -613,8 +613,7 @@ fn call_seq(thread_conn: bool) -> u32 {
 }
 
 /// Send `frame` on the connection of the vfork or posix_spawn child `pid`: the one its
-/// first call made, or a new one (its Hello first, its Welcome awaited: the broker has
-/// read what /proc says of the child before the child can exec). Returns it.
+/// first call made, or a new one (its Hello first, its Welcome awaited). Returns it.
 fn send_from_child(pid: i32, tid: i32, frame: &[u8]) -> Result<i32, i32> {
     if let Some(fd) = child_conn(pid) {
         if sys::write_all(fd, frame).is_ok() {
@@ -745,6 +744,8 @@ pub fn after_fork_child() {
     WELCOME_DUE.with(|w| w.set(-1));
     SELF.with(|s| s.set((0, 0)));
     ring::forget_after_fork();
+    // Another thread of the parent was reading it: nobody here will finish.
+    let _ = EXE_STATE.compare_exchange(EXE_READING, EXE_UNREAD, Relaxed, Relaxed);
     // A slot some other thread of the parent was writing stays locked here: start over.
     CACHE.clear();
     begin_image();
@@ -832,7 +833,6 @@ fn connect(pid: i32, tid: i32, want_ring: bool, first: Option<&[u8]>) -> Result<
     let fd = sys::connect_abstract(config::get().socket())?;
     let fd = sys::move_high(fd, HIGH_FD);
     sys::set_timeouts(fd, BROKER_TIMEOUT_SECS);
-    let mut exe = [0u8; libc::PATH_MAX as usize];
     let hello: ClientMsg<'_, ()> = ClientMsg::Hello(Hello {
         version: wire::PROTOCOL_VERSION,
         layer: Layer::Preload,
@@ -844,7 +844,7 @@ fn connect(pid: i32, tid: i32, want_ring: bool, first: Option<&[u8]>) -> Result<
         // So that no image need wait for the broker before it exits or execs: the
         // broker takes these when /proc no longer shows this image.
         ppid: sys::getppid(),
-        exe: sys::own_exe(&mut exe),
+        exe: own_exe(),
     });
     let (given, own) = if want_ring && board::is_mapped() { ring::create().unwrap_or((-1, 0)) } else { (-1, 0) };
     // The first frame goes with the Hello: the broker, woken once, finds both.
@@ -886,6 +886,37 @@ fn connect(pid: i32, tid: i32, want_ring: bool, first: Option<&[u8]>) -> Result<
         }
     }
 }
+
+/// This image's executable as /proc shows it, read by its first connection. The
+/// process's memory holds it: a fork child inherits it and a vfork child shares it,
+/// each running the same program, and an exec starts over. Empty while another thread
+/// (or a signal handler interrupting this one) is reading it, or when it is unreadable:
+/// the broker then has only /proc's word.
+fn own_exe() -> &'static [u8] {
+    if EXE_STATE.compare_exchange(EXE_UNREAD, EXE_READING, Acquire, Acquire).is_ok() {
+        // SAFETY: this thread alone moved the state to READING, so nothing else writes
+        // or reads the buffer until it is READ.
+        let len = sys::own_exe(unsafe { &mut *EXE.0.get() }).len();
+        EXE_LEN.store(len, Relaxed);
+        EXE_STATE.store(EXE_READ, Release);
+    }
+    if EXE_STATE.load(Acquire) != EXE_READ {
+        return &[];
+    }
+    // SAFETY: READ: the buffer was written before the Release store and never again.
+    unsafe { &(&*EXE.0.get())[..EXE_LEN.load(Relaxed)] }
+}
+
+struct ExePath(core::cell::UnsafeCell<[u8; libc::PATH_MAX as usize]>);
+// SAFETY: written only by the one thread that moves EXE_STATE from UNREAD to READING,
+// read only once it is READ (Release/Acquire in `own_exe`).
+unsafe impl Sync for ExePath {}
+static EXE: ExePath = ExePath(core::cell::UnsafeCell::new([0; libc::PATH_MAX as usize]));
+static EXE_LEN: AtomicUsize = AtomicUsize::new(0);
+static EXE_STATE: AtomicUsize = AtomicUsize::new(EXE_UNREAD);
+const EXE_UNREAD: usize = 0;
+const EXE_READING: usize = 1;
+const EXE_READ: usize = 2;
 
 /// Read a connection's Welcome, and the descriptor passed with it (-1: none). Without a
 /// board, the Welcome is our news of the policy.

@@ -372,8 +372,8 @@ pub fn move_high(fd: i32, min: i32) -> i32 {
     high as i32
 }
 
-/// End the process now with `status`, running nothing of the program's (nor our own
-/// `_exit` hook).
+/// End the process now with `status`, running nothing of the program's (no atexit
+/// handler, no flush).
 pub fn exit_now(status: i32) -> ! {
     // SAFETY: plain integer arguments; exit_group does not return.
     unsafe { syscall3(libc::SYS_exit_group, status as usize, 0, 0) };
