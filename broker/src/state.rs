@@ -69,7 +69,11 @@ impl State {
             // The same image: its path as the broker sees it (a chroot's prefix
             // included), unless /proc hides it (a process that is not dumpable).
             Some(now) if told.exe.is_empty() || now.exe.ends_with(&told.exe) => Some(now),
-            Some(now) if now.exe.is_empty() => Some(ProcessInfo { exe: told.exe.clone(), ..now }),
+            // Hidden, or gone between the reads (stat, then the exe link).
+            Some(now) if now.exe.is_empty() => {
+                let ppid = if now.ppid == 0 { told.ppid } else { now.ppid };
+                Some(ProcessInfo { ppid, exe: told.exe.clone(), ..now })
+            }
             // Exec'd since: its start time is still this process's, its argv is not.
             Some(now) => Some(ProcessInfo { ppid: told.ppid, exe: told.exe.clone(), argv: Vec::new(), ..now }),
             None if !told.exe.is_empty() => {
@@ -262,8 +266,10 @@ fn read_process(pid: i32, with_argv: bool) -> Option<ProcessInfo> {
     read_proc_file(path.at(b"stat"), &mut stat)?;
     // state ppid … starttime (22).
     let after = stat_fields(&stat)?;
-    if after.starts_with(b"Z ") {
-        return None; // a zombie has exited; only its exit status is left
+    if after.starts_with(b"Z ") || after.starts_with(b"X ") {
+        // A zombie has exited, only its exit status is left; a dead task, reaped while
+        // we read, no longer even names its parent (its ppid reads 0).
+        return None;
     }
     let mut exe = vec![0u8; 4096];
     // SAFETY: a NUL-terminated path and a buffer of exe.len() bytes.

@@ -246,20 +246,27 @@ fn a_fork_child_and_its_parent_each_trace_their_own_opens() {
     );
 }
 
+/// `ring_events brief HOW N PATH` under `policy`, in a scratch directory (PATH relative
+/// to it, or not): the run, the file the children opened, and their parent's pid.
+fn run_brief(policy: &str, how: &str, n: usize, relative: bool) -> (Outcome, String, i64) {
+    let (dir, f) = target_file();
+    let path = if relative { "f" } else { &f };
+    let run = launch(policy, ring_events(), &["brief", how, &n.to_string(), path])
+        .current_dir(dir.path())
+        .timeout(TIMEOUT)
+        .run();
+    run.check(run.code == 0, "ring_events exits 0");
+    run.check(field(&run, "brief =", "ok") == n as i64, "every child opened and ended as told");
+    let parent = field(&run, "brief =", "pid");
+    (run, f, parent)
+}
+
 /// Processes whose image ends right after their first observed call, none waiting for
 /// the broker: each is still traced with its own image (its executable, its parent),
 /// from /proc or, once /proc shows it no more, from what its Hello said.
 fn check_brief_children(how: &str, relative: bool) {
     const N: usize = 60;
-    let (dir, f) = target_file();
-    let path = if relative { "f" } else { &f };
-    let run = launch(OBSERVE_OPENS, ring_events(), &["brief", how, &N.to_string(), path])
-        .current_dir(dir.path())
-        .timeout(TIMEOUT)
-        .run();
-    run.check(run.code == 0, "ring_events exits 0");
-    run.check(field(&run, "brief =", "ok") == N as i64, "every child opened and ended as told");
-    let parent = field(&run, "brief =", "pid");
+    let (run, f, parent) = run_brief(OBSERVE_OPENS, how, N, relative);
     let recs = opens_of(&run.trace, &f);
     check_observed_with_results(&run, &recs);
     let exe = ring_events().display().to_string();
@@ -293,14 +300,7 @@ fn children_that_exec_right_after_their_first_open_are_traced_with_the_image_tha
 fn observed_execs_are_traced_with_the_image_that_made_them_and_failed_ones_with_their_error() {
     const N: usize = 20;
     let policy = format!("{OBSERVE_OPENS}on_exec = hermes.allow()\n");
-    let (dir, f) = target_file();
-    let run = launch(&policy, ring_events(), &["brief", "exec", &N.to_string(), &f])
-        .current_dir(dir.path())
-        .timeout(TIMEOUT)
-        .run();
-    run.check(run.code == 0, "ring_events exits 0");
-    run.check(field(&run, "brief =", "ok") == N as i64, "every child opened and exec'd");
-    let parent = field(&run, "brief =", "pid");
+    let (run, _, parent) = run_brief(&policy, "exec", N, false);
     let exe = ring_events().display().to_string();
     let execs: Vec<&Json> = run.trace.iter().filter(|r| r["op"] == "exec" && r["ppid"] == parent).collect();
     let wrong: Vec<_> = execs
