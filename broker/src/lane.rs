@@ -408,8 +408,11 @@ impl LaneState {
                 if let EventArgs::Exec { path, argv, .. } = &event.args {
                     // It ran before it was told (one that works does not return): the
                     // process's program, as `hermes.process` tells it, is the broker's
-                    // to keep whoever watches.
-                    engine.state().exec(event.pid, path, argv);
+                    // to keep whoever watches; unless the record says it failed.
+                    let failed = ringed.as_ref().and_then(|r| r.result).is_some_and(|r| r.ret < 0);
+                    if !failed {
+                        engine.state().exec(event.pid, path, argv);
+                    }
                     if !engine.reports() && !engine.has_shadow() {
                         return Ok(());
                     }

@@ -68,7 +68,7 @@ impl State {
         let now = match read_process(pid, !known) {
             // The same image: its path as the broker sees it (a chroot's prefix
             // included), unless /proc hides it (a process that is not dumpable).
-            Some(now) if told.exe.is_empty() || now.exe.ends_with(&told.exe) => Some(now),
+            Some(now) if told.exe.is_empty() || same_exe(&now.exe, &told.exe) => Some(now),
             // Hidden, or gone between the reads (stat, then the exe link).
             Some(now) if now.exe.is_empty() => {
                 let ppid = if now.ppid == 0 { told.ppid } else { now.ppid };
@@ -102,7 +102,8 @@ impl State {
         self.set_fd(pid, i64::from(fd), FdInfo::Socket(Some(peer.clone())), at);
     }
 
-    /// An exec succeeded (as far as the client could tell: a failed exec returns).
+    /// An exec ran: decided and allowed, or observed without a failure in its record
+    /// (one that works does not return to say so).
     pub fn exec(&self, pid: i32, path: &[u8], argv: &[Vec<u8>]) {
         let mut inner = self.inner();
         let p = inner.procs.entry(pid).or_insert_with(|| ProcessInfo { pid, alive: true, ..Default::default() });
@@ -215,6 +216,16 @@ impl State {
         p.children = children;
         Some(p)
     }
+}
+
+/// Whether /proc's executable link `seen` names the file the process named `told`: the
+/// same path, or under a chroot's prefix; either may have been deleted since the other
+/// was read (` (deleted)`).
+fn same_exe(seen: &[u8], told: &[u8]) -> bool {
+    const DELETED: &[u8] = b" (deleted)";
+    let seen = seen.strip_suffix(DELETED).unwrap_or(seen);
+    let told = told.strip_suffix(DELETED).unwrap_or(told);
+    seen.ends_with(told)
 }
 
 /// Whether process `pid` exists (a zombie too).

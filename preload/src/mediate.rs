@@ -269,7 +269,7 @@ impl Token {
         }
         let generation = board::word(board::GENERATION);
         // An observed operation's only decision is a constant allow: never cached.
-        let observe = board::word(board::OBSERVE) & self.op.bit() != 0 && observable(self.op);
+        let observe = board::word(board::OBSERVE) & self.op.bit() != 0 && observable(&args);
         let key = if observe { None } else { cache_key(func, &args) };
         if let Some(key) = &key {
             if let Some(hit) = CACHE.get(key, generation) {
@@ -321,11 +321,18 @@ fn warn_unreachable(why: &[u8]) {
     }
 }
 
-/// Operations the preload can run first and tell the broker after. An exec among them:
-/// one that works does not return, and its record stays without a result (a failed one
-/// returns and reports as any call). A library hook's stubs expect a decision.
-fn observable(op: Op) -> bool {
-    matches!(op, Op::Open | Op::Connect | Op::SendTo | Op::SendMsg | Op::Exec)
+/// Calls the preload can run first and tell the broker after. An exec among them: one
+/// that works does not return, and its record stays without a result (a failed one
+/// returns and reports as any call); but only by an absolute path, since the broker
+/// reads the record after the exec, when the descriptor a relative or `AT_EMPTY_PATH`
+/// one names (fexecve, execveat) may be closed and the working directory another's.
+/// A library hook's stubs expect a decision.
+fn observable<L>(args: &Args<'_, L>) -> bool {
+    match *args {
+        Args::Open { .. } | Args::Connect { .. } | Args::SendTo { .. } | Args::SendMsg { .. } => true,
+        Args::Exec { path, flags, .. } => path.first() == Some(&b'/') && flags & libc::AT_EMPTY_PATH == 0,
+        _ => false,
+    }
 }
 
 /// The cache key of a call whose decision may be cached: the function, and the

@@ -292,10 +292,10 @@ fn children_that_exec_right_after_their_first_open_are_traced_with_the_image_tha
     check_brief_children("exec", false);
 }
 
-/// An exec the policy only observes runs without waiting for the broker (here a fork
-/// child's first call, which makes its connection): each is traced as observed, with
-/// the image that made it and without a result (it did not return); one that fails
-/// returns, and is traced with its error.
+/// An exec by an absolute path the policy only observes runs without waiting for the
+/// broker (here a fork child's first call, which makes its connection): each is traced
+/// as observed, with the image that made it and without a result (it did not return);
+/// one that fails returns, and is traced with its error.
 #[test]
 fn observed_execs_are_traced_with_the_image_that_made_them_and_failed_ones_with_their_error() {
     const N: usize = 20;
@@ -323,15 +323,24 @@ fn observed_execs_are_traced_with_the_image_that_made_them_and_failed_ones_with_
         ),
     );
 
-    let run = launch(&policy, c_program("calls"), &["execve:/nonexistent/program"]).timeout(TIMEOUT).run();
-    run.check(run.stdout.contains("= ERR ENOENT"), "the exec failed as it would natively");
-    let failed: Vec<&Json> = run.trace.iter().filter(|r| r["op"] == "exec").collect();
+    // An exec by descriptor (fexecve) or relative to one (execveat) is still decided:
+    // the broker reads an observed exec's record after it ran, when the descriptor may
+    // be gone, so its program is resolved while the process waits.
+    let steps = ["execve:/nonexistent/program", "fexecve|/bin/true", "execveat|/bin|true"];
+    let run = launch(&policy, c_program("calls"), &steps).timeout(TIMEOUT).run();
+    run.check(run.stdout.contains("execve:/nonexistent/program = ERR ENOENT"), "the exec failed as natively");
+    run.check(run.stdout.matches("= OK exit=0").count() == 2, "fexecve and execveat ran /bin/true");
+    let execs: Vec<&Json> = run.trace.iter().filter(|r| r["op"] == "exec").collect();
+    let failed = execs.iter().find(|r| r["call"] == "execve");
     run.check(
-        failed.len() == 1
-            && failed[0]["observed"] == true
-            && failed[0]["result"] == -1
-            && failed[0]["result_errno"] == "ENOENT",
-        &format!("one exec record, observed, with its ENOENT: {failed:?}"),
+        failed.is_some_and(|r| r["observed"] == true && r["result"] == -1 && r["result_errno"] == "ENOENT"),
+        &format!("the failed execve observed, with its ENOENT: {failed:?}"),
+    );
+    let true_path = std::fs::canonicalize("/bin/true").unwrap().display().to_string();
+    let by_fd: Vec<_> = execs.iter().filter(|r| r["call"] == "fexecve" || r["call"] == "execveat").collect();
+    run.check(
+        by_fd.len() == 2 && by_fd.iter().all(|r| r["observed"].is_null() && r["args"]["path"] == true_path.as_str()),
+        &format!("fexecve and execveat decided, each naming {true_path}: {by_fd:?}"),
     );
 }
 
