@@ -411,7 +411,8 @@ impl LaneState {
                     // to keep whoever watches; unless the record says it failed.
                     let failed = ringed.as_ref().and_then(|r| r.result).is_some_and(|r| r.ret < 0);
                     if !failed {
-                        engine.state().exec(event.pid, path, argv);
+                        let at = ringed.as_ref().map_or(event.mono_ns, |r| r.mono_ns);
+                        engine.state().exec(event.pid, path, argv, at);
                     }
                     if !engine.reports() && !engine.has_shadow() {
                         return Ok(());

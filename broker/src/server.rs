@@ -550,7 +550,7 @@ impl<'s> Connection<'s> {
         // An exec that runs ends the image, and this connection with it: no next call.
         let execs = match &record.event.args {
             EventArgs::Exec { path, argv, .. } if record.outcome.verdict.runs() => {
-                engine.state().exec(record.event.pid, path, argv);
+                engine.state().exec(record.event.pid, path, argv, record.event.mono_ns);
                 true
             }
             _ => false,

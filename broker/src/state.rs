@@ -37,6 +37,8 @@ pub struct ProcessInfo {
     /// Seconds since boot when the process started (`/proc/PID/stat` field 22).
     pub start_time: f64,
     pub alive: bool,
+    /// When (CLOCK_MONOTONIC ns) the exec that set `exe` and `argv` ran; 0 for none.
+    pub exec_ns: u64,
 }
 
 #[derive(Default)]
@@ -102,13 +104,19 @@ impl State {
         self.set_fd(pid, i64::from(fd), FdInfo::Socket(Some(peer.clone())), at);
     }
 
-    /// An exec ran: decided and allowed, or observed without a failure in its record
-    /// (one that works does not return to say so).
-    pub fn exec(&self, pid: i32, path: &[u8], argv: &[Vec<u8>]) {
+    /// An exec ran at `at` (CLOCK_MONOTONIC ns): decided and allowed, or observed
+    /// without a failure in its record (one that works does not return to say so).
+    /// Observed execs come in the order their rings are read, not the order they ran: an
+    /// older one than the exec kept is stale.
+    pub fn exec(&self, pid: i32, path: &[u8], argv: &[Vec<u8>], at: u64) {
         let mut inner = self.inner();
         let p = inner.procs.entry(pid).or_insert_with(|| ProcessInfo { pid, alive: true, ..Default::default() });
+        if at < p.exec_ns {
+            return;
+        }
         p.exe = path.to_vec();
         p.argv = argv.to_vec();
+        p.exec_ns = at;
         // Descriptors survive exec unless close-on-exec: leave them to the /proc check.
     }
 
@@ -197,6 +205,7 @@ impl State {
                 if live.argv.is_empty() {
                     live.argv = old.argv.clone();
                 }
+                live.exec_ns = old.exec_ns;
                 live
             }
             (Some(live), None) => live,
@@ -300,6 +309,7 @@ fn read_process(pid: i32, with_argv: bool) -> Option<ProcessInfo> {
         children: Vec::new(),
         start_time: field(after, 19).unwrap_or(0) as f64 / clock_ticks(),
         alive: true,
+        exec_ns: 0,
     })
 }
 
@@ -394,6 +404,19 @@ mod tests {
         assert_eq!(state.fd(i32::MAX - 1, 5), Some(FdInfo::File(b"/tmp/x".to_vec())));
         state.opened(i32::MAX - 1, 5, b"/tmp/newer", 20);
         assert_eq!(state.fd(i32::MAX - 1, 5), Some(FdInfo::File(b"/tmp/newer".to_vec())));
+    }
+
+    /// A process that exec'd twice, its records read newest first: the newer program stays.
+    #[test]
+    fn execs_read_out_of_order_leave_the_latest_program() {
+        let state = State::default();
+        let pid = i32::MAX - 4;
+        state.exec(pid, b"/bin/c", &[b"c".to_vec()], 20);
+        state.exec(pid, b"/bin/b", &[b"b".to_vec()], 10);
+        let p = state.process(pid).unwrap();
+        assert_eq!((p.exe.as_slice(), p.argv.as_slice()), (&b"/bin/c"[..], &[b"c".to_vec()][..]));
+        state.exec(pid, b"/bin/d", &[b"d".to_vec()], 30);
+        assert_eq!(state.process(pid).unwrap().exe, b"/bin/d");
     }
 
     #[test]
