@@ -50,11 +50,8 @@ for tool in gcc python3; do
 done
 out=$root/target/bench
 mkdir -p "$out" bench/results
-if [[ -z ${HERMES:-} ]]; then
-    say "building hermes (release, incremental)"
-    cargo build --release --quiet -p hermes-launcher -p hermes-preload
-    HERMES=$root/target/release/hermes
-fi
+source bench/release_hermes.sh
+release_hermes "$root"
 gcc -O2 -Wall -Wextra -o "$out/exec_cost" bench/exec_cost.c
 printf 'static void __attribute__((constructor)) nothing(void) {}\n' >"$out/empty_preload.c"
 gcc -O2 -shared -fPIC -o "$out/empty_preload.so" "$out/empty_preload.c"

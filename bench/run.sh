@@ -57,15 +57,8 @@ out=$root/target/bench
 mkdir -p "$out" bench/results
 
 # --- hermes (release) ----------------------------------------------------------------
-if [[ -z ${HERMES:-} ]]; then
-    say "building hermes (release, incremental)"
-    cargo build --release --quiet -p hermes-launcher -p hermes-preload
-    HERMES=$root/target/release/hermes
-fi
-[[ -x $HERMES ]] || {
-    say "no hermes binary at $HERMES"
-    exit 1
-}
+source bench/release_hermes.sh
+release_hermes "$root"
 
 # --- the workload program, dynamic and static ----------------------------------------
 for variant in workload workload-static; do

@@ -17,10 +17,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 N=${1:-20000}
 REPS=${2:-7}
-if [[ -z "${HERMES:-}" ]]; then
-    cargo build --release --quiet -p hermes-launcher -p hermes-preload
-    HERMES=target/release/hermes
-fi
+source bench/release_hermes.sh
+release_hermes "$PWD"
 mkdir -p target/bench bench/results
 LOOP=target/bench/open_loop
 gcc -O2 -o "$LOOP" bench/open_loop.c
