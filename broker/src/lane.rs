@@ -397,11 +397,12 @@ impl LaneState {
         match msg {
             ClientMsg::Observe(call) => {
                 let engine = &shared.engine;
-                let exec = call.args.op() == wire::Op::Exec;
-                // Nothing would see the event: no trace, no -v, no shadow policy, no
-                // policy state to keep. Building it would resolve the path (a readlink
-                // per new name when no result says what a descriptor is) for nobody.
-                if !exec && !engine.reports() && !engine.has_shadow() {
+                // Whether anything would see the event: a trace, -v, a shadow policy.
+                // Building it resolves the path (a readlink per new name when no result
+                // says what a descriptor is): not for nobody, unless it is an exec,
+                // whose program is policy state to keep.
+                let seen = engine.reports() || engine.has_shadow();
+                if !seen && call.args.op() != wire::Op::Exec {
                     return Ok(());
                 }
                 let mut event = self.event(lane, shared, call, true);
@@ -414,9 +415,9 @@ impl LaneState {
                         let at = ringed.as_ref().map_or(event.mono_ns, |r| r.mono_ns);
                         engine.state().exec(event.pid, path, argv, at);
                     }
-                    if !engine.reports() && !engine.has_shadow() {
-                        return Ok(());
-                    }
+                }
+                if !seen {
+                    return Ok(());
                 }
                 let time = match &ringed {
                     // The event happened when the client wrote it, not when we read it.

@@ -902,24 +902,22 @@ fn connect(pid: i32, tid: i32, want_ring: bool, first: Option<&[u8]>) -> Result<
 fn own_exe() -> &'static [u8] {
     if EXE_STATE.compare_exchange(EXE_UNREAD, EXE_READING, Acquire, Acquire).is_ok() {
         // SAFETY: this thread alone moved the state to READING, so nothing else writes
-        // or reads the buffer until it is READ.
+        // or reads the buffer until it is read.
         let len = sys::own_exe(unsafe { &mut *EXE.0.get() }).len();
-        EXE_LEN.store(len, Relaxed);
-        EXE_STATE.store(EXE_READ, Release);
+        EXE_STATE.store(EXE_READ + len, Release);
     }
-    if EXE_STATE.load(Acquire) != EXE_READ {
-        return &[];
-    }
-    // SAFETY: READ: the buffer was written before the Release store and never again.
-    unsafe { &(&*EXE.0.get())[..EXE_LEN.load(Relaxed)] }
+    let Some(len) = EXE_STATE.load(Acquire).checked_sub(EXE_READ) else { return &[] };
+    // SAFETY: read: its first `len` bytes were written before the Release store, and
+    // the buffer is never written again.
+    unsafe { &(&*EXE.0.get())[..len] }
 }
 
 struct ExePath(core::cell::UnsafeCell<[u8; libc::PATH_MAX as usize]>);
 // SAFETY: written only by the one thread that moves EXE_STATE from UNREAD to READING,
-// read only once it is READ (Release/Acquire in `own_exe`).
+// read only once it is READ + its length (Release/Acquire in `own_exe`).
 unsafe impl Sync for ExePath {}
 static EXE: ExePath = ExePath(core::cell::UnsafeCell::new([0; libc::PATH_MAX as usize]));
-static EXE_LEN: AtomicUsize = AtomicUsize::new(0);
+/// UNREAD, READING, or READ plus the path's length.
 static EXE_STATE: AtomicUsize = AtomicUsize::new(EXE_UNREAD);
 const EXE_UNREAD: usize = 0;
 const EXE_READING: usize = 1;
