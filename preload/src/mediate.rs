@@ -430,7 +430,8 @@ impl Session {
                     // One clock read stamps the record and starts the call's duration:
                     // what is left before the call runs is the ring's few stores.
                     let made = sys::monotonic_ns();
-                    self.deliver((pid, tid), frame, Some((made, report)))?;
+                    let last = matches!(args, Args::Exec { .. });
+                    self.deliver((pid, tid), frame, Some(Event { made, report, last }))?;
                     self.start = made;
                     return Ok(0);
                 }
@@ -475,29 +476,37 @@ impl Session {
 
     /// Send `frame` on the call's connection. A new connection is made when there is
     /// none, and a call goes right after its Hello, before the Welcome comes back: a
-    /// new process's first decided call costs one round trip. A one-way frame (`made`
-    /// at that time, and whether its result is to follow) on the thread's connection
-    /// goes into its ring when it can, where the result can join it.
-    fn deliver(&mut self, (pid, tid): (i32, i32), frame: &[u8], made: Option<(u64, bool)>) -> Result<(), i32> {
+    /// new process's first decided call costs one round trip. A one-way frame (an
+    /// `Event`) on the thread's connection goes into its ring when it can, where the
+    /// result can join it.
+    fn deliver(&mut self, (pid, tid): (i32, i32), frame: &[u8], event: Option<Event>) -> Result<(), i32> {
         if self.in_child {
             self.fd = send_from_child(pid, tid, frame)?;
             return Ok(());
         }
-        self.fd = match (own_conn(tid), made) {
+        self.fd = match (own_conn(tid), event) {
             (Some(fd), _) => fd,
             (None, None) => {
-                self.fd = new_thread_conn(pid, tid, Some(frame))?;
+                self.fd = new_thread_conn(pid, tid, First::Call(frame))?;
                 return Ok(());
             }
-            // A one-way frame goes into the new connection's ring, not on the socket:
-            // there it would close the ring until the broker has handled it, and the
-            // thread's next frames would chase it. (The ring is ours at once, or the
-            // broker's with the Welcome when there is no board.)
-            (None, Some(_)) => new_thread_conn(pid, tid, None)?,
+            // A fork child's exec, the one frame its image will send, goes with the
+            // Hello: no ring to make (and the broker to map) for it, no Welcome to wait
+            // for. Should the exec fail, the thread's next one-way frames go on the
+            // socket behind it.
+            (None, Some(Event { last: true, .. })) if board::is_mapped() => {
+                self.fd = new_thread_conn(pid, tid, First::Event(frame))?;
+                return Ok(());
+            }
+            // Any other one-way frame goes into the new connection's ring, not on the
+            // socket: there it would close the ring until the broker has handled it,
+            // and the thread's next frames would chase it. (The ring is ours at once,
+            // or the broker's with the Welcome when there is no board.)
+            (None, Some(_)) => new_thread_conn(pid, tid, First::Nothing)?,
         };
-        match made {
-            Some((mono_ns, report)) => {
-                self.slot = post_frame(self.fd, false, frame, mono_ns, report)?;
+        match event {
+            Some(Event { made, report, .. }) => {
+                self.slot = post_frame(self.fd, false, frame, made, report)?;
                 Ok(())
             }
             None => sys::write_all(self.fd, frame),
@@ -539,6 +548,27 @@ impl Session {
         self.fd = -1;
         self.start = 0;
     }
+}
+
+/// A one-way frame's circumstances.
+#[derive(Clone, Copy)]
+struct Event {
+    /// When it was made (CLOCK_MONOTONIC).
+    made: u64,
+    /// Whether the call's result is to follow.
+    report: bool,
+    /// Whether it is likely the last this image sends (an exec).
+    last: bool,
+}
+
+/// What goes with a new connection's Hello, in the same write.
+#[derive(Clone, Copy)]
+enum First<'a> {
+    Nothing,
+    /// A call: its answer follows the Welcome.
+    Call(&'a [u8]),
+    /// A one-way frame: nothing to wait for.
+    Event(&'a [u8]),
 }
 
 /// A call that ran with its result still to report. Plain data: a library hook keeps
@@ -630,7 +660,7 @@ fn send_from_child(pid: i32, tid: i32, frame: &[u8]) -> Result<i32, i32> {
         forget_child_conn(fd);
         sys::close(fd);
     }
-    let fd = connect(pid, tid, false, Some(frame))?.fd;
+    let fd = connect(pid, tid, false, First::Call(frame))?.fd;
     // A socket's fstat does not fail; if it did, inode 0 would match no descriptor and
     // each call would make a connection, all closed when the child execs or exits.
     let inode = sys::socket_inode(fd).unwrap_or(0);
@@ -681,10 +711,11 @@ fn own_conn(tid: i32) -> Option<i32> {
     None
 }
 
-/// Make this thread's connection, with a ring when one-way frames may come, and send
-/// `first` (a call) right after its Hello.
-fn new_thread_conn(pid: i32, tid: i32, first: Option<&[u8]>) -> Result<i32, i32> {
-    let made = connect(pid, tid, wants_ring(), first)?;
+/// Make this thread's connection, with a ring when one-way frames may come (unless
+/// `first` is one: then it is the image's last), and send `first` right after its
+/// Hello.
+fn new_thread_conn(pid: i32, tid: i32, first: First<'_>) -> Result<i32, i32> {
+    let made = connect(pid, tid, wants_ring() && !matches!(first, First::Event(_)), first)?;
     fds::mark_ours(made.fd, tid);
     config::on_thread_exit_close(made.fd);
     CONN.with(|c| c.set((made.fd, c.get().1)));
@@ -780,7 +811,7 @@ extern "C" fn flush_at_exit() {
     let (fd, one_shot) = if own >= 0 && fds::is_ours(own, guard.tid) {
         (own, false)
     } else {
-        match connect(pid_of(guard.tid), guard.tid, false, None) {
+        match connect(pid_of(guard.tid), guard.tid, false, First::Nothing) {
             Ok(made) => (made.fd, true),
             Err(_) => return,
         }
@@ -836,7 +867,7 @@ struct Connected {
 /// passed with the Hello, and a connection made for a one-way frame does not wait for
 /// the broker at all (a thread's first observed call costs a few system calls, not a
 /// round trip). Otherwise the broker makes the ring and passes it with the Welcome.
-fn connect(pid: i32, tid: i32, want_ring: bool, first: Option<&[u8]>) -> Result<Connected, i32> {
+fn connect(pid: i32, tid: i32, want_ring: bool, first: First<'_>) -> Result<Connected, i32> {
     let fd = sys::connect_abstract(config::get().socket())?;
     let fd = sys::move_high(fd, HIGH_FD);
     sys::set_timeouts(fd, BROKER_TIMEOUT_SECS);
@@ -855,7 +886,11 @@ fn connect(pid: i32, tid: i32, want_ring: bool, first: Option<&[u8]>) -> Result<
     });
     let (given, own) = if want_ring && board::is_mapped() { ring::create().unwrap_or((-1, 0)) } else { (-1, 0) };
     // The first frame goes with the Hello: the broker, woken once, finds both.
-    let sent = with_frame(&hello, |frame| sys::write_all_passing(fd, [frame, first.unwrap_or_default()], given));
+    let with = match first {
+        First::Nothing => &[][..],
+        First::Call(frame) | First::Event(frame) => frame,
+    };
+    let sent = with_frame(&hello, |frame| sys::write_all_passing(fd, [frame, with], given));
     if sent.is_ok() && given >= 0 {
         // Before the ring is installed, so before the thread writes into it.
         IMAGE.rings_passed.fetch_add(1, Relaxed);
@@ -864,7 +899,12 @@ fn connect(pid: i32, tid: i32, want_ring: bool, first: Option<&[u8]>) -> Result<
         sys::close(given);
     }
     let welcome = match sent {
-        Ok(()) if own != 0 && first.is_none() => return Ok(Connected { fd, ring: own, welcome_due: true }),
+        Ok(()) if own != 0 && matches!(first, First::Nothing) => {
+            return Ok(Connected { fd, ring: own, welcome_due: true })
+        }
+        Ok(()) if matches!(first, First::Event(_)) && board::is_mapped() => {
+            return Ok(Connected { fd, ring: own, welcome_due: true })
+        }
         Ok(()) => read_welcome(fd),
         Err(e) => Err(e),
     };

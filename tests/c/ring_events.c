@@ -30,7 +30,10 @@
  *                                         (HOW: head, length, garbage), N more, exit(7)
  *   ring_events brief HOW N PATH          N times: fork a child that opens PATH once and
  *                                         at once ends its image: HOW is _exit, exec
- *                                         (/bin/true) or exit (the exit flush runs)
+ *                                         (/bin/true) or exit (the exit flush runs); or
+ *                                         a child whose first call is its exec: HOW
+ *                                         execonly (/bin/true, no open) or failexec
+ *                                         (/nonexistent/program, ENOENT, then the open)
  *
  * Prints "mono START END" (CLOCK_MONOTONIC ns around the opens of the first thread,
  * for modes that open) and one "MODE = RESULT" line.
@@ -356,10 +359,19 @@ int main(int argc, char **argv) {
         for (int i = 0; i < n; i++) {
             pid_t child = fork();
             if (child == 0) {
+                char *args[] = {"true", NULL};
+                if (strcmp(argv[2], "execonly") == 0) {
+                    execv("/bin/true", args);
+                    _exit(2);
+                }
+                if (strcmp(argv[2], "failexec") == 0) {
+                    execv("/nonexistent/program", args);
+                    if (errno != ENOENT) _exit(3);
+                    _exit(open(argv[4], O_RDONLY) < 0);
+                }
                 int fd = open(argv[4], O_RDONLY);
                 if (fd < 0) _exit(1);
                 if (strcmp(argv[2], "exec") == 0) {
-                    char *args[] = {"true", NULL};
                     execv("/bin/true", args);
                     _exit(2);
                 }

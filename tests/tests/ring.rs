@@ -344,6 +344,62 @@ fn observed_execs_are_traced_with_the_image_that_made_them_and_failed_ones_with_
     );
 }
 
+/// A fork child whose first call is its exec sends that one frame with its Hello (no
+/// ring made for it). Each exec is traced as well as one made after an open; one that
+/// fails is traced with its error, and the calls after it (on that ring-less
+/// connection's socket) follow it, with their results.
+#[test]
+fn a_childs_exec_as_its_first_call_is_traced_and_one_that_fails_is_followed_by_its_next_calls() {
+    const N: usize = 20;
+    let policy = format!("{OBSERVE_OPENS}on_exec = hermes.allow()\n");
+    let (run, _, parent) = run_brief(&policy, "execonly", N, false);
+    let exe = ring_events().display().to_string();
+    let execs: Vec<&Json> = run.trace.iter().filter(|r| r["op"] == "exec" && r["ppid"] == parent).collect();
+    let wrong: Vec<_> = execs
+        .iter()
+        .filter(|r| r["observed"] != true || r["exe"] != exe.as_str() || r["args"]["raw_path"] != "/bin/true")
+        .collect();
+    run.check(
+        execs.len() == N && wrong.is_empty(),
+        &format!(
+            "{N} execs of /bin/true by {exe}: {} records, {} wrong, e.g. {:?}",
+            execs.len(),
+            wrong.len(),
+            wrong.first()
+        ),
+    );
+
+    let (run, f, parent) = run_brief(&policy, "failexec", N, false);
+    let mut per_child: BTreeMap<i64, Vec<&Json>> = BTreeMap::new();
+    for r in run.trace.iter().filter(|r| r["ppid"] == parent && (r["op"] == "exec" || r["op"] == "open")) {
+        per_child.entry(r["pid"].as_i64().unwrap_or(-1)).or_default().push(r);
+    }
+    let opens = opens_of(&run.trace, &f);
+    check_observed_with_results(&run, &opens);
+    let wrong: Vec<_> = per_child
+        .values()
+        .filter(|recs| {
+            let [exec, open] = recs.as_slice() else { return true };
+            exec["op"] != "exec"
+                || exec["result"] != -1
+                || exec["result_errno"] != "ENOENT"
+                || open["op"] != "open"
+                || open["args"]["path"] != f.as_str()
+                || exec["mono_ns"].as_u64() >= open["mono_ns"].as_u64()
+        })
+        .collect();
+    run.check(
+        per_child.len() == N && wrong.is_empty(),
+        &format!(
+            "{N} children, each traced with its failed exec (ENOENT) and then its open: {} children, {} wrong, \
+             e.g. {:?}",
+            per_child.len(),
+            wrong.len(),
+            wrong.first()
+        ),
+    );
+}
+
 /// The exit flush is answered before the broker reads the child's calls: the relative
 /// path still resolves against the working directory it had (read at the flush).
 #[test]
