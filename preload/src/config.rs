@@ -193,12 +193,16 @@ pub fn init() {
         if libc::pthread_key_create(&raw mut THREAD_KEY, Some(thread_exit)) != 0 {
             fatal(b"pthread_key_create failed");
         }
-        libc::pthread_atfork(None, None, Some(fork_child));
+        libc::pthread_atfork(Some(fork_prepare), None, Some(fork_child));
     }
 }
 
 extern "C" fn thread_exit(value: *mut c_void) {
     mediate::close_thread_conn(value as usize as i32 - 1);
+}
+
+extern "C" fn fork_prepare() {
+    mediate::before_fork();
 }
 
 extern "C" fn fork_child() {
