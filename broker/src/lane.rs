@@ -282,8 +282,24 @@ impl Lane {
         let mut state = self.hold(shared);
         state.drain(self, shared, Wait::Yes);
         for (_, record) in std::mem::take(&mut state.pending) {
+            ran_unreported(shared, &record);
             shared.sink.emit_into(&record, &mut state.lines);
         }
+    }
+}
+
+/// An observed exec ran (at `at`, CLOCK_MONOTONIC): its program is the process's.
+fn kept_exec(shared: &Shared, event: &Event, at: u64) {
+    if let EventArgs::Exec { path, argv, .. } = &event.args {
+        shared.engine.state().exec(event.pid, path, argv, at);
+    }
+}
+
+/// `record` is traced without the result it waited for: an observed exec that sent
+/// none ran (its connection closed with its image).
+fn ran_unreported(shared: &Shared, record: &Record) {
+    if record.observed {
+        kept_exec(shared, &record.event, record.event.mono_ns);
     }
 }
 
@@ -406,15 +422,16 @@ impl LaneState {
                     return Ok(());
                 }
                 let mut event = self.event(lane, shared, call, true);
-                if let EventArgs::Exec { path, argv, .. } = &event.args {
-                    // It ran before it was told (one that works does not return): the
-                    // process's program, as `hermes.process` tells it, is the broker's
-                    // to keep whoever watches; unless the record says it failed.
-                    let failed = ringed.as_ref().and_then(|r| r.result).is_some_and(|r| r.ret < 0);
-                    if !failed {
-                        let at = ringed.as_ref().map_or(event.mono_ns, |r| r.mono_ns);
-                        engine.state().exec(event.pid, path, argv, at);
-                    }
+                // It ran before it was told (one that works does not return): the
+                // process's program, as `hermes.process` tells it, is the broker's to
+                // keep whoever watches; unless the record says it failed. On the socket
+                // its result is yet to come when results are reported (a Done if it
+                // failed, else the connection's end): kept then ([`kept_exec`]).
+                let failed = ringed.as_ref().and_then(|r| r.result).is_some_and(|r| r.ret < 0);
+                let later = ringed.is_none() && engine.reports();
+                if !failed && !later {
+                    let at = ringed.as_ref().map_or(event.mono_ns, |r| r.mono_ns);
+                    kept_exec(shared, &event, at);
                 }
                 if !seen {
                     return Ok(());
@@ -507,6 +524,7 @@ impl LaneState {
             if self.pending.len() >= MAX_PENDING {
                 // A client that never reports: keep the trace flowing.
                 let (_, oldest) = self.pending.remove(0);
+                ran_unreported(shared, &oldest);
                 shared.sink.emit_into(&oldest, &mut self.lines);
             }
             self.pending.push((seq, Box::new(record)));

@@ -5,7 +5,8 @@
 //! then any number of `Call` → `Reply`, with one-way `Observe`s and `Done`s, on the
 //! socket or through the ring ([`crate::lane`]). A client may send its first call
 //! right after its Hello, and one with a ring of its own write into it, before the
-//! Welcome.
+//! Welcome; a client whose first frame is an observed exec sends it after its Hello
+//! on a connection without a ring, and may be gone before the Welcome is sent.
 
 use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

@@ -63,6 +63,9 @@ thread_local! {
     /// before the connection's first reply, if one ever comes (see [`connect`],
     /// [`settle_welcome`]).
     static WELCOME_DUE: Cell<i32> = const { Cell::new(-1) };
+    /// This thread's connection made for an exec alone, without a ring (-1: none). Its
+    /// exec failed if the thread calls again: that call goes on a new connection.
+    static EXEC_CONN: Cell<i32> = const { Cell::new(-1) };
     /// The broker's last answer to this thread came within the spin ([`board::SPIN`]):
     /// poll for the next one rather than sleep at once.
     static QUICK: Cell<bool> = const { Cell::new(true) };
@@ -430,7 +433,8 @@ impl Session {
                     // One clock read stamps the record and starts the call's duration:
                     // what is left before the call runs is the ring's few stores.
                     let made = sys::monotonic_ns();
-                    let last = matches!(args, Args::Exec { .. });
+                    // An exec (not a spawn, whose parent goes on) ends the image.
+                    let last = matches!(args, Args::Exec { .. }) && !func.starts_with("posix_spawn");
                     self.deliver((pid, tid), frame, Some(Event { made, report, last }))?;
                     self.start = made;
                     return Ok(0);
@@ -484,6 +488,12 @@ impl Session {
             self.fd = send_from_child(pid, tid, frame)?;
             return Ok(());
         }
+        if EXEC_CONN.with(Cell::get) >= 0 {
+            // The exec it was made for failed (its result went after it): the thread's
+            // next calls go on a connection of the usual kind, with a ring when wanted,
+            // whose Welcome is the only one the thread will read.
+            drop_thread_conn();
+        }
         self.fd = match (own_conn(tid), event) {
             (Some(fd), _) => fd,
             (None, None) => {
@@ -492,10 +502,11 @@ impl Session {
             }
             // A fork child's exec, the one frame its image will send, goes with the
             // Hello: no ring to make (and the broker to map) for it, no Welcome to wait
-            // for. Should the exec fail, the thread's next one-way frames go on the
-            // socket behind it.
+            // for. Should the exec fail, its result follows on the socket, and the
+            // thread's next call makes a new connection.
             (None, Some(Event { last: true, .. })) if board::is_mapped() => {
                 self.fd = new_thread_conn(pid, tid, First::Event(frame))?;
+                EXEC_CONN.with(|c| c.set(self.fd));
                 return Ok(());
             }
             // Any other one-way frame goes into the new connection's ring, not on the
@@ -728,6 +739,7 @@ fn new_thread_conn(pid: i32, tid: i32, first: First<'_>) -> Result<i32, i32> {
 fn forget_thread_conn(seq: u32) {
     CONN.with(|c| c.set((-1, seq)));
     WELCOME_DUE.with(|w| w.set(-1));
+    EXEC_CONN.with(|c| c.set(-1));
     ring::install(0);
 }
 
@@ -791,6 +803,7 @@ pub fn after_fork_child() {
     fds::close_all_ours();
     CONN.with(|c| c.set((-1, 0)));
     WELCOME_DUE.with(|w| w.set(-1));
+    EXEC_CONN.with(|c| c.set(-1));
     SELF.with(|s| s.set((0, 0)));
     ring::forget_after_fork();
     // Another thread of the parent was reading it: nobody here will finish.
@@ -913,9 +926,7 @@ fn connect(pid: i32, tid: i32, want_ring: bool, first: First<'_>) -> Result<Conn
         Ok(()) if own != 0 && matches!(first, First::Nothing) => {
             return Ok(Connected { fd, ring: own, welcome_due: true })
         }
-        Ok(()) if matches!(first, First::Event(_)) && board::is_mapped() => {
-            return Ok(Connected { fd, ring: own, welcome_due: true })
-        }
+        Ok(()) if matches!(first, First::Event(_)) => return Ok(Connected { fd, ring: own, welcome_due: true }),
         Ok(()) => read_welcome(fd),
         Err(e) => Err(e),
     };

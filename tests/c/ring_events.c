@@ -33,7 +33,8 @@
  *                                         (/bin/true) or exit (the exit flush runs); or
  *                                         a child whose first call is its exec: HOW
  *                                         execonly (/bin/true, no open) or failexec
- *                                         (/nonexistent/program, ENOENT, then the open)
+ *                                         (/nonexistent/program, ENOENT, then the open
+ *                                         and exit)
  *
  * Prints "mono START END" (CLOCK_MONOTONIC ns around the opens of the first thread,
  * for modes that open) and one "MODE = RESULT" line.
@@ -367,7 +368,7 @@ int main(int argc, char **argv) {
                 if (strcmp(argv[2], "failexec") == 0) {
                     execv("/nonexistent/program", args);
                     if (errno != ENOENT) _exit(3);
-                    _exit(open(argv[4], O_RDONLY) < 0);
+                    exit(open(argv[4], O_RDONLY) < 0); /* the exit flush runs */
                 }
                 int fd = open(argv[4], O_RDONLY);
                 if (fd < 0) _exit(1);

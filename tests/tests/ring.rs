@@ -346,8 +346,9 @@ fn observed_execs_are_traced_with_the_image_that_made_them_and_failed_ones_with_
 
 /// A fork child whose first call is its exec sends that one frame with its Hello (no
 /// ring made for it). Each exec is traced as well as one made after an open; one that
-/// fails is traced with its error, and the calls after it (on that ring-less
-/// connection's socket) follow it, with their results.
+/// fails is traced with its error, and the child's calls after it (on a new connection,
+/// with a ring) follow it, with their results, a relative path resolved against the
+/// child's directory at its exit. Nothing is said on stderr.
 #[test]
 fn a_childs_exec_as_its_first_call_is_traced_and_one_that_fails_is_followed_by_its_next_calls() {
     const N: usize = 20;
@@ -357,7 +358,13 @@ fn a_childs_exec_as_its_first_call_is_traced_and_one_that_fails_is_followed_by_i
     let execs: Vec<&Json> = run.trace.iter().filter(|r| r["op"] == "exec" && r["ppid"] == parent).collect();
     let wrong: Vec<_> = execs
         .iter()
-        .filter(|r| r["observed"] != true || r["exe"] != exe.as_str() || r["args"]["raw_path"] != "/bin/true")
+        .filter(|r| {
+            r["observed"] != true
+                || r["exe"] != exe.as_str()
+                || r["args"]["raw_path"] != "/bin/true"
+                || r["args"]["argv"] != serde_json::json!(["true"])
+                || !r["result"].is_null()
+        })
         .collect();
     run.check(
         execs.len() == N && wrong.is_empty(),
@@ -368,8 +375,9 @@ fn a_childs_exec_as_its_first_call_is_traced_and_one_that_fails_is_followed_by_i
             wrong.first()
         ),
     );
+    run.check(!run.stderr.contains("hermes-preload"), "the preload said nothing");
 
-    let (run, f, parent) = run_brief(&policy, "failexec", N, false);
+    let (run, f, parent) = run_brief(&policy, "failexec", N, true);
     let mut per_child: BTreeMap<i64, Vec<&Json>> = BTreeMap::new();
     for r in run.trace.iter().filter(|r| r["ppid"] == parent && (r["op"] == "exec" || r["op"] == "open")) {
         per_child.entry(r["pid"].as_i64().unwrap_or(-1)).or_default().push(r);
@@ -379,25 +387,60 @@ fn a_childs_exec_as_its_first_call_is_traced_and_one_that_fails_is_followed_by_i
     let wrong: Vec<_> = per_child
         .values()
         .filter(|recs| {
+            let mut recs = recs.to_vec();
+            recs.sort_by_key(|r| r["op"] != "exec");
             let [exec, open] = recs.as_slice() else { return true };
-            exec["op"] != "exec"
-                || exec["result"] != -1
+            exec["result"] != -1
                 || exec["result_errno"] != "ENOENT"
+                || exec["exe"] != exe.as_str()
                 || open["op"] != "open"
                 || open["args"]["path"] != f.as_str()
-                || exec["mono_ns"].as_u64() >= open["mono_ns"].as_u64()
+                || open["exe"] != exe.as_str()
         })
         .collect();
     run.check(
         per_child.len() == N && wrong.is_empty(),
         &format!(
-            "{N} children, each traced with its failed exec (ENOENT) and then its open: {} children, {} wrong, \
-             e.g. {:?}",
+            "{N} children, each traced with its failed exec (ENOENT) and its open of {f} (relative, resolved): {} \
+             children, {} wrong, e.g. {:?}",
             per_child.len(),
             wrong.len(),
             wrong.first()
         ),
     );
+    run.check(!run.stderr.contains("hermes-preload"), "the preload said nothing");
+}
+
+/// What `hermes.process` keeps of a child whose only call was its observed exec: the
+/// program it ran when the exec worked, its own when the exec failed (the failure
+/// comes after the exec's record, on the socket).
+#[test]
+fn hermes_process_keeps_the_program_of_an_observed_exec_that_ran_not_one_that_failed() {
+    let dir = Scratch::new();
+    let marker = dir.write("marker", "m\n");
+    let policy = format!(
+        r#"{OBSERVE_OPENS}on_exec = hermes.allow()
+function on_open(ev)
+  if ev.path == "{}" then
+    for _, c in ipairs(hermes.process(ev.pid).children) do hermes.log("child exe=" .. hermes.process(c).exe) end
+  end
+  return hermes.allow()
+end
+"#,
+        marker.display()
+    );
+    let calls = c_program("calls");
+    let open_marker = format!("open:{}", marker.display());
+    let steps = ["execve:/nonexistent/program", "execve:/bin/true", open_marker.as_str()];
+    let run = launch(&policy, &calls, &steps).timeout(TIMEOUT).run();
+    run.check(run.stdout.contains("execve:/nonexistent/program = ERR ENOENT"), "the first exec failed");
+    run.check(run.stdout.contains("execve:/bin/true = OK exit=0"), "the second ran /bin/true");
+    let mut exes: Vec<&str> = run.stderr.lines().filter_map(|l| l.strip_prefix("hermes: policy: child exe=")).collect();
+    exes.sort_unstable();
+    let true_path = std::fs::canonicalize("/bin/true").unwrap().display().to_string();
+    let mut want = vec![calls.display().to_string(), true_path];
+    want.sort_unstable();
+    run.check(exes == want, &format!("the children's programs: {exes:?}, want {want:?}"));
 }
 
 /// The exit flush is answered before the broker reads the child's calls: the relative
